@@ -1,0 +1,166 @@
+"""Replayable augmentation: a view is a pure function of (image, seed, recipe).
+
+The teacher stage labels view(i, seed(run_seed, epoch, i)); the student stage
+rebuilds the same view from the seed stored in the record. Rather than copying
+timm/torchvision transforms to route their randomness (as TinyViT does), each
+sample runs the ordinary transforms inside `scoped_rng(seed)`, which seeds the
+three global generators they draw from (torch: crop, flip, erasing; numpy: timm
+RandAugment's op choice; random: its magnitudes) and restores them afterwards.
+
+Mixup/CutMix are per pair, not per batch: a record's partner j, lambda and box
+come from the record's seed, so replay is independent of batching and topology.
+A view is a float32 tensor (3, H, W) in [0, 1] at the recipe's resolution;
+normalisation and resizing belong to each model (see distill.models.Preprocessed).
+"""
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torchvision import transforms as T
+
+RECIPES = ("none", "crop", "cifar", "cifar-strong", "stl10")
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+    return x ^ (x >> np.uint64(31))
+
+
+def derive_seed(*parts) -> np.ndarray:
+    """A 32-bit seed that is a pure function of integer parts (scalars or arrays)."""
+    with np.errstate(over="ignore"):
+        h = np.uint64(0x6A09E667F3BCC908)
+        for p in parts:
+            h = _splitmix64(h ^ np.asarray(p, dtype=np.int64).astype(np.uint64))
+    return (h >> np.uint64(32)).astype(np.uint32)
+
+
+def record_seed(run_seed: int, epoch: int, index) -> np.ndarray:
+    """The seed of sample `index` in teacher epoch `epoch` (stored in each record)."""
+    return derive_seed(run_seed, epoch, index)
+
+
+@contextmanager
+def scoped_rng(seed: int):
+    """Seed torch (CPU), numpy and random from `seed`; restore all three after."""
+    seed = int(seed)
+    py_state, np_state = random.getstate(), np.random.get_state()
+    # fork_rng(devices=[]) restores the CPU generator only; seeding the CPU
+    # generator directly (not torch.manual_seed) leaves CUDA RNG state untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def native_resolution(recipe: str) -> int:
+    return 96 if recipe == "stl10" else 32
+
+
+def build_transform(recipe: str, resolution: int | None = None):
+    """The ordinary torchvision/timm pipeline for a recipe: PIL image -> [0,1] tensor."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown augmentation recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    size = native_resolution(recipe)
+    steps = []
+    if recipe in ("crop", "cifar", "cifar-strong"):
+        steps.append(T.RandomCrop(size, padding=4))
+    if recipe in ("cifar", "cifar-strong"):
+        steps.append(T.RandomHorizontalFlip())
+    if recipe == "cifar-strong":
+        from timm.data.auto_augment import rand_augment_transform
+
+        # '-inc1' variants trip Pillow 13's posterize; this one does not.
+        steps.append(rand_augment_transform("rand-m9-mstd0.5", {}))
+    if recipe == "stl10":
+        steps += [T.RandomCrop(size, padding=12), T.RandomHorizontalFlip(),
+                  T.ColorJitter(0.4, 0.4, 0.4), T.RandomGrayscale(0.1)]
+    if resolution and resolution != size:
+        steps.append(T.Resize((resolution, resolution), antialias=True))
+    steps.append(T.ToTensor())
+    if recipe == "cifar-strong":
+        steps.append(T.RandomErasing(p=0.25, value=0))
+    return T.Compose(steps)
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """Pairwise Mixup/CutMix settings (timm's defaults: alpha 0.8 / 1.0)."""
+
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    prob: float = 1.0  # chance that a record is mixed at all
+
+    @property
+    def enabled(self) -> bool:
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+
+@dataclass(frozen=True)
+class MixParams:
+    partner: int  # -1: not mixed
+    lam: float  # weight of the record's own image (area-corrected for CutMix)
+    box: tuple[int, int, int, int] | None  # CutMix (y0, y1, x0, x1) pasted from the partner
+
+
+def mix_params(seed: int, num_samples: int, mixing: Mixing, size: int) -> MixParams:
+    """The pair of record `seed`: drawn from the seed alone, so it replays anywhere."""
+    if not mixing.enabled:
+        return MixParams(-1, 1.0, None)
+    rng = np.random.default_rng(int(derive_seed(seed, 2)))
+    if rng.random() >= mixing.prob:
+        return MixParams(-1, 1.0, None)
+    use_cutmix = mixing.cutmix_alpha > 0 and (mixing.mixup_alpha <= 0 or rng.random() < 0.5)
+    lam = float(rng.beta(*(2 * [mixing.cutmix_alpha if use_cutmix else mixing.mixup_alpha])))
+    partner = int(rng.integers(num_samples))
+    if not use_cutmix:
+        return MixParams(partner, lam, None)
+    cut = int(size * np.sqrt(1.0 - lam))
+    cy, cx = (int(v) for v in rng.integers(size, size=2))
+    y0, y1 = max(cy - cut // 2, 0), min(cy + cut // 2, size)
+    x0, x1 = max(cx - cut // 2, 0), min(cx + cut // 2, size)
+    return MixParams(partner, 1.0 - (y1 - y0) * (x1 - x0) / size**2, (y0, y1, x0, x1))
+
+
+class ViewMaker:
+    """Builds view(i, seed) of a map-style dataset whose items are (PIL image, label)."""
+
+    def __init__(self, dataset, recipe: str, mixing: Mixing = Mixing(), resolution: int | None = None,
+                 num_samples: int | None = None):
+        self.dataset, self.recipe, self.mixing = dataset, recipe, mixing
+        self.transform = build_transform(recipe, resolution)
+        self.size = resolution or native_resolution(recipe)
+        self.num_samples = num_samples or len(dataset)
+
+    def fingerprint(self) -> dict:
+        return {"recipe": self.recipe, "resolution": self.size, "mixing": asdict(self.mixing)}
+
+    def _augment(self, index: int, seed: int) -> torch.Tensor:
+        image = self.dataset[index][0]
+        with scoped_rng(seed):
+            return self.transform(image)
+
+    def __call__(self, index: int, seed: int) -> tuple[torch.Tensor, MixParams]:
+        view = self._augment(index, int(derive_seed(seed, 0)))
+        mix = mix_params(seed, self.num_samples, self.mixing, self.size)
+        if mix.partner < 0:
+            return view, mix
+        other = self._augment(mix.partner, int(derive_seed(seed, 1)))
+        if mix.box is None:
+            return view * mix.lam + other * (1.0 - mix.lam), mix
+        y0, y1, x0, x1 = mix.box
+        view = view.clone()
+        view[:, y0:y1, x0:x1] = other[:, y0:y1, x0:x1]
+        return view, mix

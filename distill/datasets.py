@@ -1,0 +1,100 @@
+"""The labelled datasets both stages read: torchvision's own classes, plus `digits`.
+
+`digits` is scikit-learn's bundled 8x8 handwritten digits (1,797 real images,
+shipped inside the package), upsampled to 32x32 RGB: the embedded default that
+lets the whole pipeline run with no download.
+
+`skip_md5=True` accepts a local re-created copy (e.g. the one written by
+shared/data/materialize.py), which torchvision's md5 check would reject: the
+subclasses below differ from torchvision's only in having no md5 to compare.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+from PIL import Image
+from torchvision import datasets as tvd
+
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10, "digits": 10}
+_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
+_TV = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "stl10": tvd.STL10}
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be loaded; the message names the path and the fix."""
+
+
+def _without_md5(cls):
+    """A torchvision dataset class whose integrity check only asks that files exist."""
+    strip = lambda files: [[name, None] for name, _ in files]  # noqa: E731
+    attrs = {"train_list": strip(cls.train_list), "test_list": strip(cls.test_list)}
+    if hasattr(cls, "meta"):
+        attrs["meta"] = {**cls.meta, "md5": None}
+    return type(cls.__name__ + "NoMD5", (cls,), attrs)
+
+
+class Digits:
+    """scikit-learn's digits as (PIL RGB 32x32, label); a fixed 1,347 / 450 split."""
+
+    classes = [str(d) for d in range(10)]
+
+    def __init__(self, train: bool):
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        order = np.random.default_rng(0).permutation(len(bunch.target))
+        order = order[:1347] if train else order[1347:]
+        pixels = (bunch.images[order] * (255.0 / 16.0)).round().astype(np.uint8)
+        self.data = np.stack([np.asarray(Image.fromarray(p).resize((32, 32), Image.BILINEAR)) for p in pixels])
+        self.targets = bunch.target[order].astype(np.int64).tolist()
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return Image.fromarray(self.data[i]).convert("RGB"), self.targets[i]
+
+
+def build_dataset(name: str, root: str | None, train: bool, skip_md5: bool = False, download: bool = True):
+    """The labelled train or test split of `name`, items (PIL image, int label)."""
+    if name == "digits":
+        return Digits(train)
+    if name not in _TV:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(NUM_CLASSES)}")
+    if not root:
+        raise DatasetError(f"--data-root is required for {name}")
+    cls = _without_md5(_TV[name]) if skip_md5 else _TV[name]
+    split = {"split": "train" if train else "test"} if name == "stl10" else {"train": train}
+    where = os.path.join(root, _FOLDERS[name])
+    try:
+        return cls(root, download=False, **split)
+    except RuntimeError:
+        if not download or skip_md5:
+            raise DatasetError(_missing(name, where, skip_md5)) from None
+    try:
+        return cls(root, download=True, **split)
+    except Exception as e:  # offline: URLError, socket errors, ...
+        raise DatasetError(_missing(name, where, skip_md5) + f" (download failed: {type(e).__name__})") from None
+
+
+def _missing(name: str, where: str, skip_md5: bool) -> str:
+    if skip_md5:
+        return f"{name} files not found under {where}: write them there (e.g. shared/data/materialize.py --root ROOT)"
+    return (f"{name} not found or failed its md5 check under {where}: download it (needs network), "
+            f"or for a local re-created copy pass --skip-md5 (config: data.skip_md5=true)")
+
+
+def labels_of(dataset) -> np.ndarray:
+    labels = getattr(dataset, "targets", None)
+    if labels is None:
+        labels = getattr(dataset, "labels", None)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def fingerprint(name: str, dataset, train: bool, limit: int | None = None) -> dict:
+    """What a logit store must agree on with the data a student reads."""
+    labels = labels_of(dataset)[:limit]
+    return {"name": name, "split": "train" if train else "test", "size": int(len(labels)),
+            "num_classes": NUM_CLASSES[name], "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}

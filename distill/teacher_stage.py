@@ -1,0 +1,204 @@
+"""The teacher-logit stage: label E augmented passes of a dataset once, into a store.
+
+Work is cut into shards (one epoch's slice of a seeded sample order). Each rank
+labels the shards `rank::world` that do not exist yet, so a re-run after a crash
+resumes where it stopped; rank 0 seals the manifest when every shard exists.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from distill import distributed
+from distill.augment import Mixing, ViewMaker
+from distill.datasets import NUM_CLASSES, build_dataset, fingerprint, labels_of
+from distill.models import create_teacher
+from distill.replay import TeacherViews
+from teacher_logits.codec import encode_values, index_dtype
+from teacher_logits.manifest import (MANIFEST, StoreError, differences, load_manifest, new_manifest, sha256_file,
+                                     shard_indices, shard_plans, write_manifest)
+from teacher_logits.shards import write_shard
+
+
+class BadInput(ValueError):
+    """A flag or file the user must change; the message names it and the fix."""
+
+
+@dataclass
+class Labelled:
+    """Teacher outputs for a run of records, column-wise, ready for the codec."""
+
+    columns: dict[str, np.ndarray]
+    correct: int
+
+
+def file_sha256(path: str | None) -> str | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise BadInput(f"--checkpoint {path}: no such file")
+    return sha256_file(path)
+
+
+def store_settings(args, data_fp: dict, maker: ViewMaker, num_classes: int) -> dict:
+    return {"k": args.topk, "num_classes": num_classes, "values": args.values, "epochs": args.epochs,
+            "seed": args.seed, "shard_records": args.shard_records, "chunk_records": args.chunk_records,
+            "dataset": data_fp, "augmentation": maker.fingerprint(),
+            "teacher": {"name": args.teacher, "checkpoint_sha256": file_sha256(args.checkpoint),
+                        "pretrained": bool(args.pretrained), "precision": args.precision}}
+
+
+def open_store(out: Path, settings: dict, rank: int) -> dict:
+    """The store's manifest: created on first run, checked against `settings` on re-runs."""
+    if rank == 0 and not (out / MANIFEST).exists():
+        if out.exists() and any(out.iterdir()):
+            raise BadInput(f"--out {out} exists, is not empty and is not a logit store: choose a new directory")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            write_manifest(out, new_manifest(settings))
+        except OSError as e:
+            raise BadInput(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
+    distributed.barrier()
+    manifest = load_manifest(out)
+    diff = differences(manifest["settings"], {**settings, "codec_version": manifest["settings"]["codec_version"]})
+    if diff:
+        raise BadInput(f"--out {out} holds a store made with other settings ({'; '.join(diff)} [store != now]): "
+                       "use a new --out, or the original settings to resume")
+    return manifest
+
+
+@torch.no_grad()
+def label_batch(teacher, batch: dict, settings: dict, device, precision: str) -> Labelled:
+    view = batch["view"].to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = teacher(view)
+    logits = logits.float()
+    if not torch.isfinite(logits).all():
+        bad = batch["index"][~torch.isfinite(logits).all(1).cpu()][:3].tolist()
+        raise BadInput(f"teacher {settings['teacher']['name']} gave NaN/inf logits for samples {bad}: "
+                       "check the checkpoint (or use --precision fp32)")
+    probs = logits.softmax(dim=1)
+    top_idx = probs.topk(settings["k"], dim=1).indices
+    probs, top_idx = probs.cpu().numpy(), top_idx.cpu().numpy()
+    columns = {"index": batch["index"].numpy().astype(np.int64), "seed": batch["seed"].numpy().astype("<u4"),
+               "topk_idx": top_idx.astype(index_dtype(settings["num_classes"])),
+               "topk_val": encode_values(probs, top_idx, settings["values"])}
+    if Mixing(**settings["augmentation"]["mixing"]).enabled:
+        columns["partner"] = batch["partner"].numpy().astype("<i4")
+        columns["lam"] = batch["lam"].numpy().astype("<f2")
+    dominant = torch.where(batch["lam"] >= 0.5, batch["label"], batch["partner_label"]).numpy()
+    return Labelled(columns, int((top_idx[:, 0] == dominant).sum()))
+
+
+def run(args) -> dict:
+    """Label every missing shard of the store at args.out; return summary numbers."""
+    for flag in ("epochs", "topk", "batch_size", "shard_records", "chunk_records"):
+        if getattr(args, flag) <= 0:
+            raise BadInput(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.limit is not None and args.limit <= 0:
+        raise BadInput(f"--limit must be positive, got {args.limit}")
+    device = distributed.resolve_device(args.device)
+    rank, world = distributed.init_process_group(device)
+    dataset = build_dataset(args.dataset, args.data_root, train=args.split == "train", skip_md5=args.skip_md5)
+    if args.limit is not None and args.limit > len(dataset):
+        raise BadInput(f"--limit {args.limit} exceeds the {len(dataset)} samples of {args.dataset} {args.split}")
+    size = args.limit or len(dataset)
+    teacher = create_teacher(args.teacher, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                             num_classes=NUM_CLASSES[args.dataset]).to(device)
+    if args.topk > teacher.num_classes:
+        raise BadInput(f"--topk {args.topk} exceeds the teacher's {teacher.num_classes} classes")
+    mixing = Mixing(args.mixup, args.cutmix, args.mix_prob)
+    maker = ViewMaker(dataset, args.aug, mixing, num_samples=size)
+    settings = store_settings(args, fingerprint(args.dataset, dataset, args.split == "train", size), maker,
+                              teacher.num_classes)
+    out = Path(args.out)
+    manifest = open_store(out, settings, rank)
+    settings = manifest["settings"]
+    missing = [p for p in shard_plans(manifest) if not (out / p.name).exists()]
+    if rank == 0:
+        for stale in out.glob(".*.tmp-*"):  # half-written files of a killed run
+            stale.unlink(missing_ok=True)
+    distributed.barrier()  # every rank has listed `missing` before any rank writes
+    todo = missing[rank::world]
+    plan_indices = [shard_indices(settings, p) for p in todo]
+    epochs = np.concatenate([np.full(p.records, p.epoch) for p in todo]) if todo else np.zeros(0, int)
+    indices = np.concatenate(plan_indices) if todo else np.zeros(0, int)
+    views = TeacherViews(maker, args.seed, epochs, indices, labels_of(dataset)[:size])
+    loader = DataLoader(views, batch_size=args.batch_size, num_workers=args.workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    header = {"store_id": manifest["store_id"], "values": settings["values"], "k": settings["k"],
+              "num_classes": settings["num_classes"]}
+    bar = tqdm(total=len(views), unit="img", desc=f"labelling {len(todo)} shards", disable=rank != 0,
+               file=sys.stderr, dynamic_ncols=True)
+    pending: list[dict[str, np.ndarray]] = []
+    buffered, shard, correct = 0, 0, 0
+    for batch in loader:
+        labelled = label_batch(teacher, batch, settings, device, args.precision)
+        pending.append(labelled.columns)
+        buffered += len(batch["index"])
+        correct += labelled.correct
+        bar.update(len(batch["index"]))
+        while shard < len(todo) and buffered >= todo[shard].records:
+            cols = {name: np.concatenate([p[name] for p in pending]) for name in pending[0]}
+            n = todo[shard].records
+            write_shard(out, todo[shard], {k: v[:n] for k, v in cols.items()}, header, settings["chunk_records"])
+            pending, buffered, shard = [{k: v[n:] for k, v in cols.items()}], buffered - n, shard + 1
+    bar.close()
+    labelled_count, correct = distributed.all_reduce_sum([len(views), correct], device)
+    distributed.barrier()
+    if rank == 0:
+        seal(out, manifest, {p.name for p in missing})
+    distributed.barrier()
+    return {"labelled": int(labelled_count), "teacher_top1": 100.0 * correct / max(labelled_count, 1),
+            "shards_written": len(todo), "store": str(out)}
+
+
+def seal(out: Path, manifest: dict, written: set[str]) -> None:
+    """Record the size and sha256 of the shards written now and mark the store complete.
+    Checksums recorded by an earlier run are kept, so a shard damaged since is not blessed."""
+    for entry in manifest["shards"]:
+        path = out / entry["name"]
+        if "sha256" in entry and entry["name"] not in written:
+            continue
+        if not path.is_file():
+            raise StoreError(f"{path} is missing after all ranks finished: re-run the same command")
+        entry["bytes"], entry["sha256"] = path.stat().st_size, sha256_file(path)
+    manifest["complete"] = True
+    write_manifest(out, manifest)
+
+
+@torch.no_grad()
+def check_teacher(store, teacher, maker: ViewMaker, count: int, device, batch_size: int = 128,
+                  seed: int = 0) -> dict:
+    """Re-run the teacher on `count` replayed views (TinyViT's check-saved-logits):
+    top-1 agreement with the stored top-1, and the mean |p - stored p| over stored entries."""
+    from teacher_logits.codec import decode_values
+
+    entries = store.shards()
+    sizes = np.array([e["stop"] - e["start"] for e in entries])
+    picks = np.sort(np.random.default_rng(seed).choice(sizes.sum(), size=min(count, sizes.sum()), replace=False))
+    shard_of = np.searchsorted(np.cumsum(sizes), picks, side="right")
+    rows = []
+    for s in np.unique(shard_of):
+        cols = store.read(entries[s])
+        for r in picks[shard_of == s] - (np.cumsum(sizes)[s] - sizes[s]):
+            rows.append({name: col[r] for name, col in cols.items()})
+    agree, abs_err, n_vals = 0, 0.0, 0
+    for a in range(0, len(rows), batch_size):
+        part = rows[a : a + batch_size]
+        views = torch.stack([maker(int(r["index"]), int(r["seed"]))[0] for r in part]).to(device)
+        probs = teacher(views).float().softmax(1).cpu().numpy()
+        idx = np.stack([r["topk_idx"] for r in part]).astype(np.int64)
+        stored, _ = decode_values(np.stack([r["topk_val"] for r in part]), store.settings["values"],
+                                  store.num_classes)
+        agree += int((probs.argmax(1) == idx[:, 0]).sum())
+        abs_err += float(np.abs(np.take_along_axis(probs, idx, 1) - stored).sum())
+        n_vals += stored.size
+    return {"checked": len(rows), "top1_agreement": 100.0 * agree / max(len(rows), 1),
+            "mean_abs_value_error": abs_err / max(n_vals, 1)}

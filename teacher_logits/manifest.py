@@ -1,0 +1,135 @@
+"""The store manifest: what a store holds, how it was made, and its shard checksums.
+
+`manifest.json` is written atomically when a run starts (complete: false, the
+planned shards) and again when every shard exists (complete: true, with sizes
+and sha256). Its `settings` are the fingerprints a re-run or a student must
+agree with: codec, k, classes, epochs, seed, dataset, augmentation, teacher.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .codec import CODEC_VERSION
+
+MANIFEST = "manifest.json"
+FORMAT = "tinyvit-distill logit store"
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked; the message names the file and the fix."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write, fsync, rename: a reader sees the old file or the whole new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    name: str
+    epoch: int
+    start: int  # first position in the epoch's sample order
+    stop: int  # one past the last
+
+    @property
+    def records(self) -> int:
+        return self.stop - self.start
+
+
+def epoch_order(run_seed: int, epoch: int, num_samples: int) -> np.ndarray:
+    """A seeded permutation of the samples: shards are random subsets, so a student
+    reading a few shards at a time sees every class even if the dataset is sorted."""
+    return np.random.default_rng([run_seed, epoch, 0x5EED]).permutation(num_samples)
+
+
+def shard_indices(settings: dict, plan: ShardPlan) -> np.ndarray:
+    """The sample indices a shard holds, ascending."""
+    order = epoch_order(settings["seed"], plan.epoch, settings["dataset"]["size"])
+    return np.sort(order[plan.start : plan.stop])
+
+
+def plan_shards(epochs: int, num_samples: int, shard_records: int) -> list[ShardPlan]:
+    """Shards split each epoch's sample order into slices: resumable, disjoint per rank."""
+    return [ShardPlan(f"e{e:04d}-{a:09d}.tar", e, a, min(a + shard_records, num_samples))
+            for e in range(epochs) for a in range(0, num_samples, shard_records)]
+
+
+def store_id(settings: dict) -> str:
+    return sha256_bytes(json.dumps(settings, sort_keys=True).encode())[:16]
+
+
+def new_manifest(settings: dict) -> dict:
+    settings = {**settings, "codec_version": CODEC_VERSION}
+    plan = plan_shards(settings["epochs"], settings["dataset"]["size"], settings["shard_records"])
+    return {"format": FORMAT, "store_id": store_id(settings), "settings": settings, "complete": False,
+            "records": sum(s.records for s in plan),
+            "shards": [{"name": s.name, "epoch": s.epoch, "start": s.start, "stop": s.stop} for s in plan]}
+
+
+def shard_plans(manifest: dict) -> list[ShardPlan]:
+    return [ShardPlan(s["name"], s["epoch"], s["start"], s["stop"]) for s in manifest["shards"]]
+
+
+def write_manifest(store: Path, manifest: dict) -> None:
+    atomic_write(Path(store) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
+
+
+def load_manifest(store) -> dict:
+    path = Path(store) / MANIFEST
+    if not path.is_file():
+        raise StoreError(f"{path} not found: is {store} a logit store? (create one with tools/save_logits.py)")
+    try:
+        manifest = json.loads(path.read_text())
+        assert manifest["format"] == FORMAT and isinstance(manifest["shards"], list)
+        settings = manifest["settings"]
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise StoreError(f"{path} is not a valid store manifest: re-create the store with tools/save_logits.py") from None
+    if settings.get("codec_version") != CODEC_VERSION:
+        raise StoreError(f"{path}: codec version {settings.get('codec_version')} is not {CODEC_VERSION}; "
+                         "re-create the store with this version of tools/save_logits.py")
+    if manifest["store_id"] != store_id(settings):
+        raise StoreError(f"{path}: settings do not match the store id (edited manifest?); re-create the store")
+    planned = plan_shards(settings["epochs"], settings["dataset"]["size"], settings["shard_records"])
+    if shard_plans(manifest) != planned:
+        raise StoreError(f"{path}: the shard list does not match the store's settings (edited manifest?); "
+                         "re-create the store")
+    return manifest
+
+
+def differences(expected, actual, prefix: str = "") -> list[str]:
+    """Dotted paths where two nested settings differ, e.g. ['teacher.name: a != b']."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        out = []
+        for key in sorted(set(expected) | set(actual)):
+            out += differences(expected.get(key), actual.get(key), f"{prefix}{key}.")
+        return out
+    return [] if expected == actual else [f"{prefix.rstrip('.')}: {expected!r} != {actual!r}"]

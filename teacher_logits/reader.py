@@ -1,0 +1,65 @@
+"""Read a complete logit store: its settings, and its records shard by shard.
+
+Memory holds one shard at a time, whatever the number of epochs or samples.
+Corruption is refused by default, naming the shard; `skip_bad_shards=True`
+skips such shards instead and counts the records it lost.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .codec import dense_distribution
+from .manifest import ShardPlan, StoreError, load_manifest, shard_indices
+from .shards import CorruptShard, read_shard
+
+
+class LogitStore:
+    def __init__(self, path, skip_bad_shards: bool = False):
+        self.path = Path(path)
+        self.manifest = load_manifest(self.path)
+        if not self.manifest["complete"]:
+            raise StoreError(f"{self.path} is incomplete: re-run its save_logits command to finish it")
+        self.settings = self.manifest["settings"]
+        self.skip_bad_shards = skip_bad_shards
+        self.skipped_records = 0
+
+    @property
+    def epochs(self) -> int:
+        return self.settings["epochs"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.settings["num_classes"]
+
+    def shards(self, epoch: int | None = None) -> list[dict]:
+        return [s for s in self.manifest["shards"] if epoch is None or s["epoch"] == epoch]
+
+    def read(self, entry: dict) -> dict[str, np.ndarray] | None:
+        """One shard's columns; None for a bad shard when skipping is on."""
+        try:
+            plan = ShardPlan(entry["name"], entry["epoch"], entry["start"], entry["stop"])
+            return read_shard(self.path, entry, self.manifest["store_id"], shard_indices(self.settings, plan))
+        except CorruptShard as e:
+            if not self.skip_bad_shards:
+                raise
+            self.skipped_records += entry["stop"] - entry["start"]
+            print(f"warning: skipped {entry['stop'] - entry['start']} records: {e}", file=sys.stderr)
+            return None
+
+    def iter_shards(self, epoch: int, order_seed: int | None = None):
+        """Columns of each shard of `epoch`, in a seeded shuffled order when order_seed is set."""
+        entries = self.shards(epoch)
+        if order_seed is not None:
+            entries = [entries[i] for i in np.random.default_rng(order_seed).permutation(len(entries))]
+        for entry in entries:
+            columns = self.read(entry)
+            if columns is not None:
+                yield columns
+
+    def soft_targets(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """(N, C) float32 teacher distributions rebuilt from the stored top-k."""
+        return dense_distribution(columns["topk_idx"], columns["topk_val"], self.settings["values"],
+                                  self.num_classes)

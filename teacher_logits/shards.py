@@ -1,0 +1,76 @@
+"""Shard files: webdataset tars of zstd chunks, written atomically, read verified.
+
+A shard holds the records of one epoch's index range, split into chunks of
+`chunk_records` (one tar member `<shard>-<chunk>.rec.zst` each). Tar headers are
+fixed (mtime 0, fixed owner) so the same records give byte-identical shards.
+
+Reading loads one shard (a few hundred KB) into memory, checks its size and
+sha256 against the manifest before parsing a byte of it, then decodes each
+chunk with the bounded codec. Member names are matched against the expected
+names and never used as paths.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from webdataset.tariterators import tar_file_iterator
+
+from .codec import CorruptChunk, decode_records, encode_records
+from .manifest import ShardPlan, StoreError, atomic_write, sha256_bytes
+
+CHUNK_SUFFIX = "rec.zst"
+
+
+class CorruptShard(StoreError):
+    """A shard whose bytes differ from what the manifest promises."""
+
+
+def shard_bytes(plan: ShardPlan, columns: dict[str, np.ndarray], header: dict, chunk_records: int) -> bytes:
+    buf = io.BytesIO()
+    writer = wds.TarWriter(buf, encoder=False, mtime=0, user="tvd", group="tvd")
+    stem = plan.name.removesuffix(".tar")
+    for c, a in enumerate(range(0, plan.records, chunk_records)):
+        part = {name: col[a : a + chunk_records] for name, col in columns.items()}
+        chunk_header = {**header, "shard": plan.name, "epoch": plan.epoch, "chunk": c}
+        writer.write({"__key__": f"{stem}-{c:05d}", CHUNK_SUFFIX: encode_records(part, chunk_header)})
+    writer.close()
+    return buf.getvalue()
+
+
+def write_shard(store: Path, plan: ShardPlan, columns: dict[str, np.ndarray], header: dict,
+                chunk_records: int) -> None:
+    atomic_write(Path(store) / plan.name, shard_bytes(plan, columns, header, chunk_records))
+
+
+def read_shard(store: Path, entry: dict, store_id: str, expected_indices: np.ndarray,
+               max_chunk_bytes: int = 64 << 20) -> dict[str, np.ndarray]:
+    """All columns of one shard, verified against its manifest entry and planned indices."""
+    path = Path(store) / entry["name"]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptShard(f"{path}: shard missing; re-run the save_logits command to rewrite it") from None
+    if len(data) != entry.get("bytes") or sha256_bytes(data) != entry.get("sha256"):
+        raise CorruptShard(f"{path}: size or sha256 differs from the manifest (truncated, corrupted or "
+                           "replaced); delete it and re-run the save_logits command")
+    stem = entry["name"].removesuffix(".tar")
+    parts = []
+    try:
+        for c, member in enumerate(tar_file_iterator(io.BytesIO(data))):
+            if member["fname"] != f"{stem}-{c:05d}.{CHUNK_SUFFIX}":
+                raise CorruptShard(f"{path}: unexpected member {member['fname']!r}")
+            header, cols = decode_records(member["data"], max_chunk_bytes)
+            if header.get("store_id") != store_id or header.get("shard") != entry["name"]:
+                raise CorruptShard(f"{path}: chunk {c} belongs to another store or shard")
+            parts.append(cols)
+    except (CorruptChunk, OSError, EOFError, ValueError) as e:
+        if isinstance(e, CorruptShard):
+            raise
+        raise CorruptShard(f"{path}: undecodable ({e}); delete it and re-run the save_logits command") from None
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
+    if not parts or not np.array_equal(columns["index"], expected_indices):
+        raise CorruptShard(f"{path}: records do not cover the shard's planned sample indices once each")
+    return columns

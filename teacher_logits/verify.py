@@ -1,0 +1,48 @@
+"""Prove a store whole: manifest valid and sealed, every shard's checksum and
+chunks good, and every (epoch, sample) present exactly once."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .manifest import MANIFEST, StoreError, load_manifest
+from .reader import LogitStore
+from .shards import CorruptShard
+
+
+def verify_store(path) -> tuple[list[str], list[str], dict]:
+    """(problems, warnings, stats). No problems means the store is safe to train on."""
+    path = Path(path)
+    try:
+        manifest = load_manifest(path)
+    except StoreError as e:
+        return [str(e)], [], {}
+    if not manifest["complete"]:
+        return [f"{path / MANIFEST}: store is incomplete; re-run its save_logits command"], [], {}
+    store = LogitStore(path)
+    settings = manifest["settings"]
+    size, problems = settings["dataset"]["size"], []
+    seen = np.zeros((settings["epochs"], size), dtype=np.int64)
+    top1 = np.zeros(settings["num_classes"], dtype=np.int64)
+    for entry in manifest["shards"]:
+        try:
+            cols = store.read(entry)
+        except CorruptShard as e:
+            problems.append(str(e))
+            continue
+        np.add.at(seen[entry["epoch"]], cols["index"], 1)
+        top1 += np.bincount(cols["topk_idx"][:, 0].astype(np.int64), minlength=settings["num_classes"])
+    if not problems:
+        for epoch, counts in enumerate(seen):
+            missing, repeated = np.flatnonzero(counts == 0), np.flatnonzero(counts > 1)
+            if len(missing) or len(repeated):
+                problems.append(f"epoch {epoch}: {len(missing)} samples missing (e.g. {missing[:5].tolist()}), "
+                                f"{len(repeated)} repeated (e.g. {repeated[:5].tolist()})")
+    known = {MANIFEST} | {e["name"] for e in manifest["shards"]}
+    warnings = [f"{f}: not part of the store (ignored by readers)" for f in sorted(p.name for p in path.iterdir())
+                if f not in known]
+    total_bytes = sum(p.stat().st_size for p in path.iterdir() if p.name in known)
+    stats = {"records": manifest["records"], "shards": len(manifest["shards"]), "bytes": total_bytes,
+             "bytes_per_record": total_bytes / max(manifest["records"], 1), "top1_histogram": top1.tolist()}
+    return problems, warnings, stats

@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny datasets written in torchvision's exact on-disk formats,
+a fixed random teacher checkpoint, and helpers to run the programs."""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="run tests marked slow (full kill-harness trials)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def write_cifar(root: Path, per_batch: int = 40, num_classes: int = 10, seed: int = 0) -> Path:
+    """A small CIFAR-10 (or -100 with num_classes=100) in torchvision's pickle layout.
+    Images are class-coloured noise, so a model can learn them quickly."""
+    rng = np.random.default_rng(seed)
+    hundred = num_classes == 100
+    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    folder.mkdir(parents=True, exist_ok=True)
+    palette = rng.integers(0, 256, size=(num_classes, 3))
+
+    def batch(n):
+        labels = rng.integers(0, num_classes, size=n)
+        base = palette[labels][:, :, None, None] * np.ones((1, 1, 32, 32))
+        img = np.clip(base + rng.normal(0, 40, size=(n, 3, 32, 32)), 0, 255).astype(np.uint8)
+        key = "fine_labels" if hundred else "labels"
+        return {"data": img.reshape(n, 3072), key: labels.tolist(), "filenames": [f"{i}.png" for i in range(n)]}
+
+    names = ["train", "test"] if hundred else [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = per_batch * (5 if hundred and name == "train" else 1)
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch(n), f)
+    meta_name, meta = (("meta", {"fine_label_names": [f"c{i}" for i in range(100)]}) if hundred else
+                       ("batches.meta", {"label_names": [f"c{i}" for i in range(10)]}))
+    with open(folder / meta_name, "wb") as f:
+        pickle.dump(meta, f)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    return write_cifar(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    """A fixed random-init cifar10_resnet20: a deterministic teacher for store tests."""
+    import timm
+
+    import distill.models  # noqa: F401  (registers the CIFAR teachers)
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "resnet20_random.pt"
+    torch.save(timm.create_model("cifar10_resnet20").state_dict(), path)
+    return path
+
+
+def run_tool(script: str, *args, check: bool = True, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+    """Run tools/<script> (or a module path) as a user would, in a fresh process."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def save_logits_args(root, ckpt, out, *extra):
+    return ["--teacher", "cifar10_resnet20", "--checkpoint", ckpt, "--dataset", "cifar10", "--data-root", root,
+            "--skip-md5", "--out", out, "--workers", "0", "--batch-size", "32", *extra]

@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""Summarise a logit store: records, epochs, bytes per record, k, teacher, top-1 classes.
+
+  python tools/inspect_logits.py STORE [--json]
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from distill.cli import run_main  # noqa: E402
+
+
+def main(argv=None):
+    from teacher_logits.manifest import load_manifest
+    from teacher_logits.verify import verify_store
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store", help="store directory (holds manifest.json)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = p.parse_args(argv)
+    settings = load_manifest(args.store)["settings"]
+    problems, _, stats = verify_store(args.store)
+    summary = {"store": args.store, "records": stats.get("records"), "epochs": settings["epochs"],
+               "samples": settings["dataset"]["size"], "dataset": settings["dataset"]["name"],
+               "k": settings["k"], "num_classes": settings["num_classes"], "values": settings["values"],
+               "teacher": settings["teacher"], "augmentation": settings["augmentation"],
+               "bytes": stats.get("bytes"), "bytes_per_record": stats.get("bytes_per_record"),
+               "top1_histogram": stats.get("top1_histogram"), "problems": problems}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return
+    for key in ("store", "dataset", "samples", "epochs", "records", "k", "num_classes", "values", "bytes"):
+        print(f"{key:>16}: {summary[key]}")
+    print(f"{'bytes/record':>16}: {summary['bytes_per_record']:.2f}" if stats else "")
+    print(f"{'teacher':>16}: {settings['teacher']['name']} (checkpoint sha256 {settings['teacher']['checkpoint_sha256']})")
+    print(f"{'augmentation':>16}: {json.dumps(settings['augmentation'])}")
+    if stats:
+        hist = stats["top1_histogram"]
+        total = max(sum(hist), 1)
+        print(f"{'top-1 classes':>16}: " + ", ".join(f"{c}:{100 * n / total:.1f}%" for c, n in enumerate(hist) if n))
+    for problem in problems:
+        print(f"FAIL: {problem}")
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Verify a logit store: checksums, chunks, and every (epoch, sample) exactly once.
+
+  python tools/verify_logits.py STORE
+  python tools/verify_logits.py STORE --teacher cifar10_resnet56 --checkpoint FILE \\
+      --data-root DATA --skip-md5 --check 256
+
+With --teacher and --check N it re-runs the teacher on N replayed views and
+reports top-1 agreement and the mean absolute error of the stored values.
+Exits non-zero on any problem (or agreement below --min-agreement).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from distill.cli import run_main  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store", help="store directory (holds manifest.json)")
+    p.add_argument("--teacher", help="teacher to re-run on replayed views (timm name)")
+    p.add_argument("--checkpoint", help="the teacher's weights file")
+    p.add_argument("--pretrained", action="store_true", help="use timm pretrained weights (needs network)")
+    p.add_argument("--data-root", help="dataset directory (the store's dataset, torchvision layout)")
+    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    p.add_argument("--check", type=int, default=0, help="number of replayed views to re-label (0: none)")
+    p.add_argument("--min-agreement", type=float, default=99.0, help="fail below this top-1 agreement, percent")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    from teacher_logits.verify import verify_store
+
+    args = parse_args(argv)
+    problems, warnings, stats = verify_store(args.store)
+    for w in warnings:
+        print(f"warning: {w}")
+    for problem in problems:
+        print(f"FAIL: {problem}")
+    if problems:
+        sys.exit(1)
+    print(f"ok: {stats['records']} records in {stats['shards']} shards, checksums good, every (epoch, sample) "
+          f"exactly once; {stats['bytes_per_record']:.2f} bytes/record")
+    if args.check and args.teacher:
+        result = check_with_teacher(args)
+        print(f"teacher check: {result['checked']} views, top-1 agreement {result['top1_agreement']:.2f}%, "
+              f"mean |p - stored p| {result['mean_abs_value_error']:.5f}")
+        if result["top1_agreement"] < args.min_agreement:
+            print(f"FAIL: top-1 agreement below {args.min_agreement}%")
+            sys.exit(1)
+
+
+def check_with_teacher(args) -> dict:
+    from distill.augment import Mixing, ViewMaker
+    from distill.datasets import build_dataset
+    from distill.distributed import resolve_device
+    from distill.models import create_teacher
+    from distill.teacher_stage import check_teacher
+    from teacher_logits.reader import LogitStore
+
+    store = LogitStore(args.store)
+    data, aug = store.settings["dataset"], store.settings["augmentation"]
+    device = resolve_device(args.device)
+    dataset = build_dataset(data["name"], args.data_root, train=data["split"] == "train", skip_md5=args.skip_md5)
+    maker = ViewMaker(dataset, aug["recipe"], Mixing(**aug["mixing"]), num_samples=data["size"])
+    teacher = create_teacher(args.teacher, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                             num_classes=store.num_classes).to(device)
+    return check_teacher(store, teacher, maker, args.check, device)
+
+
+if __name__ == "__main__":
+    run_main(main)
