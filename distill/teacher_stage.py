@@ -57,7 +57,7 @@ def store_settings(args, data_fp: dict, maker: ViewMaker, num_classes: int) -> d
 def open_store(out: Path, settings: dict, rank: int) -> dict:
     """The store's manifest: created on first run, checked against `settings` on re-runs."""
     if rank == 0 and not (out / MANIFEST).exists():
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(not f.name.startswith(".") for f in out.iterdir()):
             raise BadInput(f"--out {out} exists, is not empty and is not a logit store: choose a new directory")
         try:
             out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +26,27 @@ class StoreError(RuntimeError):
     """A store that cannot be used as asked; the message names the file and the fix."""
 
 
+_failpoint_hits: dict[str, int] = {}
+
+
+def failpoint(name: str) -> None:
+    """SIGKILL this process at the Nth pass through `name` when TVD_FAILPOINT=name#N:
+    how the crash tests kill a run inside a write, not only between writes."""
+    want = os.environ.get("TVD_FAILPOINT")
+    if want and want.split("#")[0] == name:
+        _failpoint_hits[name] = _failpoint_hits.get(name, 0) + 1
+        if _failpoint_hits[name] == int(want.partition("#")[2] or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write, fsync, rename: a reader sees the old file or the whole new one, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
-        f.write(data)
+        f.write(data[: len(data) // 2])
+        failpoint(f"write:{path.suffix}")
+        f.write(data[len(data) // 2 :])
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Benchmark: bytes on disk per record and the fidelity cost of the store, per k.
+
+Runs each teacher on augmented training views, then for every k encodes the
+records exactly as save_logits does (real shard bytes at the default shard size,
+plus the manifest) and compares against TinyViT's record (4 + 4k bytes), dense
+fp16 and dense fp32 logits. Fidelity: mean KL(full teacher distribution ||
+target rebuilt from the store), the same for exact (unquantised) top-k
+truncation, their difference (the cost of our 8-bit values), and top-1 agreement.
+
+  python tools/bench_store.py --data-root DATA --skip-md5 --limit 10000 \\
+      --teacher cifar10_resnet56=../shared/teachers/cifar10/resnet56_akamaster-4bfd9763.th \\
+      --teacher cifar100_resnet56=../shared/teachers/cifar100/cifar100_resnet56-f2eff4c8.pt
+  python tools/bench_store.py --quick      # digits, random-init teachers, under a minute
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from distill.augment import ViewMaker, record_seed  # noqa: E402
+from distill.cli import run_main  # noqa: E402
+from distill.datasets import build_dataset  # noqa: E402
+from distill.models import create_teacher  # noqa: E402
+from teacher_logits.codec import dense_distribution, encode_values, index_dtype  # noqa: E402
+from teacher_logits.manifest import ShardPlan  # noqa: E402
+from teacher_logits.shards import shard_bytes  # noqa: E402
+
+KS = (1, 3, 5, 10, 20, "all")
+MANIFEST_BYTES_PER_SHARD = 250  # one manifest entry (name, range, size, sha256), measured on real stores
+
+
+@torch.no_grad()
+def teacher_probs(teacher, maker, n, batch=256) -> np.ndarray:
+    seeds = record_seed(0, 0, np.arange(n))
+    out = []
+    for a in range(0, n, batch):
+        views = torch.stack([maker(i, int(seeds[i]))[0] for i in range(a, min(a + batch, n))])
+        out.append(teacher(views).float().softmax(1).double().numpy())
+    return np.concatenate(out)
+
+
+def mean_kl(p: np.ndarray, q: np.ndarray) -> float:
+    return float((p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30)))).sum(1).mean())
+
+
+def bench_k(probs: np.ndarray, k: int, shard_records: int) -> dict:
+    n, num_classes = probs.shape
+    idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    row = {"k": k}
+    for mode in ("log8", "fp16"):
+        values = encode_values(probs, idx, mode)
+        columns = {"index": np.arange(n), "seed": record_seed(0, 0, np.arange(n)).astype("<u4"),
+                   "topk_idx": idx.astype(index_dtype(num_classes)), "topk_val": values}
+        size = 0
+        for a in range(0, n, shard_records):  # real shards: tar headers, padding, zstd
+            plan = ShardPlan(f"e0000-{a:09d}.tar", 0, a, min(a + shard_records, n))
+            part = {name: col[a : plan.stop] for name, col in columns.items()}
+            size += len(shard_bytes(plan, part, {"store_id": "0" * 16}, 4096)) + MANIFEST_BYTES_PER_SHARD
+        row[f"bytes_{mode}"] = size / n
+        rebuilt = dense_distribution(idx, values, mode, num_classes).astype(np.float64)
+        row[f"kl_{mode}"] = mean_kl(probs, rebuilt)
+        row[f"top1_{mode}"] = 100.0 * float((rebuilt.argmax(1) == probs.argmax(1)).mean())
+    top = np.take_along_axis(probs, idx, 1)
+    exact = np.repeat(((1 - top.sum(1)) / max(num_classes - k, 1))[:, None], num_classes, 1)
+    np.put_along_axis(exact, idx, top, 1)
+    row["kl_exact_topk"] = mean_kl(probs, exact)
+    row["kl_cost_log8"] = row["kl_log8"] - row["kl_exact_topk"]
+    row.update(tinyvit=4 + 4 * k, dense_fp16=2 * num_classes, dense_fp32=4 * num_classes)
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", action="append", default=[], help="NAME=CHECKPOINT (repeat); NAME alone: random init")
+    p.add_argument("--dataset", default="cifar10", help="dataset whose training views the teachers label")
+    p.add_argument("--data-root", help="dataset directory")
+    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    p.add_argument("--limit", type=int, default=10000, help="views per teacher")
+    p.add_argument("--shard-records", type=int, default=10000, help="records per shard (save_logits default)")
+    p.add_argument("--quick", action="store_true", help="digits, random-init C=10/C=100 teachers, 512 views")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.dataset, args.limit, args.teacher = "digits", 512, args.teacher or ["cifar10_resnet20", "cifar100_resnet56"]
+    if not args.teacher:
+        p.error("give at least one --teacher NAME=CHECKPOINT (or --quick)")
+    torch.manual_seed(0)
+    dataset = build_dataset(args.dataset, args.data_root, train=True, skip_md5=args.skip_md5)
+    maker = ViewMaker(dataset, "cifar")
+    n = min(args.limit, len(dataset))
+    results = []
+    for spec in args.teacher:
+        name, _, ckpt = spec.partition("=")
+        teacher = create_teacher(name, checkpoint=ckpt or None).eval()
+        probs = teacher_probs(teacher, maker, n)
+        ks = [k if k != "all" else probs.shape[1] for k in KS if k == "all" or k <= probs.shape[1]]
+        for k in dict.fromkeys(ks):
+            row = {"teacher": name, "classes": probs.shape[1], "records": n, **bench_k(probs, k, args.shard_records)}
+            results.append(row)
+            print(f"{name:>20} C={row['classes']:<3} k={k:<3} ours {row['bytes_log8']:6.2f} B "
+                  f"(fp16 values {row['bytes_fp16']:6.2f}) | TinyViT {row['tinyvit']:4d} | dense fp16 "
+                  f"{row['dense_fp16']:4d} fp32 {row['dense_fp32']:4d} | KL exact top-k {row['kl_exact_topk']:.4f} "
+                  f"ours {row['kl_log8']:.4f} (+{row['kl_cost_log8']:.5f}) | top-1 {row['top1_log8']:.2f}%")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)
