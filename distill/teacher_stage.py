@@ -103,6 +103,8 @@ def run(args) -> dict:
             raise BadInput(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.limit is not None and args.limit <= 0:
         raise BadInput(f"--limit must be positive, got {args.limit}")
+    if not (args.checkpoint or args.pretrained):
+        raise BadInput(f"--teacher {args.teacher} has no weights: pass --checkpoint FILE or --pretrained")
     device = distributed.resolve_device(args.device)
     rank, world = distributed.init_process_group(device)
     dataset = build_dataset(args.dataset, args.data_root, train=args.split == "train", skip_md5=args.skip_md5)

@@ -1,0 +1,77 @@
+"""Score any classifier, student or teacher, on a dataset's unaugmented test split.
+
+A model is named by a spec: a student export (the `final/` directory that
+train_student.py writes, or its model.pt) or a teacher `NAME[=CHECKPOINT]`
+(any timm name; NAME alone means timm's pretrained weights).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from distill.augment import ViewMaker
+from distill.datasets import NUM_CLASSES, labels_of
+from distill.metrics import MetricAccumulator, count_flops, count_params, measure_throughput
+from distill.models import Preprocessed, create_student, create_teacher, load_weights
+from distill.replay import TeacherViews
+
+
+def student_export_dir(spec: str) -> Path | None:
+    path = Path(spec)
+    folder = path.parent if path.is_file() else path
+    return folder if (folder / "config.yaml").is_file() and (folder / "model.pt").is_file() else None
+
+
+def load_student(folder: Path) -> Preprocessed:
+    """Rebuild an exported student from its config.yaml and model.pt, without DeepSpeed."""
+    info = yaml.safe_load((folder / "config.yaml").read_text())["student"]
+    model = create_student(info["name"], info["num_classes"], info["img_size"], **(info.get("kwargs") or {}))
+    load_weights(model, folder / "model.pt")
+    return Preprocessed(model, info["mean"], info["std"], info["img_size"])
+
+
+def load_model(spec: str, num_classes: int) -> tuple[str, Preprocessed]:
+    """(display name, model in eval mode) for a student export dir or a teacher NAME[=CHECKPOINT]."""
+    folder = student_export_dir(spec)
+    if folder is not None:
+        return folder.parent.name if folder.name == "final" else folder.name, load_student(folder).eval()
+    if Path(spec).exists():
+        raise ValueError(f"{spec}: not a student export (needs config.yaml and model.pt); for a teacher "
+                         "checkpoint pass --teacher NAME --checkpoint FILE or NAME=FILE")
+    name, _, checkpoint = spec.partition("=")
+    teacher = create_teacher(name, checkpoint=checkpoint or None, pretrained=not checkpoint, num_classes=num_classes)
+    return name, teacher.eval()
+
+
+@torch.no_grad()
+def evaluate_model(model: Preprocessed, dataset, dataset_name: str, device, batch_size: int = 256,
+                   workers: int = 0, limit: int | None = None, throughput_iters: int = 3) -> dict:
+    """All metrics of one model: accuracy family, per-class, confusion, size, cost, speed."""
+    num_classes = NUM_CLASSES[dataset_name]
+    if model.num_classes != num_classes:
+        raise ValueError(f"model has {model.num_classes} classes, {dataset_name} has {num_classes}: "
+                         "evaluate it on the dataset it was trained for")
+    labels = labels_of(dataset)
+    indices = np.arange(len(labels))
+    if limit is not None and limit < len(labels):  # a fixed random subset: test sets may be sorted by class
+        indices = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
+    maker = ViewMaker(dataset, "none", resolution=96 if dataset_name == "stl10" else 32)
+    views = TeacherViews(maker, 0, np.zeros(len(indices), int), indices, labels)
+    acc = MetricAccumulator(num_classes, list(getattr(dataset, "classes", None) or range(num_classes)))
+    model = model.to(device).eval()
+    for batch in tqdm(DataLoader(views, batch_size=batch_size, num_workers=workers), desc="evaluating",
+                      leave=False, unit="batch"):
+        acc.update(model(batch["view"].to(device)), batch["label"])
+    metrics = acc.compute()
+    size = maker.size
+    metrics["params"] = count_params(model)
+    metrics["flops"] = count_flops(model, (1, 3, size, size))
+    if throughput_iters > 0:
+        metrics["images_per_s"] = measure_throughput(model, (3, size, size), batch_size=256, device=device,
+                                                     warmup=1, iters=throughput_iters)
+    return metrics

@@ -1,0 +1,11 @@
+"""Model zoo. Importing this package registers every model below with timm.
+
+Teachers: cifar10_resnet20, cifar10_resnet56, cifar100_resnet56, cifar10_densenet_bc100,
+cifar100_densenet_bc100 (weights in shared/teachers). Students: cifar_vit, cct_7_3x1,
+cifar_cnn, and timm's tiny_vit_{5m,11m,21m}.
+"""
+from . import cifar_teachers, students  # noqa: F401  (registers the models with timm)
+from .students import create_student
+from .teachers import Preprocessed, create_teacher, load_weights
+
+__all__ = ["Preprocessed", "create_student", "create_teacher", "load_weights"]

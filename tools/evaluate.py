@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""Evaluate students and teachers on a dataset's test split.
+
+  python tools/evaluate.py --checkpoint runs/c10/final --dataset cifar10 --data-root DATA --skip-md5
+  python tools/evaluate.py --teacher cifar10_resnet56 --checkpoint FILE --dataset cifar10 --data-root DATA
+  python tools/evaluate.py --compare runs/kd/final runs/scratch/final cifar10_resnet56=FILE --dataset cifar10 ...
+
+Reports top-1, top-5, macro precision/recall/F1, Matthews correlation, per-class
+scores, parameters, FLOPs and images/s (batch 256, this device); writes
+metrics.json, metrics.md and a confusion-matrix PNG per model into --out.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from distill.cli import run_main  # noqa: E402
+from distill.datasets import NUM_CLASSES  # noqa: E402
+
+COLUMNS = ["model", "top1", "top5", "precision_macro", "recall_macro", "f1_macro", "mcc", "params", "flops",
+           "images_per_s"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="a student export (train_student's final/ dir), or with --teacher its weights")
+    p.add_argument("--teacher", help="evaluate this timm teacher (with --checkpoint FILE, or --pretrained)")
+    p.add_argument("--pretrained", action="store_true", help="with --teacher: timm pretrained weights (network)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="SPEC",
+                   help="several models in one table: student export dirs and/or teacher NAME=CHECKPOINT")
+    p.add_argument("--dataset", required=True, choices=sorted(NUM_CLASSES), help="dataset whose test split to use")
+    p.add_argument("--data-root", help="dataset directory (torchvision layout)")
+    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    p.add_argument("--limit", type=int, help="evaluate on a fixed random subset of N test images")
+    p.add_argument("--out", default="eval", help="directory for metrics.json, metrics.md and confusion PNGs")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--throughput-iters", type=int, default=3, help="timed batches of 256 for images/s (0: skip)")
+    p.add_argument("--wandb", action="store_true", help="log the table and confusion matrices to W&B "
+                   "(offline without an API key; WANDB_MODE wins)")
+    return p.parse_args(argv)
+
+
+def model_specs(args) -> list[str]:
+    if args.teacher:
+        if not (args.checkpoint or args.pretrained):
+            raise ValueError("--teacher needs --checkpoint FILE or --pretrained")
+        return [f"{args.teacher}={args.checkpoint}" if args.checkpoint else args.teacher] + args.compare
+    specs = ([args.checkpoint] if args.checkpoint else []) + args.compare
+    if not specs:
+        raise ValueError("nothing to evaluate: pass --checkpoint, --teacher or --compare")
+    return specs
+
+
+def main(argv=None):
+    from distill.datasets import build_dataset
+    from distill.distributed import resolve_device
+    from distill.evaluation import evaluate_model, load_model
+    from distill.metrics import markdown_table, plot_confusion
+
+    args = parse_args(argv)
+    specs = model_specs(args)
+    device = resolve_device(args.device)
+    dataset = build_dataset(args.dataset, args.data_root, train=False, skip_md5=args.skip_md5)
+    models = [load_model(spec, NUM_CLASSES[args.dataset]) for spec in specs]  # fail early on a bad spec
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, rows = {}, []
+    for name, model in models:
+        metrics = evaluate_model(model, dataset, args.dataset, device, args.batch_size, args.workers, args.limit,
+                                 args.throughput_iters)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        class_names = [c["name"] for c in metrics["per_class"]]
+        metrics["confusion_png"] = str(plot_confusion(metrics["confusion"], class_names,
+                                                      out / f"confusion_{slug}.png", title=f"{name} on {args.dataset}"))
+        results[name] = metrics
+        rows.append({"model": name, **{k: metrics.get(k) for k in COLUMNS[1:]}})
+    table = markdown_table(rows, COLUMNS)
+    (out / "metrics.json").write_text(json.dumps({"dataset": args.dataset, "models": results}, indent=1) + "\n")
+    (out / "metrics.md").write_text(f"# {args.dataset} test\n\n{table}\n")
+    print(table)
+    if args.wandb:
+        log_to_wandb(args, results, rows, out)
+
+
+def log_to_wandb(args, results, rows, out):
+    import wandb
+
+    from distill.config import Wandb
+    from distill.tracking import start_tracking
+
+    tracker = start_tracking(Wandb(enabled=True, name=f"eval-{args.dataset}"), {"dataset": args.dataset,
+                             "models": list(results)}, out, rank=0)
+    table = wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows])
+    images = {f"eval/{name}/confusion": wandb.Image(m["confusion_png"]) for name, m in results.items()}
+    tracker.log({"eval/table": table, **images}, step=0)
+    tracker.summary({f"eval/{name}/{k}": m[k] for name, m in results.items() for k in COLUMNS[1:] if k in m})
+    tracker.finish()
+
+
+if __name__ == "__main__":
+    run_main(main)
