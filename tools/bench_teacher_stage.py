@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""Benchmark: what storing costs on top of running the teacher.
+
+Times save_logits (views -> teacher -> top-k -> codec -> shards) against the bare
+teacher on the same augmented batches (same views, model, batch size, workers,
+threads, device), alternating the two so machine noise hits both. Reports
+images/s of each and their ratio (1.0: storage is free).
+
+  python tools/bench_teacher_stage.py --teacher cifar10_resnet56 \\
+      --checkpoint ../shared/teachers/cifar10/resnet56_akamaster-4bfd9763.th \\
+      --dataset cifar10 --data-root DATA --skip-md5 --limit 2048 --repeats 3
+  python tools/bench_teacher_stage.py --quick   # digits, random ResNet-20, under a minute
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from distill.augment import ViewMaker  # noqa: E402
+from distill.cli import run_main  # noqa: E402
+from distill.datasets import NUM_CLASSES, build_dataset, labels_of  # noqa: E402
+from distill.models import create_teacher  # noqa: E402
+from distill.replay import TeacherViews  # noqa: E402
+from distill.teacher_stage import run as save_logits  # noqa: E402
+from tools.save_logits import parse_args as save_logits_args  # noqa: E402
+
+
+@torch.no_grad()
+def bare_teacher(args) -> float:
+    """Images/s of a program that only runs the teacher on the views save_logits labels:
+    it loads the dataset and the teacher too, as save_logits does, so both pay the same set-up."""
+    start = time.perf_counter()
+    dataset = build_dataset(args.dataset, args.data_root, train=True, skip_md5=args.skip_md5)
+    teacher = create_teacher(args.teacher, checkpoint=args.checkpoint, num_classes=NUM_CLASSES[args.dataset]).eval()
+    n = args.limit
+    views = TeacherViews(ViewMaker(dataset, args.aug, num_samples=n), 0, np.zeros(n, int), np.arange(n),
+                         labels_of(dataset)[:n])
+    for batch in DataLoader(views, batch_size=args.batch_size, num_workers=args.workers):
+        teacher(batch["view"]).float().softmax(1)
+    return n / (time.perf_counter() - start)
+
+
+def stored(args, out: str) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    argv = ["--teacher", args.teacher, "--checkpoint", args.checkpoint, "--dataset", args.dataset, "--out", out,
+            "--limit", str(args.limit), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+            "--aug", args.aug, "--device", "cpu", "--epochs", "1"]
+    argv += ["--data-root", args.data_root] if args.data_root else []
+    argv += ["--skip-md5"] if args.skip_md5 else []
+    start = time.perf_counter()
+    save_logits(save_logits_args(argv))
+    return args.limit / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="cifar10_resnet20", help="timm teacher name")
+    p.add_argument("--checkpoint", help="teacher weights (required unless --quick)")
+    p.add_argument("--dataset", default="cifar10", choices=sorted(NUM_CLASSES), help="dataset")
+    p.add_argument("--data-root", help="dataset directory")
+    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    p.add_argument("--aug", default="cifar", help="augmentation recipe")
+    p.add_argument("--limit", type=int, default=2048, help="views per timed run")
+    p.add_argument("--batch-size", type=int, default=256, help="teacher batch size (both sides)")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers (both sides)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating timed runs of each side")
+    p.add_argument("--quick", action="store_true", help="digits, random-init ResNet-20, 256 views, 1 repeat")
+    args = p.parse_args(argv)
+    tmp = tempfile.mkdtemp(prefix="bench_teacher_stage_")
+    if args.quick:
+        args.dataset, args.aug, args.limit, args.repeats, args.batch_size = "digits", "crop", 256, 1, 128
+        torch.manual_seed(0)
+        args.checkpoint = os.path.join(tmp, "random_teacher.pt")
+        torch.save(create_teacher(args.teacher).model.state_dict(), args.checkpoint)
+    if not args.checkpoint:
+        p.error("--checkpoint is required (or --quick)")
+    bare_teacher(args)  # warm-up: imports, first-touch allocations, file cache
+    bare, store = [], []
+    for _ in range(args.repeats):
+        bare.append(bare_teacher(args))
+        store.append(stored(args, os.path.join(tmp, "store")))
+    shutil.rmtree(tmp, ignore_errors=True)
+    result = {"teacher": args.teacher, "views": args.limit, "threads": torch.get_num_threads(),
+              "bare_img_s": float(np.median(bare)), "save_logits_img_s": float(np.median(store))}
+    result["ratio"] = result["save_logits_img_s"] / result["bare_img_s"]
+    print(f"{args.teacher}: bare teacher {result['bare_img_s']:.1f} img/s, save_logits "
+          f"{result['save_logits_img_s']:.1f} img/s, ratio {result['ratio']:.3f} "
+          f"(median of {args.repeats}, {result['threads']} threads, {args.workers} workers)")
+    return result
+
+
+if __name__ == "__main__":
+    run_main(main)
