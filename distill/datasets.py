@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 
 import numpy as np
 from PIL import Image
 from torchvision import datasets as tvd
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10, "digits": 10}
+# Per-channel (mean, std) of each training set: the students' input normalisation.
+STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+    "digits": ((0.3055,) * 3, (0.3232,) * 3),
+}
 _FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
 _TV = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "stl10": tvd.STL10}
 
@@ -73,6 +81,10 @@ def build_dataset(name: str, root: str | None, train: bool, skip_md5: bool = Fal
     except RuntimeError:
         if not download or skip_md5:
             raise DatasetError(_missing(name, where, skip_md5)) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
+        # present (md5 skipped) but unreadable: truncated, corrupted or another layout
+        raise DatasetError(f"{name} files under {where} are unreadable ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:120]}): re-create or re-download them") from None
     try:
         return cls(root, download=True, **split)
     except Exception as e:  # offline: URLError, socket errors, ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 import yaml
 from torch.utils.data import DataLoader
@@ -29,7 +30,14 @@ def student_export_dir(spec: str) -> Path | None:
 
 def load_student(folder: Path) -> Preprocessed:
     """Rebuild an exported student from its config.yaml and model.pt, without DeepSpeed."""
-    info = yaml.safe_load((folder / "config.yaml").read_text())["student"]
+    try:
+        info = yaml.safe_load((folder / "config.yaml").read_text())["student"]
+        complete = {"name", "num_classes", "img_size", "mean", "std"} <= set(info)
+    except (yaml.YAMLError, KeyError, TypeError):
+        complete = False
+    if not complete:
+        raise ValueError(f"{folder / 'config.yaml'}: no complete `student` section (name, num_classes, img_size, "
+                         "mean, std); pass the final/ directory that train_student.py wrote")
     model = create_student(info["name"], info["num_classes"], info["img_size"], **(info.get("kwargs") or {}))
     load_weights(model, folder / "model.pt")
     return Preprocessed(model, info["mean"], info["std"], info["img_size"])
@@ -39,11 +47,20 @@ def load_model(spec: str, num_classes: int) -> tuple[str, Preprocessed]:
     """(display name, model in eval mode) for a student export dir or a teacher NAME[=CHECKPOINT]."""
     folder = student_export_dir(spec)
     if folder is not None:
-        return folder.parent.name if folder.name == "final" else folder.name, load_student(folder).eval()
+        model = load_student(folder)
+        if model.num_classes != num_classes:
+            raise ValueError(f"{spec}: the student has {model.num_classes} classes, --dataset has {num_classes}: "
+                             "evaluate it on the dataset it was trained for")
+        return folder.parent.name if folder.name == "final" else folder.name, model.eval()
     if Path(spec).exists():
         raise ValueError(f"{spec}: not a student export (needs config.yaml and model.pt); for a teacher "
                          "checkpoint pass --teacher NAME --checkpoint FILE or NAME=FILE")
     name, _, checkpoint = spec.partition("=")
+    if "/" in name and not timm.is_model(name):
+        raise ValueError(f"{spec}: no such path, and not a timm model name: pass a student export (the final/ "
+                         "directory train_student.py wrote) or a teacher NAME=CHECKPOINT")
+    if checkpoint and not Path(checkpoint).is_file():
+        raise ValueError(f"checkpoint {checkpoint} of teacher {name} not found: pass the teacher's weights file")
     teacher = create_teacher(name, checkpoint=checkpoint or None, pretrained=not checkpoint, num_classes=num_classes)
     return name, teacher.eval()
 

@@ -45,10 +45,12 @@ class StoreViews(IterableDataset):
                  rank: int = 0, world: int = 1, shuffle_seed: int | None = 0):
         self.store, self.maker, self.labels = store, maker, np.asarray(labels)
         self.batch_size, self.rank, self.world, self.shuffle_seed = batch_size, rank, world, shuffle_seed
-        self.epoch = 0
+        self.epoch, self.skip_batches = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Stream epoch `epoch`, leaving out its first `skip_batches` batches (a resumed run)
+        without building their views."""
+        self.epoch, self.skip_batches = epoch, skip_batches
 
     def records_per_rank(self) -> int:
         return self.store.manifest["records"] // self.store.epochs // self.world
@@ -75,8 +77,9 @@ class StoreViews(IterableDataset):
         for pos, record in enumerate(self._records()):
             if pos >= limit:
                 break
-            local = pos // self.world
-            if pos % self.world != self.rank or (local // self.batch_size) % workers != worker:
+            number = pos // self.world // self.batch_size  # this rank's batch number
+            if pos % self.world != self.rank or number < self.skip_batches \
+                    or (number - self.skip_batches) % workers != worker:  # the DataLoader asks worker 0 first
                 continue
             batch.append(record)
             if len(batch) == self.batch_size:

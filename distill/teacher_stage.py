@@ -42,7 +42,7 @@ def file_sha256(path: str | None) -> str | None:
     if path is None:
         return None
     if not Path(path).is_file():
-        raise BadInput(f"--checkpoint {path}: no such file")
+        raise BadInput(f"--checkpoint {path}: no such file; pass the path of the teacher's weights file")
     return sha256_file(path)
 
 
@@ -57,12 +57,17 @@ def store_settings(args, data_fp: dict, maker: ViewMaker, num_classes: int) -> d
 def open_store(out: Path, settings: dict, rank: int) -> dict:
     """The store's manifest: created on first run, checked against `settings` on re-runs."""
     if rank == 0 and not (out / MANIFEST).exists():
+        if out.exists() and not out.is_dir():
+            raise BadInput(f"--out {out} is a file, not a directory: choose a new directory")
         if out.exists() and any(not f.name.startswith(".") for f in out.iterdir()):
             raise BadInput(f"--out {out} exists, is not empty and is not a logit store: choose a new directory")
+        existed = out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
             write_manifest(out, new_manifest(settings))
         except OSError as e:
+            if not existed and out.is_dir():
+                _discard_unstarted(out, remove_dir=True)
             raise BadInput(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
     distributed.barrier()
     manifest = load_manifest(out)
@@ -105,21 +110,26 @@ def run(args) -> dict:
         raise BadInput(f"--limit must be positive, got {args.limit}")
     if not (args.checkpoint or args.pretrained):
         raise BadInput(f"--teacher {args.teacher} has no weights: pass --checkpoint FILE or --pretrained")
+    if args.checkpoint and not Path(args.checkpoint).is_file():  # before the dataset and teacher load
+        raise BadInput(f"--checkpoint {args.checkpoint}: no such file; pass the path of the teacher's weights file")
     device = distributed.resolve_device(args.device)
     rank, world = distributed.init_process_group(device)
     dataset = build_dataset(args.dataset, args.data_root, train=args.split == "train", skip_md5=args.skip_md5)
     if args.limit is not None and args.limit > len(dataset):
-        raise BadInput(f"--limit {args.limit} exceeds the {len(dataset)} samples of {args.dataset} {args.split}")
+        raise BadInput(f"--limit {args.limit} exceeds the {len(dataset)} samples of {args.dataset} {args.split}: "
+                       "lower it, or leave it out to label them all")
     size = args.limit or len(dataset)
     teacher = create_teacher(args.teacher, checkpoint=args.checkpoint, pretrained=args.pretrained,
                              num_classes=NUM_CLASSES[args.dataset]).to(device)
     if args.topk > teacher.num_classes:
-        raise BadInput(f"--topk {args.topk} exceeds the teacher's {teacher.num_classes} classes")
+        raise BadInput(f"--topk {args.topk} exceeds the teacher's {teacher.num_classes} classes: "
+                       f"pass --topk {teacher.num_classes} or less")
     mixing = Mixing(args.mixup, args.cutmix, args.mix_prob)
     maker = ViewMaker(dataset, args.aug, mixing, num_samples=size)
     settings = store_settings(args, fingerprint(args.dataset, dataset, args.split == "train", size), maker,
                               teacher.num_classes)
     out = Path(args.out)
+    out_existed, fresh = out.exists(), not (out / MANIFEST).exists()
     manifest = open_store(out, settings, rank)
     settings = manifest["settings"]
     missing = [p for p in shard_plans(manifest) if not (out / p.name).exists()]
@@ -140,17 +150,30 @@ def run(args) -> dict:
                file=sys.stderr, dynamic_ncols=True)
     pending: list[dict[str, np.ndarray]] = []
     buffered, shard, correct = 0, 0, 0
-    for batch in loader:
-        labelled = label_batch(teacher, batch, settings, device, args.precision)
-        pending.append(labelled.columns)
-        buffered += len(batch["index"])
-        correct += labelled.correct
-        bar.update(len(batch["index"]))
-        while shard < len(todo) and buffered >= todo[shard].records:
-            cols = {name: np.concatenate([p[name] for p in pending]) for name in pending[0]}
-            n = todo[shard].records
-            write_shard(out, todo[shard], {k: v[:n] for k, v in cols.items()}, header, settings["chunk_records"])
-            pending, buffered, shard = [{k: v[n:] for k, v in cols.items()}], buffered - n, shard + 1
+    try:
+        for batch in loader:
+            labelled = label_batch(teacher, batch, settings, device, args.precision)
+            pending.append(labelled.columns)
+            buffered += len(batch["index"])
+            correct += labelled.correct
+            bar.update(len(batch["index"]))
+            while shard < len(todo) and buffered >= todo[shard].records:
+                cols = {name: np.concatenate([p[name] for p in pending]) for name in pending[0]}
+                n = todo[shard].records
+                try:
+                    write_shard(out, todo[shard], {k: v[:n] for k, v in cols.items()}, header,
+                                settings["chunk_records"])
+                except OSError as e:
+                    raise BadInput(f"--out {out}: cannot write shard {todo[shard].name} ({e.strerror}): free space "
+                                   "or fix the directory, then re-run the same command to resume") from e
+                pending, buffered, shard = [{k: v[n:] for k, v in cols.items()}], buffered - n, shard + 1
+    except (ValueError, OSError):
+        bar.close()
+        # A store this run created and wrote nothing into would only block the corrected re-run
+        # (its settings, e.g. the checkpoint's sha256, differ): remove it.
+        if fresh and world == 1 and shard == 0:
+            _discard_unstarted(out, remove_dir=not out_existed)
+        raise
     bar.close()
     labelled_count, correct = distributed.all_reduce_sum([len(views), correct], device)
     distributed.barrier()
@@ -159,6 +182,17 @@ def run(args) -> dict:
     distributed.barrier()
     return {"labelled": int(labelled_count), "teacher_top1": 100.0 * correct / max(labelled_count, 1),
             "shards_written": len(todo), "store": str(out)}
+
+
+def _discard_unstarted(out: Path, remove_dir: bool) -> None:
+    """Remove the manifest and temp files of a store that holds no shard yet."""
+    for f in [out / MANIFEST, *out.glob(".*.tmp-*")]:
+        f.unlink(missing_ok=True)
+    if remove_dir:
+        try:
+            out.rmdir()
+        except OSError:
+            pass
 
 
 def seal(out: Path, manifest: dict, written: set[str]) -> None:

@@ -43,13 +43,17 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write, fsync, rename: a reader sees the old file or the whole new one, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data[: len(data) // 2])
-        failpoint(f"write:{path.suffix}")
-        f.write(data[len(data) // 2 :])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data[: len(data) // 2])
+            failpoint(f"write:{path.suffix}")
+            f.write(data[len(data) // 2 :])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # e.g. ENOSPC: leave no temp file behind (a SIGKILL's is swept by the next run)
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

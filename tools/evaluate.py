@@ -65,11 +65,23 @@ def main(argv=None):
 
     args = parse_args(argv)
     specs = model_specs(args)
+    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    if args.throughput_iters < 0:
+        raise ValueError(f"--throughput-iters must be 0 (skip) or positive, got {args.throughput_iters}")
+    if args.wandb:  # a bad W&B mode fails now, not after the evaluation
+        from distill.tracking import resolve_mode
+
+        resolve_mode(None)
     device = resolve_device(args.device)
     dataset = build_dataset(args.dataset, args.data_root, train=False, skip_md5=args.skip_md5)
     models = [load_model(spec, NUM_CLASSES[args.dataset]) for spec in specs]  # fail early on a bad spec
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create it ({e.strerror}); choose a writable directory") from None
     results, rows = {}, []
     for name, model in models:
         metrics = evaluate_model(model, dataset, args.dataset, device, args.batch_size, args.workers, args.limit,

@@ -32,9 +32,9 @@ class Preprocessed(nn.Module):
         std = cfg.get("std") if std is None else std
         if img_size is None:
             img_size = cfg.get("input_size", (None, None, None))[-2:]
-        if mean is None or std is None or None in tuple(img_size):
+        height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if mean is None or std is None or height is None or width is None:
             raise ValueError(f"{type(model).__name__} has no pretrained_cfg: pass mean, std and img_size")
-        height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
         self.model = model
         self.input_size = (3, height, width)
         self.num_classes = getattr(model, "num_classes", cfg.get("num_classes"))

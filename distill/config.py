@@ -1,0 +1,242 @@
+"""Experiment configs: a YAML file plus dotted `key=value` overrides, checked against a schema.
+
+The schema is the dataclasses below; their defaults are the defaults. Every key a
+file or an override names must exist in the schema and have its type, so a typo
+fails at start-up with the dotted key in the message instead of being ignored.
+
+    cfg = load_config("configs/smoke_cifar10.yaml", ["optim.lr=1e-3", "data.root=/data"])
+    cfg.optim.lr              # 0.001
+    resolved_config(cfg)      # plain nested dict, for W&B and the exported config.yaml
+
+Override values are parsed with yaml.safe_load, so `train.epochs=3` is an int,
+`data.skip_md5=true` a bool, `optim.betas=[0.9,0.95]` a list and `logits.store=null` None.
+"""
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+from distill.augment import RECIPES
+from distill.datasets import NUM_CLASSES
+
+
+@dataclass
+class Data:
+    dataset: str = "cifar10"
+    root: str | None = None  # torchvision layout; not needed for `digits`
+    skip_md5: bool = False  # accept a local re-created copy (see distill.datasets)
+    recipe: str = "cifar"  # augmentation of the training views; a store must have been made with it
+    img_size: int = 32  # student input resolution (views are resized to it inside the model)
+    limit: int | None = None  # first N training samples; None: what the store covers, or all
+    test_limit: int | None = None  # evaluate on a fixed random N of the test split; None: all
+    workers: int = 0  # DataLoader processes building views
+
+
+@dataclass
+class Logits:
+    store: str | None = None  # a store from tools/save_logits.py; required for loss.mode kd
+
+
+@dataclass
+class Model:
+    name: str = "cifar_vit"
+    kwargs: dict = field(default_factory=dict)  # extra arguments for timm.create_model, e.g. {depth: 2}
+    init: str | None = None  # weights to start from (a checkpoint file), e.g. a teacher to fine-tune
+    pretrained: bool = False  # start from timm's pretrained weights (downloads; teachers only)
+
+
+@dataclass
+class Loss:
+    mode: str = "kd"  # kd: store targets; scratch: labels only; online: teacher run in the loop
+    temperature: float = 1.0
+    alpha: float = 0.0  # weight of the hard-label cross-entropy (kd and online modes)
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class Teacher:  # loss.mode online only
+    name: str | None = None
+    checkpoint: str | None = None
+    pretrained: bool = False
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3  # peak learning rate, per optimizer step of the whole batch
+    weight_decay: float = 0.05  # not applied to biases, norms and embeddings (timm's rule)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 0.0  # linear warm-up, then cosine decay to min_lr
+    min_lr: float = 1e-5
+
+
+@dataclass
+class Train:
+    epochs: int = 1
+    batch_size: int = 64  # per rank and micro-step
+    grad_accum: int = 1
+    eval_every: int = 1  # epochs; the last epoch is always evaluated
+    checkpoint_every: int = 0  # optimizer steps; 0: only at epoch ends
+    log_every: int = 10  # optimizer steps between W&B points
+    seed: int = 0
+    max_steps: int | None = None  # stop after this many optimizer steps; the schedule ignores it
+
+
+@dataclass
+class Output:
+    dir: str | None = None
+    resume: str = "auto"  # auto: continue from the newest complete checkpoint in dir; none: start over
+
+
+@dataclass
+class Wandb:
+    enabled: bool = True
+    project: str = "tinyvit-distill"
+    entity: str | None = None
+    name: str | None = None
+    mode: str | None = None  # None: $WANDB_MODE, else offline without an API key, else online
+
+
+@dataclass
+class DeepSpeed:
+    zero_stage: int = 0
+    bf16: bool = False
+    grad_clip: float = 1.0  # 0: off
+
+
+@dataclass
+class Config:
+    data: Data = field(default_factory=Data)
+    logits: Logits = field(default_factory=Logits)
+    model: Model = field(default_factory=Model)
+    loss: Loss = field(default_factory=Loss)
+    teacher: Teacher = field(default_factory=Teacher)
+    optim: Optim = field(default_factory=Optim)
+    train: Train = field(default_factory=Train)
+    output: Output = field(default_factory=Output)
+    wandb: Wandb = field(default_factory=Wandb)
+    deepspeed: DeepSpeed = field(default_factory=DeepSpeed)
+
+
+CHOICES = {
+    "data.dataset": tuple(NUM_CLASSES),
+    "data.recipe": RECIPES,
+    "loss.mode": ("kd", "scratch", "online"),
+    "output.resume": ("auto", "none"),
+    "wandb.mode": (None, "online", "offline", "disabled"),
+    "deepspeed.zero_stage": (0, 1, 2, 3),
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The config in `path` (None: all defaults) with `key=value` overrides applied in order."""
+    tree = {}
+    if path is not None:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config {path}: not valid YAML ({' '.join(str(e).split())})") from None
+        if not isinstance(tree, dict):
+            raise ValueError(f"config {path}: expected a mapping of sections, got {type(tree).__name__}")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r}: expected dotted key=value, e.g. optim.lr=1e-3")
+        _set_dotted(tree, key.strip(), yaml.safe_load(text) if text.strip() else None)
+    return _build(Config, tree, "")
+
+
+def resolved_config(cfg: Config) -> dict:
+    return asdict(cfg)
+
+
+def check_runnable(cfg: Config) -> None:
+    """Requirements between keys, checked by the trainer (a config file may leave paths unset)."""
+    if cfg.output.dir is None:
+        raise ValueError("config key output.dir is required: where checkpoints and the final model go")
+    if cfg.loss.mode == "kd" and cfg.logits.store is None:
+        raise ValueError("config key logits.store is required for loss.mode kd (or use loss.mode scratch)")
+    if cfg.loss.mode == "online" and cfg.teacher.name is None:
+        raise ValueError("config key teacher.name is required for loss.mode online")
+    if cfg.data.dataset != "digits" and cfg.data.root is None:
+        raise ValueError(f"config key data.root is required for dataset {cfg.data.dataset}")
+    for key in ("data.img_size", "train.epochs", "train.batch_size", "train.grad_accum", "train.eval_every"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) <= 0:
+            raise ValueError(f"config key {key}: must be positive")
+    if cfg.loss.temperature <= 0:
+        raise ValueError(f"config key loss.temperature: must be positive, got {cfg.loss.temperature}")
+    if not 0 <= cfg.loss.alpha <= 1:
+        raise ValueError(f"config key loss.alpha: must lie in [0, 1], got {cfg.loss.alpha}")
+    for name in cfg.model.kwargs:
+        if not str(name).isidentifier():  # `{depth:2}` is YAML for {"depth:2": None}
+            raise ValueError(f"config key model.kwargs: {name!r} is not an argument name "
+                             "(YAML needs a space after each colon: model.kwargs={depth: 2})")
+    if len(cfg.optim.betas) != 2:
+        raise ValueError(f"config key optim.betas: expected two numbers, got {cfg.optim.betas}")
+
+
+def _set_dotted(tree: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    node = tree
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"config key {'.'.join(parents[:depth + 1])} is a value, not a section: cannot set {key}")
+        node = child
+    node[last] = value
+
+
+def _build(cls, tree, prefix: str):
+    if not isinstance(tree, dict):
+        raise ValueError(f"config key {prefix.rstrip('.')}: expected a section (mapping), got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in tree:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (valid: {', '.join(names)})"
+            raise ValueError(f"unknown config key {prefix}{key}{hint}")
+    values = {}
+    for name in tree:
+        dotted, kind = prefix + name, hints[name]
+        if is_dataclass(kind):
+            values[name] = _build(kind, tree[name], dotted + ".")
+        else:
+            values[name] = _coerce(tree[name], kind, dotted)
+        if dotted in CHOICES and values[name] not in CHOICES[dotted]:
+            raise ValueError(f"config key {dotted}: expected one of {', '.join(map(str, CHOICES[dotted]))}, "
+                             f"got {values[name]!r}")
+    return cls(**values)
+
+
+def _coerce(value, kind, key: str):
+    """`value` as type `kind`, or a ValueError naming `key`. Only lossless conversions."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if kind is dict and isinstance(value, dict):
+        return value
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and not isinstance(value, bool):
+        # YAML 1.1 reads `3e-4` (no dot) as a string; accept any string float() accepts.
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"config key {key}: expected {kind.__name__}, got {value!r}")

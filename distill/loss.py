@@ -1,0 +1,71 @@
+"""The student's loss: soft-target distillation (Hinton et al. 2015), optionally mixed
+with hard-label cross-entropy.
+
+    loss = (1 - alpha) * T^2 * KL(q_T || softmax(z / T)) + alpha * CE(y, softmax(z))
+
+z are the student logits, q the teacher distribution and y the hard target.
+
+Temperature. The store holds the teacher's T=1 probabilities q (top-k, rest spread
+evenly), not its logits, so the softened target is q_T ∝ q^(1/T), renormalised. For
+a full softmax this equals softmax(teacher_logits / T) exactly; for a store it is
+the same rule applied to the rebuilt distribution. The factor T^2 keeps the soft
+term's gradient scale independent of T, as in Hinton et al.
+
+Hard target. With Mixup/CutMix a view mixes two images, so y = lam * onehot(label) +
+(1 - lam) * onehot(partner_label), each one-hot label-smoothed first (timm's rule);
+unmixed views have lam = 1 (and partner_label = label, or -1).
+
+Modes: `kd` and `online` take q as an argument (from the store, or the teacher run
+on the same views by the training loop); `scratch` uses the hard target only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MODES = ("kd", "scratch", "online")
+
+
+def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """q^(1/T) renormalised; classes with q = 0 stay at 0."""
+    if temperature == 1.0:
+        return probs
+    return torch.softmax(torch.log(probs) / temperature, dim=-1)
+
+
+def hard_target(num_classes: int, label, partner_label=None, lam=None, smoothing: float = 0.0) -> torch.Tensor:
+    def one_hot(y):
+        return F.one_hot(y.long(), num_classes).float() * (1.0 - smoothing) + smoothing / num_classes
+
+    target = one_hot(label)
+    if partner_label is None or lam is None:
+        return target
+    partner_label = torch.where(partner_label >= 0, partner_label, label)  # -1: not mixed (TeacherViews)
+    lam = lam.float().view(-1, 1)
+    return lam * target + (1.0 - lam) * one_hot(partner_label)
+
+
+class DistillationLoss(nn.Module):
+    def __init__(self, mode: str = "kd", temperature: float = 1.0, alpha: float = 0.0, label_smoothing: float = 0.0):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"loss mode {mode!r}: expected one of {', '.join(MODES)}")
+        self.mode, self.temperature, self.alpha, self.label_smoothing = mode, temperature, alpha, label_smoothing
+
+    def forward(self, logits, teacher_probs=None, label=None, partner_label=None, lam=None) -> torch.Tensor:
+        """Mean loss over the batch. logits [B, C]; teacher_probs [B, C] (kd/online); label,
+        partner_label [B] ints and lam [B] (hard term; partner_label/lam may be None)."""
+        logits = logits.float()  # bf16 logits would make the log-softmax too coarse
+        hard_weight = 1.0 if self.mode == "scratch" else self.alpha
+        loss = logits.new_zeros(())
+        if hard_weight > 0:
+            y = hard_target(logits.shape[1], label, partner_label, lam, self.label_smoothing)
+            loss = loss + hard_weight * -(y * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+        if hard_weight < 1:
+            T = self.temperature
+            q = soften(teacher_probs.float(), T)
+            # kl_div uses xlogy, so classes with q = 0 add 0 rather than nan.
+            kl = F.kl_div(F.log_softmax(logits / T, dim=-1), q, reduction="batchmean")
+            loss = loss + (1.0 - hard_weight) * T * T * kl
+        return loss

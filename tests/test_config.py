@@ -1,0 +1,86 @@
+"""Config loading: defaults, dotted overrides, and errors that name the key."""
+from pathlib import Path
+
+import pytest
+
+from distill.config import Config, check_runnable, load_config, resolved_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_file_values(tmp_path):
+    cfg = load_config(write(tmp_path, "optim:\n  lr: 3e-4\ntrain:\n  epochs: 7\n"))
+    assert cfg.optim.lr == 3e-4  # YAML 1.1 reads 3e-4 as a string; it still becomes a float
+    assert cfg.train.epochs == 7
+    assert cfg.train.batch_size == Config().train.batch_size
+
+
+def test_overrides_apply_in_order_and_parse_yaml(tmp_path):
+    cfg = load_config(write(tmp_path, "data:\n  root: /a\n"), [
+        "data.root=/d", "data.skip_md5=true", "logits.store=/s", "output.dir=/o", "optim.betas=[0.9, 0.95]",
+        "train.max_steps=5", "train.max_steps=null", "model.kwargs={depth: 2}", "optim.lr=1"])
+    assert (cfg.data.root, cfg.data.skip_md5, cfg.logits.store, cfg.output.dir) == ("/d", True, "/s", "/o")
+    assert cfg.optim.betas == [0.9, 0.95] and cfg.train.max_steps is None
+    assert cfg.model.kwargs == {"depth": 2}
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ("model.nam=x", "unknown config key model.nam (did you mean model.name?)"),
+    ("optimizer.lr=1", "unknown config key optimizer (did you mean optim?)"),
+    ("optim.lr=abc", "config key optim.lr: expected float, got 'abc'"),
+    ("train.epochs=1.5", "config key train.epochs: expected int, got 1.5"),
+    ("data.skip_md5=1", "config key data.skip_md5: expected bool, got 1"),
+    ("optim.betas=[0.9, x]", "config key optim.betas[1]: expected float"),
+    ("loss.mode=distill", "config key loss.mode: expected one of kd, scratch, online"),
+    ("wandb.mode=online2", "config key wandb.mode: expected one of"),
+    ("data=3", "config key data: expected a section"),
+    ("train.epochs=1 train.epochs.x=1", "config key train.epochs is a value, not a section"),
+    ("epochs", "expected dotted key=value"),
+])
+def test_errors_name_the_key(overrides, message):
+    with pytest.raises(ValueError) as e:
+        load_config(None, overrides.split(" ") if "betas" not in overrides else [overrides])
+    assert message in str(e.value)
+
+
+def test_errors_in_files_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config key deepspeed.zero \(did you mean deepspeed.zero_stage\?\)"):
+        load_config(write(tmp_path, "deepspeed:\n  zero: 2\n"))
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(write(tmp_path, "data: [\n"))
+    with pytest.raises(ValueError, match="expected a mapping"):
+        load_config(write(tmp_path, "- 1\n"))
+
+
+def test_check_runnable_names_missing_keys():
+    with pytest.raises(ValueError, match="output.dir is required"):
+        check_runnable(load_config(None, ["data.root=/d", "logits.store=/s"]))
+    with pytest.raises(ValueError, match="logits.store is required"):
+        check_runnable(load_config(None, ["data.root=/d", "output.dir=/o"]))
+    with pytest.raises(ValueError, match="teacher.name is required"):
+        check_runnable(load_config(None, ["data.root=/d", "output.dir=/o", "loss.mode=online"]))
+    with pytest.raises(ValueError, match="model.kwargs: 'depth:2' is not an argument name"):
+        check_runnable(load_config(None, ["data.root=/d", "output.dir=/o", "loss.mode=scratch",
+                                          "model.kwargs={depth:2}"]))
+    check_runnable(load_config(None, ["data.dataset=digits", "output.dir=/o", "loss.mode=scratch"]))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path):
+    cfg = load_config(path, ["data.root=/d", "logits.store=/s", "output.dir=/o"])
+    check_runnable(cfg)
+    assert resolved_config(cfg)["model"]["name"] == cfg.model.name
+
+
+def test_published_scratch_recipe():
+    cfg = load_config(CONFIGS[0].parent / "cifar10_vit_scratch_published.yaml")
+    recipe = (cfg.loss.mode, cfg.optim.lr, cfg.optim.weight_decay, cfg.loss.label_smoothing)
+    assert recipe == ("scratch", 3e-4, 0.05, 0.1)
+    assert (cfg.train.epochs, cfg.train.batch_size * cfg.train.grad_accum) == (100, 64)
