@@ -146,7 +146,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r}: expected dotted key=value, e.g. optim.lr=1e-3")
-        _set_dotted(tree, key.strip(), yaml.safe_load(text) if text.strip() else None)
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise ValueError(f"override {item!r}: the value of config key {key.strip()} is not valid YAML "
+                             "(quote it, or check brackets: e.g. optim.betas=[0.9,0.99])") from None
+        _set_dotted(tree, key.strip(), value)
     return _build(Config, tree, "")
 
 

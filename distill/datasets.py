@@ -34,6 +34,31 @@ class DatasetError(RuntimeError):
     """A dataset that cannot be loaded; the message names the path and the fix."""
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles CIFAR batch files (dicts, lists, strings, numpy arrays) and nothing else:
+    without the md5 check, a crafted batch file could otherwise run code when loaded."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy._core.numeric", "_frombuffer"), ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only arrays are expected)")
+        return super().find_class(module, name)
+
+
+def _check_pickles(cls, root: str) -> None:
+    """Load every pickle a CIFAR class will read with the restricted unpickler first."""
+    folder = os.path.join(root, cls.base_folder)
+    for name, _ in cls.train_list + cls.test_list + [[cls.meta["filename"], None]]:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                _ArraysOnly(f, encoding="latin1").load()
+
+
 def _without_md5(cls):
     """A torchvision dataset class whose integrity check only asks that files exist."""
     strip = lambda files: [[name, None] for name, _ in files]  # noqa: E731
@@ -77,6 +102,8 @@ def build_dataset(name: str, root: str | None, train: bool, skip_md5: bool = Fal
     split = {"split": "train" if train else "test"} if name == "stl10" else {"train": train}
     where = os.path.join(root, _FOLDERS[name])
     try:
+        if skip_md5 and name != "stl10":  # STL-10 is raw bytes; CIFAR files are pickles
+            _check_pickles(cls, root)
         return cls(root, download=False, **split)
     except RuntimeError:
         if not download or skip_md5:

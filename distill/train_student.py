@@ -50,7 +50,7 @@ from distill.distributed import set_single_process_env  # noqa: E402
 from distill.loss import DistillationLoss  # noqa: E402
 from distill.metrics import MetricAccumulator  # noqa: E402
 from distill.replay import StoreViews, TeacherViews  # noqa: E402
-from distill.tracking import start_tracking  # noqa: E402
+from distill.tracking import resolve_mode, start_tracking  # noqa: E402
 from teacher_logits.manifest import StoreError, differences  # noqa: E402
 from teacher_logits.reader import LogitStore  # noqa: E402
 
@@ -128,6 +128,11 @@ def build_model(cfg, num_classes: int):
     from distill.models.students import STUDENTS
 
     if cfg.model.name not in STUDENTS:
+        import timm
+
+        if not timm.is_model(cfg.model.name):
+            raise ValueError(f"config key model.name: unknown model {cfg.model.name!r}; students: "
+                             f"{', '.join(STUDENTS)} (or any timm model name, trained as a teacher)")
         teacher = create_teacher(cfg.model.name, cfg.model.init, cfg.model.pretrained, num_classes)
         return teacher.train(), "teacher"
     inner = create_student(cfg.model.name, num_classes, cfg.data.img_size, **cfg.model.kwargs)
@@ -163,6 +168,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     check_runnable(cfg)
+    resolve_mode(cfg.wandb.mode)  # a bad W&B mode fails before anything is written
     out_dir, ckpt_dir = Path(cfg.output.dir), Path(cfg.output.dir) / "checkpoints"
 
     # ---- process group: DeepSpeed picks gloo on CPU, nccl on GPUs

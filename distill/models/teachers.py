@@ -103,7 +103,8 @@ def load_weights(model, path):
     unexpected = sorted(relevant(state_dict) - relevant(expected))
     if missing or unexpected:
         raise ValueError(f"{path} does not match {type(target).__name__}: missing keys: {_few(missing)}; "
-                         f"unexpected keys: {_few(unexpected)}")
+                         f"unexpected keys: {_few(unexpected)}; is it a checkpoint of this architecture? "
+                         "(check --teacher / model.name)")
 
     classifier = (getattr(target, "pretrained_cfg", None) or {}).get("classifier")
     for key, value in expected.items():
