@@ -29,7 +29,7 @@ def student_export_dir(spec: str) -> Path | None:
 
 
 def load_student(folder: Path) -> Preprocessed:
-    """Rebuild an exported student from its config.yaml and model.pt, without DeepSpeed."""
+    """Rebuild an exported model from its config.yaml and model.pt, without DeepSpeed."""
     try:
         info = yaml.safe_load((folder / "config.yaml").read_text())["student"]
         complete = {"name", "num_classes", "img_size", "mean", "std"} <= set(info)
@@ -38,6 +38,8 @@ def load_student(folder: Path) -> Preprocessed:
     if not complete:
         raise ValueError(f"{folder / 'config.yaml'}: no complete `student` section (name, num_classes, img_size, "
                          "mean, std); pass the final/ directory that train_student.py wrote")
+    if info.get("kind") == "teacher":  # a teacher trained by tools/train_teacher.py
+        return create_teacher(info["name"], checkpoint=folder / "model.pt", num_classes=info["num_classes"])
     model = create_student(info["name"], info["num_classes"], info["img_size"], **(info.get("kwargs") or {}))
     load_weights(model, folder / "model.pt")
     return Preprocessed(model, info["mean"], info["std"], info["img_size"])

@@ -10,7 +10,7 @@ Top to bottom: config -> process group -> data and store (refused if made for ot
 -> student -> DeepSpeed engine -> resume -> epochs of train steps, evaluation and
 checkpoints -> export. Outputs in output.dir: config.yaml (resolved), checkpoints/
 (DeepSpeed; the newest two kept), train_log.jsonl (loss and lr per optimizer step),
-metrics.json (final test metrics), wandb/ (offline runs), and final/ (model.pt: the
+evals.jsonl (test metrics per evaluated epoch), metrics.json (final test metrics), wandb/ (offline runs), and final/ (model.pt: the
 student's fp32 state_dict; config.yaml: the resolved config plus a `student` section,
 all that tools/evaluate.py needs to rebuild it without DeepSpeed).
 
@@ -51,7 +51,7 @@ from distill.loss import DistillationLoss  # noqa: E402
 from distill.metrics import MetricAccumulator  # noqa: E402
 from distill.replay import StoreViews, TeacherViews  # noqa: E402
 from distill.tracking import resolve_mode, start_tracking  # noqa: E402
-from teacher_logits.manifest import StoreError, differences  # noqa: E402
+from teacher_logits.manifest import StoreError, atomic_write, differences, failpoint  # noqa: E402
 from teacher_logits.reader import LogitStore  # noqa: E402
 
 KEEP_CHECKPOINTS = 2
@@ -111,10 +111,16 @@ def evaluate(engine, test_set, cfg, rank, world, dtype):
 
 
 def save_checkpoint(engine, ckpt_dir: Path, epoch, step_in_epoch, global_step, rank):
-    """DeepSpeed writes `latest` only after a save completes, so resume never sees half a checkpoint."""
+    """Every rank's files first, then `latest` (renamed into place) names the tag: resume
+    never picks up half a checkpoint, whenever the run is killed."""
     state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step}
-    engine.save_checkpoint(str(ckpt_dir), tag=f"step{global_step}", client_state=state)
-    if rank == 0:  # prune older tags (a later-numbered one may be a killed run's half-save: leave it)
+    tag = f"step{global_step}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
+    torch.distributed.barrier()  # every rank's files of this tag are complete
+    failpoint("checkpoint:latest")  # crash tests: files written, `latest` not yet moved
+    if rank == 0:  # DeepSpeed writes `latest` in place; a rename cannot leave it half-written
+        atomic_write(ckpt_dir / "latest", tag.encode())
+        # prune older tags (a later-numbered one may be a killed run's half-save: leave it)
         older = sorted(int(p.name[4:]) for p in ckpt_dir.glob("step*") if p.is_dir() and int(p.name[4:]) < global_step)
         for step in older[: max(len(older) - (KEEP_CHECKPOINTS - 1), 0)]:
             shutil.rmtree(ckpt_dir / f"step{step}", ignore_errors=True)
@@ -262,7 +268,8 @@ def main(argv=None):
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     tracker = start_tracking(cfg.wandb, config, out_dir, rank)
-    train_log = open(out_dir / "train_log.jsonl", "a") if rank == 0 else None
+    # a fresh start rewrites the log; a resumed run appends (re-done steps log again)
+    train_log = open(out_dir / "train_log.jsonl", "a" if global_step else "w") if rank == 0 else None
     say(f"{cfg.model.name} on {cfg.data.dataset} ({size} samples, {world} rank(s)), mode {cfg.loss.mode}: "
         f"{steps_per_epoch} steps/epoch, {total_steps} steps in all")
 
@@ -300,7 +307,8 @@ def main(argv=None):
             global_step, step_in_epoch = global_step + 1, step_in_epoch + 1
             img_per_s = cfg.train.batch_size * cfg.train.grad_accum * world / (time.time() - tick)
             if train_log:
-                train_log.write(json.dumps({"step": global_step, "epoch": epoch, "loss": step_loss, "lr": lr}) + "\n")
+                train_log.write(json.dumps({"step": global_step, "epoch": epoch, "loss": step_loss, "lr": lr,
+                                            "time": round(time.time(), 3)}) + "\n")
                 train_log.flush()
             if global_step % cfg.train.log_every == 0:
                 tracker.log({"train/loss": step_loss, "train/lr": lr, "train/img_per_s": img_per_s,
@@ -324,6 +332,9 @@ def main(argv=None):
             if rank == 0:
                 bar.write(f"epoch {epoch}: test top1 {last_eval['top1']:.2f}% top5 {last_eval['top5']:.2f}% "
                           f"loss {last_eval['loss']:.4f}")
+                with open(out_dir / "evals.jsonl", "a") as f:  # the learning curve, machine-readable
+                    f.write(json.dumps({"epoch": epoch, "step": global_step, "wall_s": round(time.time() - started, 2),
+                                        **last_eval}) + "\n")
         save_checkpoint(engine, ckpt_dir, epoch, 0, global_step, rank)
         saved_at = global_step
     bar.close()

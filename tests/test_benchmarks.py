@@ -1,0 +1,39 @@
+"""Every benchmark's --quick mode runs, so the benchmarks cannot rot. These tests
+check the structure of what is measured (all modes present, ratios finite and
+positive), never the speed: speed targets live in docs/benchmarks.md."""
+import math
+
+import pytest
+
+from tools import bench_memory, bench_store, bench_student_step, bench_teacher_stage
+
+
+def finite_positive(*values):
+    return all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values)
+
+
+def test_bench_store_quick():
+    rows = bench_store.main(["--quick"])
+    assert {(r["classes"], r["k"]) for r in rows} >= {(10, 1), (10, 10), (100, 10), (100, 100)}
+    for r in rows:
+        assert finite_positive(r["bytes_log8"], r["bytes_fp16"])
+        assert r["tinyvit"] == 4 + 4 * r["k"] and r["dense_fp32"] == 4 * r["classes"]
+        assert r["kl_cost_log8"] >= -1e-9 and 0 <= r["top1_log8"] <= 100
+
+
+def test_bench_teacher_stage_quick():
+    result = bench_teacher_stage.main(["--quick"])
+    assert finite_positive(result["bare_img_s"], result["save_logits_img_s"], result["ratio"])
+
+
+def test_bench_memory_quick():
+    result = bench_memory.main(["--quick"])
+    assert finite_positive(result["save_logits_ratio"], result["reader_ratio"])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_bench_student_step_quick():
+    result = bench_student_step.main(["--quick", "--no-ranks"])
+    assert {"kd", "scratch", "online:cifar10_resnet20"} <= set(result)
+    assert finite_positive(result["kd"], result["scratch"], result["online:cifar10_resnet20"],
+                           result["kd_over_scratch"], result["kd_speedup_over_online:cifar10_resnet20"])

@@ -1,0 +1,50 @@
+"""The eval stage on real exports: a teacher fine-tuned by train_teacher.py, a student
+from train_student.py and a teacher checkpoint, in one table, with confusion PNGs."""
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import run_tool
+from distill.metrics import confusion_figure_size
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, teacher_ckpt):
+    root = tmp_path_factory.mktemp("exports")
+    run_tool("tools/train_teacher.py", "--teacher", "cifar10_resnet20", "--dataset", "digits", "--epochs", "1",
+             "--workers", "0", "--batch-size", "64", "--out", root / "teacher", "train.checkpoint_every=0")
+    run_tool("distill/train_student.py", "--config", "configs/smoke_digits.yaml", "loss.mode=scratch",
+             "train.epochs=1", "wandb.enabled=false", f"output.dir={root / 'student'}")
+    return root
+
+
+def test_evaluate_compares_student_teacher_export_and_checkpoint(exports, teacher_ckpt, tmp_path):
+    out = tmp_path / "eval"
+    proc = run_tool("tools/evaluate.py", "--dataset", "digits", "--out", out, "--throughput-iters", "1",
+                    "--compare", exports / "student/final", exports / "teacher/final",
+                    f"cifar10_resnet20={teacher_ckpt}")
+    results = json.loads((out / "metrics.json").read_text())["models"]
+    assert set(results) == {"student", "teacher", "cifar10_resnet20"}
+    # the trainer's own evaluation of its export (another code path) agrees with evaluate.py
+    for run in ("student", "teacher"):
+        trained = json.loads((exports / run / "metrics.json").read_text())["eval"]
+        assert results[run]["top1"] == pytest.approx(trained["top1"], abs=1e-6)
+        assert results[run]["num_samples"] == trained["num_samples"] == 450
+    for name, metrics in results.items():
+        assert metrics["params"] > 0 and metrics["flops"] > 0 and metrics["images_per_s"] > 0
+        assert len(metrics["per_class"]) == 10 and sum(map(sum, metrics["confusion"])) == 450
+        with Image.open(metrics["confusion_png"]) as png:
+            side = round(confusion_figure_size(10) * 100)
+            assert png.size == (side, side)
+        assert f"| {name} |" in proc.stdout
+    assert (out / "metrics.md").read_text().count("\n| ") == 4  # header + 3 models
+
+
+def test_teacher_export_feeds_save_logits(exports, tmp_path):
+    """A fine-tuned teacher's export is a checkpoint save_logits accepts."""
+    store = tmp_path / "store"
+    run_tool("tools/save_logits.py", "--teacher", "cifar10_resnet20", "--checkpoint",
+             exports / "teacher/final/model.pt", "--dataset", "digits", "--aug", "crop", "--limit", "64",
+             "--workers", "0", "--out", store)
+    assert run_tool("tools/verify_logits.py", store).returncode == 0

@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Benchmark: what a student step costs in kd-from-store, scratch and online modes,
+and how the student stage scales from 1 to 2 DeepSpeed ranks.
+
+Every mode runs the real trainer (distill/train_student.py) on the same store's
+views, student, batch size and steps; only the target differs: stored soft
+targets (kd), hard labels (scratch), or a teacher run in the loop (online, once
+per teacher). Runs alternate mode by mode; images/s = steps x batch / training
+wall time (from train_log.jsonl timestamps, after WARMUP_STEPS steps).
+
+  python tools/bench_student_step.py --store STORE --data-root DATA --skip-md5 --steps 40 \\
+      --teacher cifar10_resnet20=../shared/teachers/cifar10/resnet20_akamaster-12fca82f.th \\
+      --teacher cifar10_densenet_bc100=../shared/teachers/cifar10/densenet_bc100_k12_odin_cifar10_statedict.pt
+  python tools/bench_student_step.py --quick     # digits, tiny student, random teacher
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from distill.cli import run_main  # noqa: E402
+from distill.distributed import free_port  # noqa: E402
+
+WARMUP_STEPS = 3
+
+
+def train(args, mode: str, out: str, ranks: int = 1, teacher: str | None = None) -> float:
+    """Images/s of one training run of `args.steps` optimizer steps."""
+    overrides = [f"loss.mode={mode}", f"logits.store={args.store}", f"output.dir={out}", "output.resume=none",
+                 f"train.max_steps={args.steps}", "train.epochs=1000", "train.eval_every=1000",
+                 "train.checkpoint_every=0", "wandb.enabled=false", f"data.test_limit={args.batch_size}",
+                 f"train.batch_size={args.batch_size}", f"data.workers={args.workers}", *args.overrides]
+    overrides += [f"data.root={args.data_root}"] if args.data_root else []
+    overrides += ["data.skip_md5=true"] if args.skip_md5 else []
+    if teacher:
+        name, _, ckpt = teacher.partition("=")
+        overrides += [f"teacher.name={name}"] + ([f"teacher.checkpoint={ckpt}"] if ckpt else [])
+    script = os.path.join(REPO, "distill/train_student.py")
+    cmd = ([sys.executable, script] if ranks == 1 else
+           ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), script])
+    env = {**os.environ, "PYTHONPATH": REPO, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled",
+           "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
+    proc = subprocess.run([*cmd, "--config", args.config, *overrides], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"train_student ({mode}) failed: {proc.stderr[-800:]}")
+    log = [json.loads(line) for line in open(os.path.join(out, "train_log.jsonl"))]
+    timed = log[WARMUP_STEPS - 1 :]  # steady state: after start-up, first-touch and worker spin-up
+    return (len(timed) - 1) * args.batch_size * ranks / (timed[-1]["time"] - timed[0]["time"])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", help="logit store the kd runs read (all modes train on its views)")
+    p.add_argument("--config", default=os.path.join(REPO, "configs/smoke_cifar10.yaml"), help="student config")
+    p.add_argument("--data-root", help="dataset directory")
+    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    p.add_argument("--teacher", action="append", default=[], help="online teacher NAME=CHECKPOINT (repeat)")
+    p.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
+    p.add_argument("--batch-size", type=int, default=64, help="micro-batch per rank")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers")
+    p.add_argument("--repeats", type=int, default=1, help="alternating rounds of all modes")
+    p.add_argument("--no-ranks", action="store_true", help="skip the 1-vs-2-rank scaling run")
+    p.add_argument("--quick", action="store_true", help="digits, tiny student, random ResNet-20, 10 steps")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("overrides", nargs="*", help="extra config overrides for every run")
+    args = p.parse_args(argv)
+    tmp = tempfile.mkdtemp(prefix="bench_student_")
+    if args.quick:
+        args.config, args.steps, args.batch_size, args.workers = os.path.join(REPO, "configs/smoke_digits.yaml"), 10, 32, 0
+        args.store = make_quick_store(tmp)
+        args.teacher = [f"cifar10_resnet20={os.path.join(tmp, 'teacher.pt')}"]
+    if not args.store:
+        p.error("--store is required (or --quick)")
+    runs = [("kd", None), ("scratch", None)] + [("online", t) for t in args.teacher]
+    results = {f"{m}:{t.partition('=')[0]}" if t else m: [] for m, t in runs}
+    for r in range(args.repeats):
+        for (mode, teacher), key in zip(runs, results):
+            results[key].append(train(args, mode, os.path.join(tmp, f"{key}-{r}".replace(":", "_")), 1, teacher))
+            print(f"{key:>32}: {results[key][-1]:8.1f} img/s", flush=True)
+    summary = {k: float(sum(v) / len(v)) for k, v in results.items()}
+    summary["kd_over_scratch"] = summary["kd"] / summary["scratch"]
+    for key in results:
+        if key.startswith("online"):
+            summary[f"kd_speedup_over_{key}"] = summary["kd"] / summary[key]
+    if not args.no_ranks:
+        summary["kd_2ranks"] = train(args, "kd", os.path.join(tmp, "kd_2ranks"), ranks=2)
+        summary["kd_1rank"] = summary["kd"]
+        summary["scaling_2_over_1"] = summary["kd_2ranks"] / summary["kd"]
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=1)
+    return summary
+
+
+def make_quick_store(tmp: str) -> str:
+    """A small digits store from a fixed random ResNet-20 (speed does not depend on its weights)."""
+    import torch
+
+    from distill.models import create_teacher
+
+    torch.manual_seed(0)
+    ckpt = os.path.join(tmp, "teacher.pt")
+    torch.save(create_teacher("cifar10_resnet20").model.state_dict(), ckpt)
+    store = os.path.join(tmp, "store")
+    subprocess.run([sys.executable, os.path.join(REPO, "tools/save_logits.py"), "--teacher", "cifar10_resnet20",
+                    "--checkpoint", ckpt, "--dataset", "digits", "--aug", "crop", "--limit", "512", "--workers", "0",
+                    "--topk", "5", "--out", store], check=True, capture_output=True, env={**os.environ, "PYTHONPATH": REPO})
+    return store
+
+
+if __name__ == "__main__":
+    run_main(main)
