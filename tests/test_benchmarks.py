@@ -37,3 +37,13 @@ def test_bench_student_step_quick():
     assert {"kd", "scratch", "online:cifar10_resnet20"} <= set(result)
     assert finite_positive(result["kd"], result["scratch"], result["online:cifar10_resnet20"],
                            result["kd_over_scratch"], result["kd_speedup_over_online:cifar10_resnet20"])
+
+
+def test_bench_distill_quick(tmp_path):
+    from tools import bench_distill
+
+    result = bench_distill.main(["--quick", "--out", str(tmp_path / "bench")])
+    for mode in bench_distill.MODES:
+        assert len(result[mode]["curve"]) >= 1 and 0 <= result[mode]["test_top1"] <= 100
+        assert finite_positive(result[mode]["images_per_s"], result[mode]["train_wall_s"])
+    assert (tmp_path / "bench" / "curves.png").is_file()
