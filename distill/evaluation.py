@@ -15,7 +15,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distill.augment import ViewMaker
+from distill.augment import ViewMaker, native_resolution
 from distill.datasets import NUM_CLASSES, labels_of
 from distill.metrics import MetricAccumulator, count_flops, count_params, measure_throughput
 from distill.models import Preprocessed, create_student, create_teacher, load_weights
@@ -67,6 +67,20 @@ def load_model(spec: str, num_classes: int) -> tuple[str, Preprocessed]:
     return name, teacher.eval()
 
 
+def test_views_loader(dataset, resolution: int, batch_size: int, workers: int = 0, limit: int | None = None,
+                      rank: int = 0, world: int = 1) -> DataLoader:
+    """Unaugmented test views in batches. `limit` takes a fixed random subset (test sets may be
+    sorted by class, so the first N can be one class); ranks take disjoint slices of it."""
+    labels = labels_of(dataset)
+    indices = np.arange(len(labels))
+    if limit is not None and limit < len(labels):
+        indices = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
+    indices = indices[rank::world]
+    views = TeacherViews(ViewMaker(dataset, "none", resolution=resolution), 0, np.zeros(len(indices), int),
+                         indices, labels)
+    return DataLoader(views, batch_size=batch_size, num_workers=workers)
+
+
 @torch.no_grad()
 def evaluate_model(model: Preprocessed, dataset, dataset_name: str, device, batch_size: int = 256,
                    workers: int = 0, limit: int | None = None, throughput_iters: int = 3) -> dict:
@@ -75,19 +89,13 @@ def evaluate_model(model: Preprocessed, dataset, dataset_name: str, device, batc
     if model.num_classes != num_classes:
         raise ValueError(f"model has {model.num_classes} classes, {dataset_name} has {num_classes}: "
                          "evaluate it on the dataset it was trained for")
-    labels = labels_of(dataset)
-    indices = np.arange(len(labels))
-    if limit is not None and limit < len(labels):  # a fixed random subset: test sets may be sorted by class
-        indices = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
-    maker = ViewMaker(dataset, "none", resolution=96 if dataset_name == "stl10" else 32)
-    views = TeacherViews(maker, 0, np.zeros(len(indices), int), indices, labels)
+    size = native_resolution("stl10" if dataset_name == "stl10" else "none")
     acc = MetricAccumulator(num_classes, list(getattr(dataset, "classes", None) or range(num_classes)))
     model = model.to(device).eval()
-    for batch in tqdm(DataLoader(views, batch_size=batch_size, num_workers=workers), desc="evaluating",
+    for batch in tqdm(test_views_loader(dataset, size, batch_size, workers, limit), desc="evaluating",
                       leave=False, unit="batch"):
         acc.update(model(batch["view"].to(device)), batch["label"])
     metrics = acc.compute()
-    size = maker.size
     metrics["params"] = count_params(model)
     metrics["flops"] = count_flops(model, (1, 3, size, size))
     if throughput_iters > 0:

@@ -47,6 +47,7 @@ from distill.cli import run_main  # noqa: E402
 from distill.config import check_runnable, load_config, resolved_config  # noqa: E402
 from distill.datasets import NUM_CLASSES, STATS, build_dataset, fingerprint, labels_of  # noqa: E402
 from distill.distributed import set_single_process_env  # noqa: E402
+from distill.evaluation import test_views_loader  # noqa: E402
 from distill.loss import DistillationLoss  # noqa: E402
 from distill.metrics import MetricAccumulator  # noqa: E402
 from distill.replay import StoreViews, TeacherViews  # noqa: E402
@@ -95,12 +96,8 @@ def lr_factor(step, warmup_steps, total_steps, min_ratio):
 @torch.no_grad()
 def evaluate(engine, test_set, cfg, rank, world, dtype):
     """top1/top5/loss on the unaugmented test views; ranks take disjoint slices, then all-reduce."""
-    labels = labels_of(test_set)
-    # A fixed random subset for data.test_limit: the first N can be one class (the local CIFAR-10 is sorted).
-    indices = np.sort(np.random.default_rng(0).permutation(len(labels))[: cfg.data.test_limit])[rank::world]
-    maker = ViewMaker(test_set, "none", resolution=native_resolution(cfg.data.recipe))
-    views = TeacherViews(maker, 0, np.zeros(len(indices), int), indices, labels)
-    loader = DataLoader(views, batch_size=2 * cfg.train.batch_size, num_workers=cfg.data.workers)
+    loader = test_views_loader(test_set, native_resolution(cfg.data.recipe), 2 * cfg.train.batch_size,
+                               cfg.data.workers, cfg.data.test_limit, rank, world)
     acc = MetricAccumulator(NUM_CLASSES[cfg.data.dataset])
     engine.eval()
     for batch in loader:
