@@ -11,7 +11,6 @@ import sys
 import tarfile
 import time
 
-import numpy as np
 import pytest
 import zstandard
 
