@@ -56,13 +56,16 @@ class Loss:
     temperature: float = 1.0
     alpha: float = 0.0  # weight of the hard-label cross-entropy (kd and online modes)
     label_smoothing: float = 0.0
+    teacher_target: str = "soft"  # soft: KL to q_T; hard: CE to the teacher's argmax (DeiT)
+    standardize: bool = False  # z-score both sides' logits before the temperature (Sun et al. 2024)
 
 
 @dataclass
 class Teacher:  # loss.mode online only
-    name: str | None = None
-    checkpoint: str | None = None
+    name: str | list[str] | None = None  # a list: an ensemble (mean of the teachers' probabilities)
+    checkpoint: str | list[str] | None = None  # one per teacher.name, in the same order
     pretrained: bool = False
+    weights: list[float] | None = None  # ensemble weights, one positive number per teacher; None: equal
 
 
 @dataclass
@@ -126,10 +129,16 @@ CHOICES = {
     "data.dataset": tuple(NUM_CLASSES),
     "data.recipe": RECIPES,
     "loss.mode": ("kd", "scratch", "online"),
+    "loss.teacher_target": ("soft", "hard"),
     "output.resume": ("auto", "none"),
     "wandb.mode": (None, "online", "offline", "disabled"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
 }
+
+
+# how errors about an online teacher (or ensemble) name its config keys
+TEACHER_KEYS = {"name": "teacher.name", "checkpoint": "teacher.checkpoint", "pretrained": "teacher.pretrained=true",
+                "weights": "teacher.weights", "prefix": "config key "}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -167,6 +176,11 @@ def check_runnable(cfg: Config) -> None:
         raise ValueError("config key logits.store is required for loss.mode kd (or use loss.mode scratch)")
     if cfg.loss.mode == "online" and cfg.teacher.name is None:
         raise ValueError("config key teacher.name is required for loss.mode online")
+    if cfg.loss.mode == "online":
+        from distill.models.teachers import ensemble_spec
+
+        ensemble_spec(cfg.teacher.name, cfg.teacher.checkpoint, cfg.teacher.pretrained, cfg.teacher.weights,
+                      TEACHER_KEYS, require_weights=False)  # counts and weights; a random teacher only warns
     if cfg.data.dataset != "digits" and cfg.data.root is None:
         raise ValueError(f"config key data.root is required for dataset {cfg.data.dataset}")
     for key in ("data.img_size", "train.epochs", "train.batch_size", "train.grad_accum", "train.eval_every"):
@@ -222,10 +236,21 @@ def _build(cls, tree, prefix: str):
 def _coerce(value, kind, key: str):
     """`value` as type `kind`, or a ValueError naming `key`. Only lossless conversions."""
     args = typing.get_args(kind)
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
-        if value is None:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None, X | list[X] | None
+        if value is None and type(None) in args:
             return None
-        return _coerce(value, next(a for a in args if a is not type(None)), key)
+        options = [a for a in args if a is not type(None)]
+        for option in options[:-1]:
+            try:
+                return _coerce(value, option, key)
+            except ValueError:
+                pass
+        try:
+            return _coerce(value, options[-1], key)
+        except ValueError:
+            if len(options) == 1:
+                raise
+        raise ValueError(f"config key {key}: expected {' or '.join(map(_type_name, options))}, got {value!r}")
     if typing.get_origin(kind) is list:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key {key}: expected a list, got {value!r}")
@@ -244,4 +269,9 @@ def _coerce(value, kind, key: str):
             pass
     if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
-    raise ValueError(f"config key {key}: expected {kind.__name__}, got {value!r}")
+    raise ValueError(f"config key {key}: expected {_type_name(kind)}, got {value!r}")
+
+
+def _type_name(kind) -> str:
+    """'str', 'list[str]': how a type reads in an error message."""
+    return kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")

@@ -1,9 +1,20 @@
-"""The student's loss: soft-target distillation (Hinton et al. 2015), optionally mixed
-with hard-label cross-entropy.
+"""The student's loss: distillation from the teacher's distribution q (Hinton et al. 2015),
+optionally mixed with hard-label cross-entropy.
 
-    loss = (1 - alpha) * T^2 * KL(q_T || softmax(z / T)) + alpha * CE(y, softmax(z))
+    loss = (1 - alpha) * D(q, z) + alpha * CE(y, softmax(z))
 
-z are the student logits, q the teacher distribution and y the hard target.
+z are the student logits, q the teacher distribution and y the hard target. The
+distillation term D is one of:
+
+- soft (default): T^2 * KL(q_T || softmax(z / T)).
+- soft with `standardize` (logit standardisation, Sun et al. CVPR 2024): both sides'
+  logits are z-scored per sample before the temperature, so the student matches the
+  teacher's *ranking and relative gaps*, not its logit scale - a small student cannot
+  reproduce a large teacher's confident scale, and should not have to. The teacher's
+  logits are log q (equal to its logits up to a per-sample constant, which the
+  z-score removes).
+- hard (DeiT's hard distillation): CE(onehot(argmax q), softmax(z)), the one-hot
+  label-smoothed like the true label; with alpha = 0.5 it is DeiT's 50/50 mix.
 
 Temperature. The store holds the teacher's T=1 probabilities q (top-k, rest spread
 evenly), not its logits, so the softened target is q_T ∝ q^(1/T), renormalised. For
@@ -25,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MODES = ("kd", "scratch", "online")
+TEACHER_TARGETS = ("soft", "hard")
 
 
 def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -34,24 +46,38 @@ def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(torch.log(probs) / temperature, dim=-1)
 
 
-def hard_target(num_classes: int, label, partner_label=None, lam=None, smoothing: float = 0.0) -> torch.Tensor:
-    def one_hot(y):
-        return F.one_hot(y.long(), num_classes).float() * (1.0 - smoothing) + smoothing / num_classes
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Per-sample z-score of logits (Sun et al. 2024)."""
+    return (logits - logits.mean(-1, keepdim=True)) / (logits.std(-1, keepdim=True) + eps)
 
-    target = one_hot(label)
+
+def one_hot(label, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    return F.one_hot(label.long(), num_classes).float() * (1.0 - smoothing) + smoothing / num_classes
+
+
+def hard_target(num_classes: int, label, partner_label=None, lam=None, smoothing: float = 0.0) -> torch.Tensor:
+    target = one_hot(label, num_classes, smoothing)
     if partner_label is None or lam is None:
         return target
     partner_label = torch.where(partner_label >= 0, partner_label, label)  # -1: not mixed (TeacherViews)
     lam = lam.float().view(-1, 1)
-    return lam * target + (1.0 - lam) * one_hot(partner_label)
+    return lam * target + (1.0 - lam) * one_hot(partner_label, num_classes, smoothing)
+
+
+def cross_entropy(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
 class DistillationLoss(nn.Module):
-    def __init__(self, mode: str = "kd", temperature: float = 1.0, alpha: float = 0.0, label_smoothing: float = 0.0):
+    def __init__(self, mode: str = "kd", temperature: float = 1.0, alpha: float = 0.0, label_smoothing: float = 0.0,
+                 teacher_target: str = "soft", standardize: bool = False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"loss mode {mode!r}: expected one of {', '.join(MODES)}")
+        if teacher_target not in TEACHER_TARGETS:
+            raise ValueError(f"loss teacher_target {teacher_target!r}: expected one of {', '.join(TEACHER_TARGETS)}")
         self.mode, self.temperature, self.alpha, self.label_smoothing = mode, temperature, alpha, label_smoothing
+        self.teacher_target, self.standardize = teacher_target, standardize
 
     def forward(self, logits, teacher_probs=None, label=None, partner_label=None, lam=None) -> torch.Tensor:
         """Mean loss over the batch. logits [B, C]; teacher_probs [B, C] (kd/online); label,
@@ -61,11 +87,20 @@ class DistillationLoss(nn.Module):
         loss = logits.new_zeros(())
         if hard_weight > 0:
             y = hard_target(logits.shape[1], label, partner_label, lam, self.label_smoothing)
-            loss = loss + hard_weight * -(y * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+            loss = loss + hard_weight * cross_entropy(y, logits)
         if hard_weight < 1:
-            T = self.temperature
-            q = soften(teacher_probs.float(), T)
-            # kl_div uses xlogy, so classes with q = 0 add 0 rather than nan.
-            kl = F.kl_div(F.log_softmax(logits / T, dim=-1), q, reduction="batchmean")
-            loss = loss + (1.0 - hard_weight) * T * T * kl
+            loss = loss + (1.0 - hard_weight) * self.distillation(logits, teacher_probs.float())
         return loss
+
+    def distillation(self, logits, q) -> torch.Tensor:
+        if self.teacher_target == "hard":
+            return cross_entropy(one_hot(q.argmax(-1), q.shape[-1], self.label_smoothing), logits)
+        T = self.temperature
+        if self.standardize:
+            # a class the store holds at exactly 0 gets the smallest positive log-probability
+            teacher_logits = torch.log(q.clamp_min(torch.finfo(q.dtype).tiny))
+            q, logits = F.softmax(standardize(teacher_logits) / T, dim=-1), standardize(logits)
+        else:
+            q = soften(q, T)
+        # kl_div uses xlogy, so classes with q = 0 add 0 rather than nan.
+        return T * T * F.kl_div(F.log_softmax(logits / T, dim=-1), q, reduction="batchmean")

@@ -3,6 +3,13 @@
 Work is cut into shards (one epoch's slice of a seeded sample order). Each rank
 labels the shards `rank::world` that do not exist yet, so a re-run after a crash
 resumes where it stopped; rank 0 seals the manifest when every shard exists.
+
+The teacher may be an ensemble (several --teacher/--checkpoint pairs): a
+`TeacherEnsemble` whose output is the log of the weighted mean probability, so the
+rest of the stage treats it as one teacher. A re-run with a larger --epochs grows
+the store: the manifest is rewritten unsealed with the new epochs' shards (old
+entries and the store id kept), the missing shards are labelled as on any resume,
+and the manifest is sealed again.
 """
 from __future__ import annotations
 
@@ -18,11 +25,13 @@ from tqdm import tqdm
 from distill import distributed
 from distill.augment import Mixing, ViewMaker
 from distill.datasets import NUM_CLASSES, build_dataset, fingerprint, labels_of
-from distill.models import create_teacher
+from distill.models import create_teachers
+from distill.models.teachers import ensemble_spec
 from distill.replay import TeacherViews
 from teacher_logits.codec import encode_values, index_dtype
-from teacher_logits.manifest import (MANIFEST, StoreError, differences, load_manifest, new_manifest, sha256_file,
-                                     shard_indices, shard_plans, write_manifest)
+from teacher_logits.manifest import (MANIFEST, StoreError, describe_teacher, differences, load_manifest,
+                                     new_manifest, sha256_file, shard_indices, shard_plans, teacher_members,
+                                     write_manifest)
 from teacher_logits.shards import write_shard
 
 
@@ -46,16 +55,59 @@ def file_sha256(path: str | None) -> str | None:
     return sha256_file(path)
 
 
+def teacher_settings(names: list[str], checkpoints: list[str | None], pretrained: bool, weights: list[float],
+                     precision: str) -> dict:
+    """The teacher fingerprint of a store. One teacher: {name, checkpoint_sha256, pretrained,
+    precision}, as stores have always recorded it. Several: every member's {name,
+    checkpoint_sha256, pretrained}, the normalised weights, and the precision."""
+    if len(names) == 1:
+        return {"name": names[0], "checkpoint_sha256": file_sha256(checkpoints[0]), "pretrained": bool(pretrained),
+                "precision": precision}
+    return {"members": [{"name": n, "checkpoint_sha256": file_sha256(c), "pretrained": bool(pretrained)}
+                        for n, c in zip(names, checkpoints)],
+            "weights": list(weights), "precision": precision}
+
+
+def store_teachers(stored: dict, names, checkpoints, pretrained: bool) -> tuple[list, list, list[float]]:
+    """(names, checkpoints, weights) to rebuild a store's teacher or ensemble from the given
+    --teacher/--checkpoint pairs, refused (naming the difference) unless they are the teachers
+    in the store's manifest, in its order. The weights are the store's."""
+    names, checkpoints, _ = ensemble_spec(names, checkpoints, pretrained)
+    members = teacher_members(stored)
+    given = [{"name": n, "checkpoint_sha256": file_sha256(c), "pretrained": bool(pretrained)}
+             for n, c in zip(names, checkpoints)]
+    if len(given) != len(members):
+        raise BadInput(f"--teacher: the store was made by {len(members)} teacher(s) ({describe_teacher(stored)}), "
+                       f"{len(given)} given ({' '.join(names)}): pass each of the store's teachers with its "
+                       "--checkpoint, in the store's order")
+
+    def keyed(ms):
+        return {"teacher": ms[0]} if len(ms) == 1 else {f"teacher.members[{i}]": m for i, m in enumerate(ms)}
+
+    diff = differences(keyed(members), keyed(given))
+    if diff:
+        raise BadInput(f"--teacher/--checkpoint do not match the teachers the store was made with "
+                       f"({'; '.join(diff)} [store != given]): pass the store's teachers, each with its "
+                       "--checkpoint, in the store's order")
+    return names, checkpoints, stored.get("weights", [1.0])
+
+
 def store_settings(args, data_fp: dict, maker: ViewMaker, num_classes: int) -> dict:
+    names, checkpoints, weights = teacher_spec(args)
     return {"k": args.topk, "num_classes": num_classes, "values": args.values, "epochs": args.epochs,
             "seed": args.seed, "shard_records": args.shard_records, "chunk_records": args.chunk_records,
             "dataset": data_fp, "augmentation": maker.fingerprint(),
-            "teacher": {"name": args.teacher, "checkpoint_sha256": file_sha256(args.checkpoint),
-                        "pretrained": bool(args.pretrained), "precision": args.precision}}
+            "teacher": teacher_settings(names, checkpoints, args.pretrained, weights, args.precision)}
+
+
+def teacher_spec(args) -> tuple[list[str], list[str | None], list[float]]:
+    """(names, checkpoints, normalised weights) of save_logits' --teacher/--checkpoint pairs."""
+    return ensemble_spec(args.teacher, args.checkpoint, args.pretrained, getattr(args, "teacher_weights", None))
 
 
 def open_store(out: Path, settings: dict, rank: int) -> dict:
-    """The store's manifest: created on first run, checked against `settings` on re-runs."""
+    """The store's manifest: created on first run, checked against `settings` on re-runs,
+    and grown when the only change is a larger number of epochs."""
     if rank == 0 and not (out / MANIFEST).exists():
         if out.exists() and not out.is_dir():
             raise BadInput(f"--out {out} is a file, not a directory: choose a new directory")
@@ -71,11 +123,44 @@ def open_store(out: Path, settings: dict, rank: int) -> dict:
             raise BadInput(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
     distributed.barrier()
     manifest = load_manifest(out)
-    diff = differences(manifest["settings"], {**settings, "codec_version": manifest["settings"]["codec_version"]})
-    if diff:
-        raise BadInput(f"--out {out} holds a store made with other settings ({'; '.join(diff)} [store != now]): "
+    stored = manifest["settings"]
+    diff = differences(stored, {**settings, "codec_version": stored["codec_version"]})
+    others = [d for d in diff if not d.startswith("epochs:")]
+    if others:
+        raise BadInput(f"--out {out} holds a store made with other settings ({'; '.join(others)} [store != now]): "
                        "use a new --out, or the original settings to resume")
+    if settings["epochs"] < stored["epochs"]:
+        unfinished = "" if manifest["complete"] else \
+            f" (it is unfinished: re-run with --epochs {stored['epochs']} to finish it)"
+        raise BadInput(f"--out {out} holds a store of {stored['epochs']} epochs{unfinished}; stores only grow, "
+                       f"so --epochs {settings['epochs']} is refused: use the existing store (students cycle "
+                       "through its stored epochs)")
+    if settings["epochs"] > stored["epochs"]:
+        distributed.barrier()  # every rank has read the old manifest before rank 0 replaces it
+        if rank == 0:
+            try:
+                write_manifest(out, grown_manifest(manifest, settings["epochs"]))
+            except OSError as e:
+                raise BadInput(f"--out {out}: cannot write manifest.json ({e.strerror}): free space or fix the "
+                               "directory, then re-run the same command") from None
+        distributed.barrier()
+        manifest = load_manifest(out)
     return manifest
+
+
+def grown_manifest(manifest: dict, epochs: int) -> dict:
+    """`manifest` extended to `epochs` epochs, unsealed: the new epochs' shards are planned,
+    the existing entries (names, sizes, sha256) and the store id are kept as they are, so the
+    existing shards stay valid byte for byte. Epoch e's shards depend only on e, the run
+    seed, the dataset size and --shard-records, never on the number of epochs.
+    `id_epochs` records the epochs the store id was computed with."""
+    settings = {**manifest["settings"], "epochs": epochs}
+    grown = new_manifest(settings)
+    old = {entry["name"]: entry for entry in manifest["shards"]}
+    grown["shards"] = [old.get(entry["name"], entry) for entry in grown["shards"]]
+    grown["store_id"] = manifest["store_id"]
+    grown["id_epochs"] = manifest.get("id_epochs", manifest["settings"]["epochs"])
+    return grown
 
 
 @torch.no_grad()
@@ -86,7 +171,7 @@ def label_batch(teacher, batch: dict, settings: dict, device, precision: str) ->
     logits = logits.float()
     if not torch.isfinite(logits).all():
         bad = batch["index"][~torch.isfinite(logits).all(1).cpu()][:3].tolist()
-        raise BadInput(f"teacher {settings['teacher']['name']} gave NaN/inf logits for samples {bad}: "
+        raise BadInput(f"teacher {describe_teacher(settings['teacher'])} gave NaN/inf logits for samples {bad}: "
                        "check the checkpoint (or use --precision fp32)")
     probs = logits.softmax(dim=1)
     top_idx = probs.topk(settings["k"], dim=1).indices
@@ -108,10 +193,10 @@ def run(args) -> dict:
             raise BadInput(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.limit is not None and args.limit <= 0:
         raise BadInput(f"--limit must be positive, got {args.limit}")
-    if not (args.checkpoint or args.pretrained):
-        raise BadInput(f"--teacher {args.teacher} has no weights: pass --checkpoint FILE or --pretrained")
-    if args.checkpoint and not Path(args.checkpoint).is_file():  # before the dataset and teacher load
-        raise BadInput(f"--checkpoint {args.checkpoint}: no such file; pass the path of the teacher's weights file")
+    names, checkpoints, weights = teacher_spec(args)  # counts and weights, before anything loads
+    for checkpoint in checkpoints:
+        if checkpoint is not None and not Path(checkpoint).is_file():  # before the dataset and teacher load
+            raise BadInput(f"--checkpoint {checkpoint}: no such file; pass the path of the teacher's weights file")
     device = distributed.resolve_device(args.device)
     rank, world = distributed.init_process_group(device)
     dataset = build_dataset(args.dataset, args.data_root, train=args.split == "train", skip_md5=args.skip_md5)
@@ -119,8 +204,7 @@ def run(args) -> dict:
         raise BadInput(f"--limit {args.limit} exceeds the {len(dataset)} samples of {args.dataset} {args.split}: "
                        "lower it, or leave it out to label them all")
     size = args.limit or len(dataset)
-    teacher = create_teacher(args.teacher, checkpoint=args.checkpoint, pretrained=args.pretrained,
-                             num_classes=NUM_CLASSES[args.dataset]).to(device)
+    teacher = create_teachers(names, checkpoints, args.pretrained, NUM_CLASSES[args.dataset], weights).to(device)
     if args.topk > teacher.num_classes:
         raise BadInput(f"--topk {args.topk} exceeds the teacher's {teacher.num_classes} classes: "
                        f"pass --topk {teacher.num_classes} or less")

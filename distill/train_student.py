@@ -209,7 +209,8 @@ def main(argv=None):
 
     # ---- student: normalisation and resizing inside the model, so it takes [0, 1] views of any size
     torch.manual_seed(cfg.train.seed)
-    from distill.models import create_teacher
+    from distill.config import TEACHER_KEYS
+    from distill.models import create_teachers
 
     student, kind = build_model(cfg, num_classes)
     inner = student.model
@@ -218,8 +219,10 @@ def main(argv=None):
                    "kwargs": cfg.model.kwargs}
     teacher = None
     if cfg.loss.mode == "online":
-        teacher = create_teacher(cfg.teacher.name, cfg.teacher.checkpoint, cfg.teacher.pretrained, num_classes)
-    criterion = DistillationLoss(cfg.loss.mode, cfg.loss.temperature, cfg.loss.alpha, cfg.loss.label_smoothing)
+        teacher = create_teachers(cfg.teacher.name, cfg.teacher.checkpoint, cfg.teacher.pretrained, num_classes,
+                                  cfg.teacher.weights, TEACHER_KEYS, require_weights=False)  # one, or an ensemble
+    criterion = DistillationLoss(cfg.loss.mode, cfg.loss.temperature, cfg.loss.alpha, cfg.loss.label_smoothing,
+                                 cfg.loss.teacher_target, cfg.loss.standardize)
 
     # ---- DeepSpeed engine: AdamW (torch's, not the fused build), warm-up + cosine per optimizer step
     from timm.optim import param_groups_weight_decay
@@ -233,6 +236,9 @@ def main(argv=None):
                                                   "weight_decay": cfg.optim.weight_decay, "torch_adam": True}},
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
         "bf16": {"enabled": cfg.deepspeed.bf16},
+        # DeepSpeed >= 0.18 casts parameters only; BatchNorm's running statistics (TinyViT,
+        # cifar_cnn) must follow them, or batch_norm refuses the mixed dtypes.
+        **({"data_types": {"buffer_dtype": "bf16"}} if cfg.deepspeed.bf16 else {}),
         "gradient_clipping": cfg.deepspeed.grad_clip,
         "steps_per_print": 1 << 30,  # we print our own progress
     }

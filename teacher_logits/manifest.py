@@ -4,6 +4,11 @@
 planned shards) and again when every shard exists (complete: true, with sizes
 and sha256). Its `settings` are the fingerprints a re-run or a student must
 agree with: codec, k, classes, epochs, seed, dataset, augmentation, teacher.
+
+A store grows (save_logits with a larger --epochs): the manifest is rewritten,
+unsealed, with the new epochs' shards appended and the old entries untouched, then
+sealed again. The store id (in every chunk header) stays the one the store was
+created with; `id_epochs` records the epochs it was computed with.
 """
 from __future__ import annotations
 
@@ -136,13 +141,31 @@ def load_manifest(store) -> dict:
     if settings.get("codec_version") != CODEC_VERSION:
         raise StoreError(f"{path}: codec version {settings.get('codec_version')} is not {CODEC_VERSION}; "
                          "re-create the store with this version of tools/save_logits.py")
-    if manifest["store_id"] != store_id(settings):
+    id_epochs = manifest.get("id_epochs", settings.get("epochs"))  # a grown store keeps its first id
+    epochs = settings.get("epochs")
+    if manifest["store_id"] != store_id({**settings, "epochs": id_epochs}) or not (
+            type(id_epochs) is int and type(epochs) is int and 0 < id_epochs <= epochs):
         raise StoreError(f"{path}: settings do not match the store id (edited manifest?); re-create the store")
     planned = plan_shards(settings["epochs"], settings["dataset"]["size"], settings["shard_records"])
     if shard_plans(manifest) != planned:
         raise StoreError(f"{path}: the shard list does not match the store's settings (edited manifest?); "
                          "re-create the store")
     return manifest
+
+
+def teacher_members(teacher: dict) -> list[dict]:
+    """A store's teacher fingerprint as a list of members {name, checkpoint_sha256, pretrained}."""
+    if "members" in teacher:
+        return teacher["members"]
+    return [{k: teacher.get(k) for k in ("name", "checkpoint_sha256", "pretrained")}]
+
+
+def describe_teacher(teacher: dict) -> str:
+    """'cifar10_resnet20', or 'ensemble of a (w 0.5) + b (w 0.5)'."""
+    members = teacher_members(teacher)
+    if len(members) == 1:
+        return members[0]["name"]
+    return "ensemble of " + " + ".join(f"{m['name']} (w {w:.3g})" for m, w in zip(members, teacher["weights"]))
 
 
 def differences(expected, actual, prefix: str = "") -> list[str]:

@@ -19,6 +19,26 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+def needs_shared(path: Path) -> Path:
+    """`path` under ../shared. A clone without ../shared skips the test; where ../shared exists
+    (CI always has it) a missing file fails it, so a skip never hides lost coverage."""
+    if not path.exists():
+        if SHARED.is_dir():
+            pytest.fail(f"{path} is missing although {SHARED} exists: restore the shared copy")
+        pytest.skip(f"{SHARED} not found beside the checkout: the test needs {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module's in-process runs, like the subprocesses
+    (OMP_NUM_THREADS=1); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="run tests marked slow (full kill-harness trials)")
 

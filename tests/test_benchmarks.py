@@ -44,6 +44,12 @@ def test_bench_distill_quick(tmp_path):
 
     result = bench_distill.main(["--quick", "--out", str(tmp_path / "bench")])
     for mode in bench_distill.MODES:
-        assert len(result[mode]["curve"]) >= 1 and 0 <= result[mode]["test_top1"] <= 100
-        assert finite_positive(result[mode]["images_per_s"], result[mode]["train_wall_s"])
+        run = result["runs"][mode]
+        assert len(run["curve"]) >= 1 and 0 <= run["test_top1"] <= 100
+        assert finite_positive(run["images_per_s"], run["train_wall_s"])
     assert (tmp_path / "bench" / "curves.png").is_file()
+    # the headline keys, and the best scratch recipe is the best of the scratch runs
+    assert set(result["scratch_top1"]) == set(bench_distill.SCRATCH_RECIPES.values())
+    assert result["best_scratch_top1"] == max(result["scratch_top1"].values())
+    assert result["kd_top1"] == result["runs"]["kd"]["test_top1"]
+    assert result["command"].startswith("python tools/bench_distill.py") and "--quick" in result["command"]

@@ -98,3 +98,52 @@ def test_perfect_student_has_zero_kl():
 def test_bad_mode():
     with pytest.raises(ValueError, match="kd, scratch, online"):
         DistillationLoss("hinton")
+
+
+def test_hard_teacher_target_by_hand():
+    """DeiT's hard distillation, written out for one sample: CE to the teacher's argmax."""
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    q = torch.tensor([[0.1, 0.7, 0.2]])  # argmax 1, not the true label 0
+    label = torch.tensor([0])
+    log_p = logits[0] - torch.log(torch.exp(logits[0]).sum())
+    # pure hard distillation, no smoothing: -log p[1]
+    got = DistillationLoss("kd", teacher_target="hard")(logits, q, label)
+    torch.testing.assert_close(got, -log_p[1])
+    # smoothing 0.3 on 3 classes: target (0.1, 0.8, 0.1); alpha 0.5 mixes in the true label (0.8, 0.1, 0.1)
+    got = DistillationLoss("kd", alpha=0.5, label_smoothing=0.3, teacher_target="hard")(logits, q, label)
+    want = 0.5 * -(0.1 * log_p[0] + 0.8 * log_p[1] + 0.1 * log_p[2]) \
+        + 0.5 * -(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2])
+    torch.testing.assert_close(got, want)
+    # the temperature plays no part in hard distillation
+    torch.testing.assert_close(DistillationLoss("kd", 4.0, teacher_target="hard")(logits, q, label), -log_p[1])
+
+
+def test_standardized_kd_matches_reference_and_ignores_logit_scale():
+    logits, teacher, label, partner, lam = random_batch(5)
+    T = 2.0
+    got = DistillationLoss("kd", T, standardize=True)(logits, teacher, label, partner, lam)
+    z_t = teacher.double().log()
+    z_t = (z_t - z_t.mean(1, keepdim=True)) / z_t.std(1, keepdim=True)
+    z_s = logits.double()
+    z_s = (z_s - z_s.mean(1, keepdim=True)) / z_s.std(1, keepdim=True)
+    q = torch.softmax(z_t / T, 1)
+    want = T * T * (q * (q.log() - torch.log_softmax(z_s / T, 1))).sum(1).mean()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    # a student whose logits are the teacher's scaled and shifted pays nothing when standardized,
+    # and a positive price without it
+    student = 0.2 * teacher.log() + 5.0
+    assert DistillationLoss("kd", T, standardize=True)(student, teacher).item() < 1e-5
+    assert DistillationLoss("kd", T)(student, teacher).item() > 1e-2
+
+
+def test_standardized_kd_survives_zeros_in_the_store():
+    logits, teacher, *_ = random_batch(6, zeros_in_teacher=True)
+    x = logits.clone().requires_grad_()
+    loss = DistillationLoss("kd", 1.0, standardize=True)(x, teacher)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+def test_bad_teacher_target():
+    with pytest.raises(ValueError, match="soft, hard"):
+        DistillationLoss("kd", teacher_target="argmax")

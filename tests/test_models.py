@@ -3,7 +3,6 @@ import io
 import os
 import pickle
 import shlex
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +10,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from conftest import SHARED, needs_shared
+
 from distill.models import Preprocessed, create_student, create_teacher, load_weights
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 TEACHERS = SHARED / "teachers"
 CIFAR10_TEST = SHARED / "data" / "cifar10" / "test.npz"
 
@@ -30,17 +30,13 @@ CIFAR100_TEACHERS = [
 
 
 def shared_checkpoint(relative):
-    path = TEACHERS / relative
-    if not path.is_file():
-        pytest.skip(f"shared teacher checkpoint not found: {path}")
-    return path
+    return needs_shared(TEACHERS / relative)
 
 
 @pytest.fixture(scope="module")
 def cifar10_sample():
     """200 real CIFAR-10 test images in [0, 1], 20 per class (the file is sorted by class)."""
-    if not CIFAR10_TEST.is_file():
-        pytest.skip(f"CIFAR-10 test data not found: {CIFAR10_TEST}")
+    needs_shared(CIFAR10_TEST)
     from PIL import Image
 
     data = np.load(CIFAR10_TEST)

@@ -151,6 +151,26 @@ def test_online_teacher_without_store_on_digits(teacher_ckpt, tmp_path):
     assert (out / "final" / "model.pt").is_file()
 
 
+def test_online_teacher_ensemble_on_digits(teacher_ckpt, tmp_path):
+    """online mode with two teachers (config lists) and unequal weights runs (the ensemble's
+    weighted mean itself is proved in test_ensemble.py)."""
+    import timm
+
+    import distill.models  # noqa: F401  (registers the CIFAR teachers)
+
+    other = tmp_path / "r20_seed1.pt"
+    torch.manual_seed(1)
+    torch.save(timm.create_model("cifar10_resnet20").state_dict(), other)
+    out = tmp_path / "digits"
+    train("--config", "configs/smoke_digits.yaml", "loss.mode=online",
+          "teacher.name=[cifar10_resnet20,cifar10_resnet20]", f"teacher.checkpoint=[{teacher_ckpt},{other}]",
+          "teacher.weights=[1,3]", f"output.dir={out}", "train.max_steps=2", "data.test_limit=32",
+          "wandb.enabled=false")
+    assert sorted(losses(out)) == [1, 2] and all(np.isfinite(v[0]) for v in losses(out).values())
+    teacher = yaml.safe_load((out / "config.yaml").read_text())["teacher"]
+    assert teacher["name"] == ["cifar10_resnet20"] * 2 and teacher["weights"] == [1.0, 3.0]
+
+
 def test_store_made_for_other_data_is_refused(cifar_root, store, tmp_path):
     from distill.config import load_config
     from distill.datasets import build_dataset
@@ -254,3 +274,18 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
     cfg.mode = "cloud"
     with pytest.raises(ValueError, match="wandb.mode"):
         start_tracking(cfg, {}, tmp_path, rank=1)
+
+
+@pytest.mark.parametrize("student", ["tiny_vit_5m", "cifar_cnn"])
+def test_bf16_step_matches_fp32(cifar_root, store, tmp_path, student):
+    """deepspeed.bf16=true trains students with BatchNorm (TinyViT, cifar_cnn): DeepSpeed casts
+    their running statistics with the weights, and the first step's loss (same weights, same
+    batch) is the fp32 one within bf16's precision."""
+    first = {}
+    for bf16 in (False, True):
+        out = tmp_path / f"bf16_{bf16}"
+        train(*train_args(cifar_root, store, out, f"model.name={student}", "model.kwargs={}",
+                          f"deepspeed.bf16={str(bf16).lower()}", "train.max_steps=2", "train.epochs=1",
+                          "data.test_limit=32", "loss.mode=kd", "data.workers=0"))
+        first[bf16] = losses(out)[1][0]
+    assert np.isfinite(first[True]) and abs(first[True] - first[False]) < 0.02 * abs(first[False]) + 1e-3

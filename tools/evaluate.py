@@ -8,6 +8,8 @@
 Reports top-1, top-5, macro precision/recall/F1, Matthews correlation, per-class
 scores, parameters, FLOPs and images/s (batch 256, this device); writes
 metrics.json, metrics.md and a confusion-matrix PNG per model into --out.
+--attention N adds attention.png: N test images with each ViT student's class-token
+attention rollout over them (models without a class token are skipped, with the reason).
 """
 import argparse
 import json
@@ -41,6 +43,10 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--throughput-iters", type=int, default=3, help="timed batches of 256 for images/s (0: skip)")
+    p.add_argument("--attention", type=int, metavar="N",
+                   help="also write OUT/attention.png: the first N test images (the views evaluated) with each "
+                        "ViT-family model's class-token attention rollout as a heat map and its prediction; "
+                        "models without a class token or global attention are skipped with the reason")
     p.add_argument("--wandb", action="store_true", help="log the table and confusion matrices to W&B "
                    "(offline without an API key; WANDB_MODE wins)")
     return p.parse_args(argv)
@@ -65,7 +71,8 @@ def main(argv=None):
 
     args = parse_args(argv)
     specs = model_specs(args)
-    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
+    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit),
+                        ("--attention", args.attention)):
         if value is not None and value <= 0:
             raise ValueError(f"{flag} must be positive, got {value}")
     if args.throughput_iters < 0:
@@ -96,8 +103,40 @@ def main(argv=None):
     (out / "metrics.json").write_text(json.dumps({"dataset": args.dataset, "models": results}, indent=1) + "\n")
     (out / "metrics.md").write_text(f"# {args.dataset} test\n\n{table}\n")
     print(table)
+    if args.attention:
+        write_attention(args, models, dataset, device, out)
     if args.wandb:
         log_to_wandb(args, results, rows, out)
+
+
+def write_attention(args, models, dataset, device, out):
+    """OUT/attention.png for the models rollout applies to; a line for each one it does not."""
+    import torch
+
+    from distill.attention import class_token_maps, plot_attention, rollout_unsupported
+    from distill.augment import native_resolution
+    from distill.evaluation import test_views_loader
+
+    usable = []
+    for name, model in models:
+        reason = rollout_unsupported(model)
+        if reason:
+            print(f"attention: skipping {name}: {reason}")
+        else:
+            usable.append((name, model))
+    if not usable:
+        print("attention: no model has a class token and global attention (a ViT): attention.png not written")
+        return
+    size = native_resolution("stl10" if args.dataset == "stl10" else "none")  # as evaluate_model's views
+    batch = next(iter(test_views_loader(dataset, size, args.attention, args.workers, args.limit)))
+    images = batch["view"].to(device)
+    columns = []
+    for name, model in usable:
+        maps, logits = class_token_maps(model.to(device).eval(), images)
+        columns.append((name, maps.cpu(), torch.argmax(logits, dim=1).cpu()))
+    class_names = [str(c) for c in (getattr(dataset, "classes", None) or range(NUM_CLASSES[args.dataset]))]
+    path = plot_attention(images.cpu(), batch["label"], columns, class_names, out / "attention.png")
+    print(f"attention: {len(images)} images x {len(columns)} models in {path}")
 
 
 def log_to_wandb(args, results, rows, out):

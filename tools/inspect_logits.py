@@ -14,7 +14,7 @@ from distill.cli import run_main  # noqa: E402
 
 
 def main(argv=None):
-    from teacher_logits.manifest import load_manifest
+    from teacher_logits.manifest import load_manifest, teacher_members
     from teacher_logits.verify import verify_store
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,7 +35,10 @@ def main(argv=None):
     for key in ("store", "dataset", "samples", "epochs", "records", "k", "num_classes", "values", "bytes"):
         print(f"{key:>16}: {summary[key]}")
     print(f"{'bytes/record':>16}: {summary['bytes_per_record']:.2f}" if stats else "")
-    print(f"{'teacher':>16}: {settings['teacher']['name']} (checkpoint sha256 {settings['teacher']['checkpoint_sha256']})")
+    for n, member in enumerate(teacher_members(settings["teacher"])):
+        weight = f", weight {settings['teacher']['weights'][n]:.3g}" if "weights" in settings["teacher"] else ""
+        print(f"{'teacher' if n == 0 else '':>16}: {member['name']} (checkpoint sha256 "
+              f"{member['checkpoint_sha256']}{weight})")
     print(f"{'augmentation':>16}: {json.dumps(settings['augmentation'])}")
     if stats:
         hist = stats["top1_histogram"]

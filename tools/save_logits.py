@@ -7,6 +7,16 @@
 
 Re-running the same command resumes a killed run; other settings are refused.
 Under `deepspeed` or `torchrun`, each rank labels its own shards.
+
+Ensembles: repeat `--teacher NAME --checkpoint FILE` (one checkpoint per teacher, in the
+same order; or no checkpoint and --pretrained). Every teacher labels the same view, each
+with its own normalisation, and the stored target is the weighted mean of their
+probabilities (--teacher-weights, default equal, normalised to sum 1).
+
+Growing: the same command with a larger --epochs on an existing store labels only the
+new epochs; the existing shards stay byte-identical. A kill while growing resumes like
+any other (run the same command again). A smaller --epochs is refused: stores only grow,
+and students cycle through the stored epochs.
 """
 import argparse
 import os
@@ -21,15 +31,26 @@ from distill.datasets import NUM_CLASSES  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", required=True, help="timm model name, e.g. cifar10_resnet56 or a hub name")
-    p.add_argument("--checkpoint", help="local weights file for the teacher (loaded with weights_only=True)")
-    p.add_argument("--pretrained", action="store_true", help="download timm/HF-hub pretrained weights (needs network)")
+    p.add_argument("--teacher", required=True, action="append", metavar="NAME",
+                   help="timm model name, e.g. cifar10_resnet56 or a hub name; repeat it (each with its "
+                        "--checkpoint) for an ensemble whose stored target is the weighted mean of the "
+                        "teachers' probabilities")
+    p.add_argument("--checkpoint", action="append", metavar="FILE",
+                   help="local weights file of the teacher (loaded with weights_only=True); one per --teacher, "
+                        "in the same order")
+    p.add_argument("--pretrained", action="store_true",
+                   help="download timm/HF-hub pretrained weights for every teacher (needs network)")
+    p.add_argument("--teacher-weights", type=float, nargs="+", metavar="W",
+                   help="ensemble weights, one positive number per --teacher, normalised to sum 1 "
+                        "(default: equal)")
     p.add_argument("--dataset", required=True, choices=sorted(NUM_CLASSES), help="dataset to label")
     p.add_argument("--data-root", help="directory holding the dataset in torchvision's layout")
     p.add_argument("--skip-md5", action="store_true",
                    help="accept a local re-created dataset copy that fails torchvision's md5 check")
     p.add_argument("--split", default="train", choices=["train", "test"], help="dataset split (default train)")
-    p.add_argument("--epochs", type=int, default=1, help="augmented passes to store (students reuse them cyclically)")
+    p.add_argument("--epochs", type=int, default=1,
+                   help="augmented passes to store (students reuse them cyclically); a larger value on an existing "
+                        "store grows it, labelling only the new epochs (stores never shrink)")
     p.add_argument("--topk", type=int, default=10, help="teacher probabilities kept per view")
     p.add_argument("--values", default="log8", choices=["log8", "fp16"],
                    help="value codec: 8-bit log-ratios (default, smallest) or raw fp16")

@@ -7,6 +7,9 @@
 
 With --teacher and --check N it re-runs the teacher on N replayed views and
 reports top-1 agreement and the mean absolute error of the stored values.
+An ensemble store is checked with the same repeated `--teacher NAME --checkpoint FILE`
+pairs it was made with (weights come from the store); teachers that differ from the
+store's manifest are refused, naming the difference.
 Exits non-zero on any problem (or agreement below --min-agreement).
 """
 import argparse
@@ -21,8 +24,11 @@ from distill.cli import run_main  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", help="store directory (holds manifest.json)")
-    p.add_argument("--teacher", help="teacher to re-run on replayed views (timm name)")
-    p.add_argument("--checkpoint", help="the teacher's weights file")
+    p.add_argument("--teacher", action="append", metavar="NAME",
+                   help="teacher to re-run on replayed views (timm name); repeat it, each with its --checkpoint, "
+                        "for an ensemble store: the teachers it was made with, in the same order")
+    p.add_argument("--checkpoint", action="append", metavar="FILE",
+                   help="the teacher's weights file; one per --teacher, in the same order")
     p.add_argument("--pretrained", action="store_true", help="use timm pretrained weights (needs network)")
     p.add_argument("--data-root", help="dataset directory (the store's dataset, torchvision layout)")
     p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
@@ -58,17 +64,18 @@ def check_with_teacher(args) -> dict:
     from distill.augment import Mixing, ViewMaker
     from distill.datasets import build_dataset
     from distill.distributed import resolve_device
-    from distill.models import create_teacher
-    from distill.teacher_stage import check_teacher
+    from distill.models import create_teachers
+    from distill.teacher_stage import check_teacher, store_teachers
     from teacher_logits.reader import LogitStore
 
     store = LogitStore(args.store)
+    names, checkpoints, weights = store_teachers(store.settings["teacher"], args.teacher, args.checkpoint,
+                                                 args.pretrained)  # refuses teachers the store was not made with
     data, aug = store.settings["dataset"], store.settings["augmentation"]
     device = resolve_device(args.device)
     dataset = build_dataset(data["name"], args.data_root, train=data["split"] == "train", skip_md5=args.skip_md5)
     maker = ViewMaker(dataset, aug["recipe"], Mixing(**aug["mixing"]), num_samples=data["size"])
-    teacher = create_teacher(args.teacher, checkpoint=args.checkpoint, pretrained=args.pretrained,
-                             num_classes=store.num_classes).to(device)
+    teacher = create_teachers(names, checkpoints, args.pretrained, store.num_classes, weights).to(device)
     return check_teacher(store, teacher, maker, args.check, device)
 
 

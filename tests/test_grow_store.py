@@ -1,0 +1,151 @@
+"""Growing a store: the same save_logits command with a larger --epochs labels only the new
+epochs, leaves the existing shards and their manifest entries untouched, and gives the store
+a direct run with that --epochs makes (same records, same shard bytes up to the store id in
+the chunk headers). Fewer epochs are refused; a kill while growing loses nothing."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from distill.cli import run_main
+from teacher_logits.manifest import sha256_bytes, shard_plans
+from teacher_logits.reader import LogitStore
+from teacher_logits.shards import shard_bytes
+from teacher_logits.verify import verify_store
+
+# 100 digits in shards of 40 (40 + 40 + 20 per epoch), mixed views
+ARGS = ["--dataset", "digits", "--aug", "crop", "--mixup", "0.8", "--limit", "100", "--shard-records", "40",
+        "--chunk-records", "16", "--topk", "5", "--workers", "0", "--batch-size", "32"]
+
+
+def command(ckpt, out, epochs, *extra) -> list[str]:
+    return ["--teacher", "cifar10_resnet20", "--checkpoint", str(ckpt), *ARGS, "--epochs", str(epochs),
+            "--out", str(out), *extra]
+
+
+def save_logits(ckpt, out, epochs, capsys=None, extra=()) -> tuple[int, str]:
+    """tools/save_logits.py's main as its script runs it, in this process: (exit code, stderr)."""
+    spec = importlib.util.spec_from_file_location("tvd_grow_save_logits", REPO / "tools" / "save_logits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = command(ckpt, out, epochs, *extra)
+    if capsys is not None:
+        capsys.readouterr()
+    try:
+        run_main(lambda: module.main(argv))
+    except SystemExit as e:
+        return e.code, capsys.readouterr().err if capsys else ""
+    return 0, capsys.readouterr().err if capsys else ""
+
+
+def files(store) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(store.iterdir())}
+
+
+def manifest(store) -> dict:
+    return json.loads((store / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread):
+    """In-process teacher runs on one thread, like the subprocesses (conftest.one_thread)."""
+
+
+@pytest.fixture(scope="module")
+def one_epoch(teacher_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("grow") / "e1"
+    assert save_logits(teacher_ckpt, out, 1)[0] == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def three_epochs(teacher_ckpt, tmp_path_factory):
+    """The store a direct --epochs 3 run makes."""
+    out = tmp_path_factory.mktemp("direct") / "e3"
+    assert save_logits(teacher_ckpt, out, 3)[0] == 0
+    return out
+
+
+def assert_same_store_as_direct(grown, direct):
+    """Same settings and shard plan; every shard holds the same records, and re-encoded under
+    the direct store's id its bytes are the direct shard's (sha256 equal)."""
+    g, d = manifest(grown), manifest(direct)
+    assert g["settings"] == d["settings"] and shard_plans(g) == shard_plans(d) and g["records"] == d["records"]
+    store, settings = LogitStore(grown), d["settings"]
+    header = {"store_id": d["store_id"], "values": settings["values"], "k": settings["k"],
+              "num_classes": settings["num_classes"]}
+    for entry, plan, want in zip(g["shards"], shard_plans(g), d["shards"]):
+        rebuilt = shard_bytes(plan, store.read(entry), header, settings["chunk_records"])
+        assert sha256_bytes(rebuilt) == want["sha256"], entry["name"]
+
+
+def test_growing_labels_only_the_new_epochs(one_epoch, three_epochs, teacher_ckpt, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(one_epoch, store)
+    before, old = files(store), manifest(store)
+    assert save_logits(teacher_ckpt, store, 3)[0] == 0
+    after, new = files(store), manifest(store)
+    old_shards = [e["name"] for e in old["shards"]]
+    assert len(old_shards) == 3 and all(after[name] == before[name] for name in old_shards)  # byte-identical
+    assert new["shards"][:3] == old["shards"]  # entries (and recorded sha256) untouched
+    assert new["complete"] and new["settings"]["epochs"] == 3 and len(new["shards"]) == 9
+    assert new["store_id"] == old["store_id"] and new["id_epochs"] == 1  # the chunk headers' id is kept
+    problems, _, stats = verify_store(store)
+    assert problems == [] and stats["records"] == 300
+    assert_same_store_as_direct(store, three_epochs)
+    # a second grow (3 -> 4) keeps the first id and the first three epochs
+    assert save_logits(teacher_ckpt, store, 4)[0] == 0
+    grown = manifest(store)
+    assert grown["store_id"] == old["store_id"] and grown["id_epochs"] == 1 and grown["shards"][:9] == new["shards"]
+    assert verify_store(store)[0] == [] and LogitStore(store).epochs == 4
+
+
+def test_fewer_epochs_are_refused(three_epochs, teacher_ckpt, capsys):
+    before = files(three_epochs)
+    code, err = save_logits(teacher_ckpt, three_epochs, 2, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "holds a store of 3 epochs; stores only grow, so --epochs 2 is refused" in lines[0]
+    assert "use the existing store (students cycle through its stored epochs)" in lines[0]
+    assert files(three_epochs) == before
+
+
+def test_growing_with_another_change_is_refused_naming_it(one_epoch, teacher_ckpt, capsys):
+    before = files(one_epoch)
+    code, err = save_logits(teacher_ckpt, one_epoch, 3, capsys, extra=["--seed", "7"])
+    assert code == 2 and "other settings (seed: 0 != 7 [store != now])" in err and "epochs" not in err, err
+    assert files(one_epoch) == before
+
+
+@pytest.mark.parametrize("failpoint", ["write:.json#1", "write:.tar#2", "write:.json#2"])
+def test_killed_while_growing_keeps_the_old_epochs_and_resumes(one_epoch, three_epochs, teacher_ckpt, tmp_path,
+                                                               failpoint):
+    """SIGKILL inside the grown manifest's write, inside the second new shard, inside the
+    sealing write; then the same command again."""
+    store = tmp_path / "store"
+    shutil.copytree(one_epoch, store)
+    before, old = files(store), manifest(store)
+    argv = command(teacher_ckpt, store, 3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TVD_FAILPOINT": failpoint}
+    proc = subprocess.run([sys.executable, str(REPO / "tools/save_logits.py"), *argv], env=env, capture_output=True,
+                          text=True, timeout=120, start_new_session=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    killed = manifest(store)
+    assert killed["shards"][:3] == old["shards"]
+    assert all((store / name).read_bytes() == data for name, data in before.items() if name.endswith(".tar"))
+    if failpoint == "write:.json#1":
+        assert killed == old  # the old manifest, whole: a reader still sees the 1-epoch store
+        assert LogitStore(store).epochs == 1
+    else:
+        assert not killed["complete"] and killed["settings"]["epochs"] == 3
+    assert save_logits(teacher_ckpt, store, 3)[0] == 0
+    assert verify_store(store)[0] == [] and manifest(store)["shards"][:3] == old["shards"]
+    assert_same_store_as_direct(store, three_epochs)
