@@ -31,24 +31,41 @@ def start(args, env=None):
 
 
 # Kill points: inside the Nth shard write, inside the first and the sealing manifest
-# write, and at random moments.
+# write, and at moments picked by how many shards exist.
 FAILPOINTS = ["write:.tar#1", "write:.tar#6", "write:.json#1", "write:.json#2"]
+SHARDS = RECORDS // PER_SHARD
 
 
-def kill_trial(tmp_path, cifar_root, teacher_ckpt, trial, failpoint=None, delay=None):
+def shards_in(out):
+    return len(list(out.glob("e*.tar"))) if out.is_dir() else 0
+
+
+def kill_after_shards(proc, out, count: int, timeout: float = 120) -> int:
+    """SIGKILL `proc` as soon as `count` shard files exist; the number that exist after it died."""
+    deadline = time.time() + timeout
+    while shards_in(out) < count and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    return shards_in(out)
+
+
+def kill_trial(tmp_path, cifar_root, teacher_ckpt, trial, failpoint=None, after_shards=None):
     out = tmp_path / f"trial{trial}"
     args = save_logits_args(cifar_root, teacher_ckpt, out, *SHARD_ARGS)
     proc = start(args, {"TVD_FAILPOINT": failpoint} if failpoint else None)
-    if delay is not None:
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    if after_shards is not None:
+        existed = kill_after_shards(proc, out, after_shards)
+        # the kill landed mid-run: the process died of it, after some shards, before the seal
+        assert proc.returncode == -signal.SIGKILL, "the run finished before the kill: the trial proves nothing"
+        assert 0 < existed <= SHARDS, existed
+        assert not json.loads((out / "manifest.json").read_text())["complete"]
     proc.wait(timeout=120)
     if failpoint:
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
     rerun = run_tool("tools/save_logits.py", *args)
     problems, warnings, stats = verify_store(out)
-    assert problems == [] and warnings == [], (failpoint, delay, problems, warnings, rerun.stderr)
+    assert problems == [] and warnings == [], (failpoint, after_shards, problems, warnings, rerun.stderr)
     assert stats["records"] == RECORDS
     return out
 
@@ -58,10 +75,16 @@ def test_killed_inside_a_write_resumes_to_a_verified_store(tmp_path, cifar_root,
     kill_trial(tmp_path, cifar_root, teacher_ckpt, 0, failpoint=failpoint)
 
 
+@pytest.mark.parametrize("after_shards", [1, 5, SHARDS - 2])
+def test_killed_mid_labelling_resumes_to_a_verified_store(tmp_path, cifar_root, teacher_ckpt, after_shards):
+    """Early, half-way and near the end, each kill proven to land mid-run."""
+    kill_trial(tmp_path, cifar_root, teacher_ckpt, after_shards, after_shards=after_shards)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("trial", range(10))
 def test_killed_at_random_moments(tmp_path, cifar_root, teacher_ckpt, trial):
-    kill_trial(tmp_path, cifar_root, teacher_ckpt, trial, delay=random.Random(trial).uniform(0.5, 5.0))
+    kill_trial(tmp_path, cifar_root, teacher_ckpt, trial, after_shards=random.Random(trial).randint(1, SHARDS - 1))
 
 
 @pytest.fixture(scope="module")
