@@ -77,10 +77,14 @@ def main(argv=None):
 
     args = parse_args(argv)
     summary = run(args)
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(f"store {summary['store']}: labelled {summary['labelled']} views in {summary['shards_written']} "
-              f"new shards; teacher top-1 on them {summary['teacher_top1']:.2f}% "
-              "(mixed views: the dominant image's label)")
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    if summary["labelled"] == 0:
+        print(f"store {summary['store']}: complete already, nothing to label")
+        return
+    print(f"store {summary['store']}: labelled {summary['labelled']} views in {summary['shards_written']} "
+          f"new shards; teacher top-1 on them {summary['teacher_top1']:.2f}% "
+          "(mixed views: the dominant image's label)")
 
 
 if __name__ == "__main__":
