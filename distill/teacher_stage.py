@@ -29,8 +29,8 @@ from distill.models import create_teachers
 from distill.models.teachers import ensemble_spec
 from distill.replay import TeacherViews
 from teacher_logits.codec import encode_values, index_dtype
-from teacher_logits.manifest import (MANIFEST, StoreError, describe_teacher, differences, load_manifest,
-                                     new_manifest, sha256_file, shard_indices, shard_plans, teacher_members,
+from teacher_logits.manifest import (MANIFEST, StoreError, describe_teacher, differences, grown_manifest,
+                                     load_manifest, new_manifest, sha256_file, shard_indices, shard_plans, teacher_members,
                                      write_manifest)
 from teacher_logits.shards import write_shard
 
@@ -146,21 +146,6 @@ def open_store(out: Path, settings: dict, rank: int) -> dict:
         distributed.barrier()
         manifest = load_manifest(out)
     return manifest
-
-
-def grown_manifest(manifest: dict, epochs: int) -> dict:
-    """`manifest` extended to `epochs` epochs, unsealed: the new epochs' shards are planned,
-    the existing entries (names, sizes, sha256) and the store id are kept as they are, so the
-    existing shards stay valid byte for byte. Epoch e's shards depend only on e, the run
-    seed, the dataset size and --shard-records, never on the number of epochs.
-    `id_epochs` records the epochs the store id was computed with."""
-    settings = {**manifest["settings"], "epochs": epochs}
-    grown = new_manifest(settings)
-    old = {entry["name"]: entry for entry in manifest["shards"]}
-    grown["shards"] = [old.get(entry["name"], entry) for entry in grown["shards"]]
-    grown["store_id"] = manifest["store_id"]
-    grown["id_epochs"] = manifest.get("id_epochs", manifest["settings"]["epochs"])
-    return grown
 
 
 @torch.no_grad()

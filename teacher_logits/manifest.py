@@ -120,6 +120,21 @@ def new_manifest(settings: dict) -> dict:
             "shards": [{"name": s.name, "epoch": s.epoch, "start": s.start, "stop": s.stop} for s in plan]}
 
 
+
+def grown_manifest(manifest: dict, epochs: int) -> dict:
+    """`manifest` extended to `epochs` epochs, unsealed: the new epochs' shards are planned,
+    the existing entries (names, sizes, sha256) and the store id are kept as they are, so the
+    existing shards stay valid byte for byte. Epoch e's shards depend only on e, the run
+    seed, the dataset size and --shard-records, never on the number of epochs.
+    `id_epochs` records the epochs the store id was computed with."""
+    settings = {**manifest["settings"], "epochs": epochs}
+    grown = new_manifest(settings)
+    old = {entry["name"]: entry for entry in manifest["shards"]}
+    grown["shards"] = [old.get(entry["name"], entry) for entry in grown["shards"]]
+    grown["store_id"] = manifest["store_id"]
+    grown["id_epochs"] = manifest.get("id_epochs", manifest["settings"]["epochs"])
+    return grown
+
 def shard_plans(manifest: dict) -> list[ShardPlan]:
     return [ShardPlan(s["name"], s["epoch"], s["start"], s["stop"]) for s in manifest["shards"]]
 

@@ -2,6 +2,7 @@
 a fixed random teacher checkpoint, and helpers to run the programs."""
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import subprocess
@@ -106,6 +107,25 @@ def run_tool(script: str, *args, check: bool = True, timeout: float = 300, env=N
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def tool(name: str):
+    """tools/<name>.py as a module (tools/ is a package), for in-process runs."""
+    return importlib.import_module(f"tools.{name}")
+
+
+def call_tool(name: str, argv, capsys) -> tuple[int, str, str]:
+    """tools/<name>.py's main(argv) as its script runs it: (exit code, stdout, stderr)."""
+    from distill.cli import run_main
+
+    capsys.readouterr()
+    code = 0
+    try:
+        run_main(lambda: tool(name).main([str(a) for a in argv]))
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def save_logits_args(root, ckpt, out, *extra):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_tool, save_logits_args, write_cifar
+from conftest import REPO, run_tool, save_logits_args, tool, write_cifar
 
 from distill.cli import run_main
 
@@ -29,16 +29,6 @@ TINY_STUDENT = {"embed_dim": 32, "depth": 1, "num_heads": 2}
 # ------------------------------------------------------------------------------ helpers
 
 _TOOLS: dict[str, object] = {}
-
-
-def tool(name: str):
-    """tools/<name>.py as a module (they are scripts, not a package)."""
-    if name not in _TOOLS:
-        spec = importlib.util.spec_from_file_location(f"tvd_tool_{name}", REPO / "tools" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _TOOLS[name] = module
-    return _TOOLS[name]
 
 
 def train_student_module():

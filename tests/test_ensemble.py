@@ -3,40 +3,19 @@ probabilities on the same view; verify re-runs the whole ensemble and refuses ot
 bad ensemble input gets one line naming the flag. On `digits`, 64 samples, in-process."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import call_tool, tool
 from distill.augment import Mixing, ViewMaker
-from distill.cli import run_main
 from distill.datasets import build_dataset
 from teacher_logits.codec import decode_values
 from teacher_logits.reader import LogitStore
 
 R20 = "cifar10_resnet20"
-
-
-def tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tvd_ens_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def call(name, argv, capsys) -> tuple[int, str, str]:
-    """tools/<name>.py's main(argv) as its script runs it: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = 0
-    try:
-        run_main(lambda: tool(name).main([str(a) for a in argv]))
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -142,7 +121,7 @@ def test_stored_targets_are_the_weighted_mean_of_the_teachers(stores, teachers, 
 
 def test_verify_reruns_the_whole_ensemble(stores, teachers, capsys):
     for name in ("equal", "weighted"):
-        code, out, err = call("verify_logits", [stores[name][0], *pairs(teachers), "--check", "64", "--device", "cpu"],
+        code, out, err = call_tool("verify_logits", [stores[name][0], *pairs(teachers), "--check", "64", "--device", "cpu"],
                               capsys)
         assert code == 0, err
         agreement = float(out.split("top-1 agreement ")[1].split("%")[0])
@@ -156,7 +135,7 @@ def test_verify_reruns_the_whole_ensemble(stores, teachers, capsys):
 ])
 def test_verify_refuses_other_teachers(stores, teachers, capsys, given, needle):
     paths = teachers[:1] if given == "first only" else teachers[::-1]
-    code, out, err = call("verify_logits", [stores["equal"][0], *pairs(paths), "--check", "8"], capsys)
+    code, out, err = call_tool("verify_logits", [stores["equal"][0], *pairs(paths), "--check", "8"], capsys)
     assert code == 2 and "teacher check" not in out
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: ") and needle in line and "in the store's order" in line, err
@@ -178,7 +157,7 @@ def test_single_teacher_settings_are_unchanged(teachers, tmp_path):
 ])
 def test_bad_ensemble_input_is_one_line_naming_the_flag(teachers, tmp_path, capsys, extra, needles):
     out = tmp_path / "s"
-    code, _, err = call("save_logits", [*pairs(teachers), *BASE, *extra, "--out", out], capsys)
+    code, _, err = call_tool("save_logits", [*pairs(teachers), *BASE, *extra, "--out", out], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     for needle in needles:

@@ -5,19 +5,17 @@ figures, inspect_logits' figures, and bf16 labelling hold up. Tiny CIFAR of conf
 tiny STL-10), in-process tools, one student run as a subprocess."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_tool
+from conftest import call_tool, run_tool, tool
 from test_datasets import write_stl10
 from torch.utils.data import DataLoader
 
 from distill.augment import Mixing, ViewMaker
-from distill.cli import run_main
 from distill.datasets import build_dataset, labels_of
 from distill.replay import StoreViews, TeacherViews
 from teacher_logits.codec import LOG_RANGE, STEP, decode_values
@@ -25,25 +23,6 @@ from teacher_logits.reader import LogitStore
 
 R20 = "cifar10_resnet20"
 MIX = ["--mixup", "0.8", "--cutmix", "1.0", "--mix-prob", "0.7"]
-
-
-def tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tvd_fid_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def call(name, argv, capsys) -> tuple[int, str, str]:
-    """tools/<name>.py's main(argv) as its script runs it: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = 0
-    try:
-        run_main(lambda: tool(name).main([str(a) for a in argv]))
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def save(root, ckpt, out, *extra, dataset="cifar10"):
@@ -217,7 +196,7 @@ def test_online_teacher_equals_stored_targets(log8_store, cifar_root, spread_tea
 # ------------------------------------------------------------------ 3. verify_logits --check
 
 def check_output(store, ckpt, root, capsys) -> tuple[float, float]:
-    code, out, err = call("verify_logits", [store, "--teacher", R20, "--checkpoint", ckpt, "--data-root", root,
+    code, out, err = call_tool("verify_logits", [store, "--teacher", R20, "--checkpoint", ckpt, "--data-root", root,
                                             "--skip-md5", "--check", "200", "--device", "cpu"], capsys)
     assert code == 0, out + err
     m = re.search(r"teacher check: 200 views, top-1 agreement ([\d.]+)%, mean \|p - stored p\| ([\d.]+)", out)
@@ -277,7 +256,7 @@ def test_fp16_store_targets_and_student(fp16_store, cifar_root, spread_teacher, 
 # ------------------------------------------------------------------ 5. inspect_logits
 
 def test_inspect_figures_match_manifest(log8_store, spread_teacher, capsys):
-    code, out, err = call("inspect_logits", [log8_store], capsys)
+    code, out, err = call_tool("inspect_logits", [log8_store], capsys)
     assert code == 0, out + err
     shown = {}
     for line in out.splitlines():

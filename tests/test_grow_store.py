@@ -4,7 +4,6 @@ a direct run with that --epochs makes (same records, same shard bytes up to the 
 the chunk headers). Fewer epochs are refused; a kill while growing loses nothing."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -14,8 +13,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
-from distill.cli import run_main
+from conftest import REPO, call_tool, tool
 from teacher_logits.manifest import sha256_bytes, shard_plans
 from teacher_logits.reader import LogitStore
 from teacher_logits.shards import shard_bytes
@@ -32,18 +30,14 @@ def command(ckpt, out, epochs, *extra) -> list[str]:
 
 
 def save_logits(ckpt, out, epochs, capsys=None, extra=()) -> tuple[int, str]:
-    """tools/save_logits.py's main as its script runs it, in this process: (exit code, stderr)."""
-    spec = importlib.util.spec_from_file_location("tvd_grow_save_logits", REPO / "tools" / "save_logits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """tools/save_logits.py's main in this process: (exit code, stderr) as its script would end
+    (with capsys), or just run (fixtures, where it must succeed)."""
     argv = command(ckpt, out, epochs, *extra)
-    if capsys is not None:
-        capsys.readouterr()
-    try:
-        run_main(lambda: module.main(argv))
-    except SystemExit as e:
-        return e.code, capsys.readouterr().err if capsys else ""
-    return 0, capsys.readouterr().err if capsys else ""
+    if capsys is None:
+        tool("save_logits").main(argv)
+        return 0, ""
+    code, _, err = call_tool("save_logits", argv, capsys)
+    return code, err
 
 
 def files(store) -> dict[str, bytes]:

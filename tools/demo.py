@@ -72,8 +72,9 @@ def parallel_stages(title: str, jobs: dict[str, tuple[list[str], Path]], env: di
     start, running = time.time(), {}
     for name, cmd in todo.items():
         print(f"== {title}, {name} (log: {logs / name}.log)\n   $ {' '.join(cmd)}", flush=True)
-        running[name] = subprocess.Popen(cmd, cwd=REPO, env={**env, "OMP_NUM_THREADS": threads},
-                                         stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+        with open(logs / f"{name}.log", "w") as log:  # the child keeps its own copy of the handle
+            running[name] = subprocess.Popen(cmd, cwd=REPO, env={**env, "OMP_NUM_THREADS": threads},
+                                             stdout=log, stderr=subprocess.STDOUT)
     for name, proc in running.items():
         if proc.wait() != 0:
             sys.exit(f"demo: stage '{title}, {name}' failed (exit {proc.returncode}); see {logs / name}.log, "
@@ -154,18 +155,22 @@ def main(argv=None):
     stage("5/5 evaluation", [py, "tools/evaluate.py", "--dataset", args.dataset, *data, "--out", str(out / "eval"),
                              "--compare", *map(str, teachers), str(out / "student_kd/final"),
                              str(out / "student_scratch/final")], env)
+    summarise(out, labelled, len(teachers), d["train_size"], args.student_steps)
+
+
+def summarise(out: Path, labelled: int, teachers: int, train_size: int, steps: int) -> None:
+    """The closing lines: where the table is, the gap, and what the table means."""
     print(f"\nThe table above is in {out / 'eval/metrics.md'}; confusion matrices beside it.\n")
     top1 = {name: m["top1"] for name, m in json.loads((out / "eval/metrics.json").read_text())["models"].items()}
     print(f"student_kd {top1['student_kd']:.2f} % vs student_scratch {top1['student_scratch']:.2f} % top-1: "
           f"{top1['student_kd'] - top1['student_scratch']:+.2f} points from distillation.")
-    print(f"What it shows: {labelled} of the {d['train_size']} training images have labels. "
-          f"{len(teachers)} teacher(s) learned from those {labelled}; their ensemble then labelled all "
-          f"{d['train_size']} images once, into the store. student_kd learned from the store alone (no label), "
+    print(f"What it shows: {labelled} of the {train_size} training images have labels. "
+          f"{teachers} teacher(s) learned from those {labelled}; their ensemble then labelled all "
+          f"{train_size} images once, into the store. student_kd learned from the store alone (no label), "
           f"student_scratch from the {labelled} labels with its best recipe; both took about "
-          f"{args.student_steps} optimizer steps. The gap between them is what the teachers' labels on "
+          f"{steps} optimizer steps. The gap between them is what the teachers' labels on "
           "unlabelled images are worth: TinyViT's regime, where the teacher labels what it is shown. On the same "
           "labelled images alone the two students come out even (docs/benchmarks.md, 'The demo's regime').")
-
 
 if __name__ == "__main__":
     main()
