@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from distill.augment import ViewMaker, native_resolution
 from distill.datasets import NUM_CLASSES, labels_of
-from distill.metrics import MetricAccumulator, count_flops, count_params, measure_throughput
+from distill.metrics import MetricAccumulator
+from distill.model_cost import count_flops, count_params, measure_throughput
 from distill.models import Preprocessed, create_student, create_teacher, load_weights
 from distill.replay import TeacherViews
 

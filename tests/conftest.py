@@ -3,15 +3,20 @@ a fixed random teacher checkpoint, and helpers to run the programs."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -131,3 +136,135 @@ def call_tool(name: str, argv, capsys) -> tuple[int, str, str]:
 def save_logits_args(root, ckpt, out, *extra):
     return ["--teacher", "cifar10_resnet20", "--checkpoint", ckpt, "--dataset", "cifar10", "--data-root", root,
             "--skip-md5", "--out", out, "--workers", "0", "--batch-size", "32", *extra]
+
+
+TINY_STUDENT = {"embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+# ------------------------------------------------------------------ bad-input catalogue: helpers
+
+_TOOLS: dict[str, object] = {}
+
+
+def train_student_module():
+    if "train_student" not in _TOOLS:
+        spec = importlib.util.spec_from_file_location("tvd_train_student", REPO / "distill" / "train_student.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _TOOLS["train_student"] = module
+    return _TOOLS["train_student"]
+
+
+@dataclass
+class Result:
+    code: int | None
+    out: str
+    err: str
+
+
+def call(main, argv, capsys) -> Result:
+    """main(argv) as its script runs it, expected to exit: the exit code and what it printed."""
+    from distill.cli import run_main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_main(lambda: main([str(a) for a in argv]))
+    captured = capsys.readouterr()
+    return Result(exc.value.code, captured.out, captured.err)
+
+
+def save_logits(argv, capsys) -> Result:
+    return call(tool("save_logits").main, argv, capsys)
+
+
+def user_error(result, *needles: str, code: int = 2) -> str:
+    """The one `error: ...` line (stderr's last), no traceback, exit `code`; returns the line."""
+    err = result.err if hasattr(result, "err") else result.stderr
+    got = result.code if hasattr(result, "code") else result.returncode
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert got == code, f"exit {got}, stderr:\n{err}"
+    assert "Traceback" not in err, err
+    assert len(errors) == 1 and lines[-1] == errors[0], f"not one error line at the end:\n{err}"
+    for needle in needles:
+        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
+    return errors[0]
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under `path` (hidden ones too), by relative name, with its bytes."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------ bad-input catalogue: fixtures
+
+
+@pytest.fixture(scope="module")
+def base(cifar_root, teacher_ckpt):
+    """save_logits arguments without --out: 40 samples, batches of 16, no workers."""
+    return save_logits_args(cifar_root, teacher_ckpt, "OUT", "--limit", "40", "--batch-size", "16")
+
+
+def with_out(base, out, *extra):
+    args = list(base)
+    args[args.index("--out") + 1] = out
+    return args + [str(e) for e in extra]
+
+
+def replace(args, flag, value):
+    """args with every `flag X` set to `flag value`."""
+    return [value if i and args[i - 1] == flag else a for i, a in enumerate(args)]
+
+
+@pytest.fixture(scope="module")
+def store(base, tmp_path_factory):
+    """A good 40-sample store (one shard)."""
+    out = tmp_path_factory.mktemp("good") / "store"
+    tool("save_logits").main([str(a) for a in with_out(base, out)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def incomplete_store(store, tmp_path_factory):
+    """The good store with its manifest marked unsealed, as a killed run leaves it."""
+    out = tmp_path_factory.mktemp("incomplete") / "store"
+    shutil.copytree(store, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ckpts(teacher_ckpt, tmp_path_factory):
+    """Checkpoints that do not fit: other class count, other architecture, NaN/inf weights,
+    random bytes."""
+    import timm
+
+    import distill.models  # noqa: F401
+
+    d = tmp_path_factory.mktemp("ckpts")
+    torch.manual_seed(0)
+    torch.save(timm.create_model("cifar100_resnet56").state_dict(), d / "r56_c100.pt")
+    torch.save(timm.create_model("cifar10_resnet56").state_dict(), d / "r56_c10.pt")
+    for bad in ("nan", "inf"):
+        state = torch.load(teacher_ckpt, weights_only=True)
+        state["linear.bias"][:] = float(bad)
+        torch.save(state, d / f"r20_{bad}.pt")
+    (d / "random.pt").write_bytes(os.urandom(4096))
+    return d
+
+
+@pytest.fixture(scope="module")
+def student_c100(tmp_path_factory):
+    """A student export (final/: config.yaml + model.pt) for 100 classes."""
+    from distill.models import create_student
+
+    final = tmp_path_factory.mktemp("student") / "run" / "final"
+    final.mkdir(parents=True)
+    model = create_student("cifar_vit", 100, 32, **TINY_STUDENT)
+    torch.save(model.state_dict(), final / "model.pt")
+    info = {"name": "cifar_vit", "num_classes": 100, "img_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
+            "kwargs": TINY_STUDENT}
+    (final / "config.yaml").write_text(yaml.safe_dump({"student": info}))
+    return final

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_tool
-from distill.metrics import confusion_figure_size
+from distill.report import confusion_figure_size
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""distill.metrics against scikit-learn (the reference) and torch's own counters."""
+"""distill.metrics (scores from the accumulated confusion matrix) against scikit-learn run on the
+samples themselves; distill.report's pictures and tables; distill.model_cost against torch's counters."""
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -8,15 +9,9 @@ import torch.nn.functional as F
 from sklearn import metrics as skm
 from torch import nn
 
-from distill.metrics import (
-    MetricAccumulator,
-    confusion_figure_size,
-    count_flops,
-    count_params,
-    markdown_table,
-    measure_throughput,
-    plot_confusion,
-)
+from distill.metrics import MetricAccumulator
+from distill.model_cost import count_flops, count_params, measure_throughput
+from distill.report import confusion_figure_size, markdown_table, plot_confusion
 
 BATCH_SIZES = [37, 64, 1, 98]  # uneven, including a single-sample batch
 

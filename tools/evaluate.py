@@ -67,7 +67,7 @@ def main(argv=None):
     from distill.datasets import build_dataset
     from distill.distributed import resolve_device
     from distill.evaluation import evaluate_model, load_model
-    from distill.metrics import markdown_table, plot_confusion
+    from distill.report import markdown_table, plot_confusion
 
     args = parse_args(argv)
     specs = model_specs(args)

@@ -1,0 +1,86 @@
+"""Bad input to tools/verify_logits.py and tools/inspect_logits.py.
+
+Part of the bad-input catalogue (docs/reliability.md): every program refuses bad input with one
+line that names the input and what to do, a non-zero exit (2 for user errors), and no partial or
+overwritten output. The shared helpers (call, user_error, snapshot) and fixtures are in conftest.py.
+"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import (
+    Result,
+    call,
+    run_tool,
+    snapshot,
+    tool,
+    user_error,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("TVD_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread):
+    """In-process teacher runs on one thread, like the subprocesses (conftest.one_thread)."""
+
+
+# ============================================================ verify_logits / inspect_logits
+
+
+def verify(argv, capsys) -> Result:
+    return call(tool("verify_logits").main, argv, capsys)
+
+
+def test_verify_missing_dir_subprocess(tmp_path):
+    proc = run_tool("tools/verify_logits.py", tmp_path / "nope", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stdout.splitlines() == [f"FAIL: {tmp_path / 'nope' / 'manifest.json'} not found: is "
+                                        f"{tmp_path / 'nope'} a logit store? (create one with tools/save_logits.py)"]
+    assert not (tmp_path / "nope").exists()
+
+
+def test_verify_non_store_dir(tmp_path, capsys):
+    (tmp_path / "x.txt").write_text("x")
+    r = verify([tmp_path], capsys)
+    assert r.code == 1
+    assert r.out.splitlines() == [f"FAIL: {tmp_path / 'manifest.json'} not found: is {tmp_path} a logit store? "
+                                  "(create one with tools/save_logits.py)"]
+
+
+def test_verify_incomplete_store(incomplete_store, capsys):
+    before = snapshot(incomplete_store)
+    r = verify([incomplete_store], capsys)
+    assert r.code == 1
+    assert r.out.splitlines() == [f"FAIL: {incomplete_store / 'manifest.json'}: store is incomplete; "
+                                  "re-run its save_logits command"]
+    assert snapshot(incomplete_store) == before
+
+
+def test_verify_invalid_manifest(store, tmp_path, capsys):
+    bad = tmp_path / "store"
+    shutil.copytree(store, bad)
+    (bad / "manifest.json").write_text("{not json")
+    r = verify([bad], capsys)
+    assert r.code == 1 and len(r.out.splitlines()) == 1
+    assert "manifest.json is not a valid store manifest: re-create the store" in r.out
+
+
+def test_inspect_missing_dir_subprocess(tmp_path):
+    proc = run_tool("tools/inspect_logits.py", tmp_path / "nope", check=False)
+    user_error(proc, f"{tmp_path / 'nope' / 'manifest.json'} not found",
+               "create one with tools/save_logits.py")
+    assert not (tmp_path / "nope").exists()
+
+
+def test_inspect_incomplete_store(incomplete_store, capsys):
+    r = call(tool("inspect_logits").main, [incomplete_store], capsys)
+    assert r.code == 1
+    assert r.out.splitlines()[-1] == (f"FAIL: {incomplete_store / 'manifest.json'}: store is incomplete; "
+                                      "re-run its save_logits command")
+
+
