@@ -109,6 +109,7 @@ def test_train_incomplete_store(incomplete_store):
 def test_train_store_for_other_data(store, cifar_root, tmp_path, case, field):
     from distill.config import load_config
     from distill.datasets import build_dataset
+    from distill.student_stage import check_store
     from teacher_logits.manifest import StoreError
     from teacher_logits.reader import LogitStore
 
@@ -123,7 +124,7 @@ def test_train_store_for_other_data(store, cifar_root, tmp_path, case, field):
     cfg = load_config(REPO / "configs/smoke_cifar10.yaml", [f"data.root={root}", *overrides])
     train_set = build_dataset(dataset, root, train=True, skip_md5=True)
     with pytest.raises(StoreError) as e:
-        train_student_module().check_store(LogitStore(store), cfg, train_set)
+        check_store(LogitStore(store), cfg, train_set)
     message = str(e.value)
     assert f"logits.store {store} was made for other data than this config" in message and field in message
     assert "use a store made for this config" in message and "\n" not in message

@@ -9,7 +9,7 @@
 Needed when the data differs from what the teacher was trained on (our JPEG CIFAR-10
 copy costs the shared teachers ~10 points), and to adapt an ImageNet timm teacher to
 CIFAR/STL classes (`--pretrained`: its head is re-initialised for the dataset's classes).
-This is the student trainer (distill/train_student.py, loss.mode=scratch) run on a
+This is the student stage (distill/student_stage.py, loss.mode=scratch) run on a
 teacher architecture: the same engine, checkpoints, resume, W&B and export. Extra
 `key=value` arguments override its config (configs/teacher_finetune.yaml), and
 `deepspeed tools/train_teacher.py ...` runs it on several GPUs.
@@ -57,9 +57,9 @@ def main(argv=None):
     overrides += [f"data.limit={args.limit}"] if args.limit else []
     overrides += [f"optim.lr={args.lr}"] if args.lr else []
     overrides += [f"train.batch_size={args.batch_size}"] if args.batch_size else []
-    from distill import train_student
+    from distill.student_stage import run
 
-    train_student.main(["--config", args.config, *overrides, *args.overrides])
+    run(args.config, [*overrides, *args.overrides])
 
 
 if __name__ == "__main__":

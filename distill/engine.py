@@ -1,0 +1,135 @@
+"""The DeepSpeed side of training: engine configuration, checkpoints that survive a kill,
+and the plain fp32 export. Students (distill/student_stage.py) and fine-tuned teachers
+(tools/train_teacher.py) share it.
+
+Checkpoints. Every rank writes its files of a tag first; then rank 0 renames `latest`
+into place naming the tag, so resume never picks up half a checkpoint whenever the run
+is killed. The newest KEEP_CHECKPOINTS tags are kept.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from teacher_logits.manifest import atomic_write, failpoint
+
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class Position:
+    """Where a run is: epoch, optimizer steps done in it, optimizer steps done in all."""
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+    def advance(self) -> None:
+        self.global_step, self.step_in_epoch = self.global_step + 1, self.step_in_epoch + 1
+
+    def next_epoch(self) -> None:
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+
+
+def lr_factor(step, warmup_steps, total_steps, min_ratio):
+    """Linear warm-up to 1, then cosine decay to min_ratio at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
+
+
+def deepspeed_config(cfg) -> dict:
+    """AdamW (torch's, not the fused build), ZeRO, bf16 and clipping from the run config."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.train.batch_size,  # no train_batch_size: it pins the world size
+        "gradient_accumulation_steps": cfg.train.grad_accum,
+        "optimizer": {"type": "AdamW", "params": {"lr": cfg.optim.lr, "betas": cfg.optim.betas,
+                                                  "weight_decay": cfg.optim.weight_decay, "torch_adam": True}},
+        "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
+        "bf16": {"enabled": cfg.deepspeed.bf16},
+        # DeepSpeed >= 0.18 casts parameters only; BatchNorm's running statistics (TinyViT,
+        # cifar_cnn) must follow them, or batch_norm refuses the mixed dtypes.
+        **({"data_types": {"buffer_dtype": "bf16"}} if cfg.deepspeed.bf16 else {}),
+        "gradient_clipping": cfg.deepspeed.grad_clip,
+        "steps_per_print": 1 << 30,  # we print our own progress
+    }
+
+
+def build_engine(cfg, model, steps_per_epoch: int, schedule_steps: int):
+    """The DeepSpeed engine: weight decay off for norms, biases and the model's no_weight_decay
+    names, warm-up + cosine stepped once per optimizer step."""
+    import deepspeed
+    from timm.optim import param_groups_weight_decay
+
+    inner = model.model
+    no_decay = inner.no_weight_decay() if hasattr(inner, "no_weight_decay") else ()
+    groups = param_groups_weight_decay(inner, cfg.optim.weight_decay, no_decay)
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    min_ratio = cfg.optim.min_lr / cfg.optim.lr
+
+    def schedule(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, warmup_steps, schedule_steps, min_ratio))
+
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=deepspeed_config(cfg),
+                                           lr_scheduler=schedule)
+    return engine
+
+
+class Checkpoints:
+    """Save and resume a run's engine state under `directory` (see the module docstring)."""
+
+    def __init__(self, engine, directory: Path, rank: int):
+        self.engine, self.directory, self.rank = engine, Path(directory), rank
+        self.saved_at: int | None = None  # global step of the newest checkpoint of this process
+        self.loaded_from: str | None = None
+
+    def resume(self) -> Position | None:
+        """Load the checkpoint that `latest` names; None when there is none."""
+        if not (self.directory / "latest").is_file():
+            return None
+        path, state = self.engine.load_checkpoint(str(self.directory))
+        if path is None:
+            raise OSError(f"could not load the checkpoint named in {self.directory / 'latest'}: delete "
+                          f"{self.directory} or set output.resume=none")
+        self.saved_at, self.loaded_from = state["global_step"], path
+        return Position(state["epoch"], state["step_in_epoch"], state["global_step"])
+
+    def save(self, at: Position) -> None:
+        tag = f"step{at.global_step}"
+        self.engine.save_checkpoint(str(self.directory), tag=tag, client_state=asdict(at), save_latest=False)
+        torch.distributed.barrier()  # every rank's files of this tag are complete
+        failpoint("checkpoint:latest")  # crash tests: files written, `latest` not yet moved
+        if self.rank == 0:  # DeepSpeed writes `latest` in place; a rename cannot leave it half-written
+            atomic_write(self.directory / "latest", tag.encode())
+            self._prune(at.global_step)
+        self.saved_at = at.global_step
+
+    def _prune(self, newest: int) -> None:
+        """Drop all but the newest tags (a later-numbered one may be a killed run's half-save: leave it)."""
+        older = sorted(int(p.name[4:]) for p in self.directory.glob("step*")
+                       if p.is_dir() and int(p.name[4:]) < newest)
+        for step in older[: max(len(older) - (KEEP_CHECKPOINTS - 1), 0)]:
+            shutil.rmtree(self.directory / f"step{step}", ignore_errors=True)
+
+
+def export_state_dict(engine, zero_stage: int, ckpt_dir: Path) -> dict:
+    """The model's weights as a plain fp32 state_dict (rank 0, after the last checkpoint).
+
+    ZeRO 0-2 keep whole weights in the module: under bf16 those are the bf16 weights the
+    model computed (and was evaluated) with, upcast. ZeRO-3 partitions them, so its
+    module state_dict is empty: DeepSpeed's documented consolidation rebuilds the fp32
+    weights from the checkpoint files of every rank instead.
+    """
+    if zero_stage < 3:
+        state = engine.module.model.state_dict()
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir))
+        state = {k.removeprefix("model."): v for k, v in full.items()}
+    return {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}

@@ -1,0 +1,81 @@
+"""What a training run tells the world, on rank 0: the progress bar and printed lines,
+train_log.jsonl (one line per optimizer step, flushed: it survives a kill), evals.jsonl
+(the learning curve), metrics.json (the final scores), config.yaml and W&B.
+
+Other ranks get the same object and it stays silent, so the training loop never asks.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from distill.tracking import start_tracking
+
+
+class RunLog:
+    def __init__(self, cfg, config: dict, out_dir: Path, rank: int, at, steps_per_epoch: int, total_steps: int):
+        self.out_dir, self.rank, self.steps_per_epoch = Path(out_dir), rank, steps_per_epoch
+        self.log_every = cfg.train.log_every
+        if rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        self.tracker = start_tracking(cfg.wandb, config, self.out_dir, rank)
+        # a fresh start rewrites the log; a resumed run appends (re-done steps log again)
+        self.train_log = (open(self.out_dir / "train_log.jsonl", "a" if at.global_step else "w")
+                          if rank == 0 else None)
+        self.bar = tqdm(total=total_steps, initial=at.global_step, unit="step", disable=rank != 0,
+                        dynamic_ncols=True, file=sys.stderr)
+        self.started = time.time()
+        self.wall = None
+        self.last_eval, self.evaluated_at = None, None
+
+    def say(self, message: str) -> None:
+        if self.rank == 0:
+            print(message)
+
+    def step(self, at, loss: float, lr: float, img_per_s: float) -> None:
+        """One optimizer step done: the jsonl line, W&B every train.log_every steps, the bar."""
+        now = time.time()
+        if self.train_log:
+            self.train_log.write(json.dumps({"step": at.global_step, "epoch": at.epoch, "loss": loss, "lr": lr,
+                                             "time": round(now, 3)}) + "\n")
+            self.train_log.flush()
+        if at.global_step % self.log_every == 0:
+            self.tracker.log({"train/loss": loss, "train/lr": lr, "train/img_per_s": img_per_s,
+                              "train/epoch": at.epoch + at.step_in_epoch / self.steps_per_epoch}, step=at.global_step)
+        self.bar.set_postfix(epoch=at.epoch, loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_per_s:.0f}")
+        self.bar.update(1)
+
+    def evaluation(self, at, scores: dict) -> None:
+        """Test scores at `at`: W&B, a printed line and a line of evals.jsonl."""
+        self.last_eval, self.evaluated_at = scores, at.global_step
+        self.tracker.log({f"eval/{k}": v for k, v in scores.items()}, step=at.global_step)
+        if self.rank == 0:
+            self.bar.write(f"epoch {at.epoch}: test top1 {scores['top1']:.2f}% top5 {scores['top5']:.2f}% "
+                           f"loss {scores['loss']:.4f}")
+            with open(self.out_dir / "evals.jsonl", "a") as f:  # the learning curve, machine-readable
+                f.write(json.dumps({"epoch": at.epoch, "step": at.global_step,
+                                    "wall_s": round(time.time() - self.started, 2), **scores}) + "\n")
+
+    def training_done(self) -> None:
+        self.bar.close()
+        self.wall = time.time() - self.started
+
+    def finish(self, at, world: int) -> None:
+        """metrics.json, the W&B summary and the closing line; then W&B is closed."""
+        if self.rank == 0:
+            scores = self.last_eval
+            metrics = {"eval": scores, "steps": at.global_step,
+                       "epochs": at.epoch + at.step_in_epoch / self.steps_per_epoch,
+                       "world_size": world, "train_wall_s": round(self.wall, 2)}
+            (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+            self.tracker.summary({f"final/{k}": v for k, v in scores.items()})
+            self.train_log.close()
+            print(f"final: top1 {scores['top1']:.2f}% top5 {scores['top5']:.2f}% loss {scores['loss']:.4f} "
+                  f"after {at.global_step} steps; model in {self.out_dir / 'final' / 'model.pt'}")
+        self.tracker.finish()

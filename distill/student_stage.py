@@ -1,0 +1,273 @@
+"""The student stage: train a model on stored teacher logits (or on labels) with DeepSpeed.
+
+`train(cfg)` reads top to bottom: process group -> data and store (refused if made for
+other data) -> model -> DeepSpeed engine -> resume -> epochs of optimizer steps, evaluation
+and checkpoints -> export. Outputs in output.dir: config.yaml (resolved), checkpoints/
+(DeepSpeed; the newest two kept), train_log.jsonl (loss and lr per optimizer step),
+evals.jsonl (test metrics per evaluated epoch), metrics.json (final test metrics), wandb/
+(offline runs), and final/ (model.pt: the fp32 state_dict; config.yaml: the resolved config
+plus a `student` section, all that tools/evaluate.py needs to rebuild it without DeepSpeed).
+
+Views. With a store, every mode (kd, scratch, online) trains on the store's views, rebuilt
+from the records' seeds; kd also takes their soft targets. Without a store (scratch or
+online only) the views are view(i, seed(train.seed, epoch, i)) over a seeded permutation,
+with the config's recipe and no mixing.
+
+Resume. output.resume=auto loads the checkpoint named in checkpoints/latest. The batch
+stream is a pure function of (seed, epoch), and the RNG for dropout and drop-path is
+reseeded every micro-step from (seed, step, rank), so a run resumed mid-epoch (skipping the
+batches already done) repeats the steps of an uninterrupted one, bit for bit under ZeRO 0-2.
+Optimizer and LR-schedule state come from the checkpoint; a ZeRO checkpoint needs the same
+number of ranks (see DeepSpeed's ds_to_universal to change it).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from distill.augment import Mixing, ViewMaker, derive_seed, native_resolution
+from distill.config import TEACHER_KEYS, check_runnable, load_config, resolved_config
+from distill.datasets import NUM_CLASSES, STATS, build_dataset, fingerprint, labels_of
+from distill.distributed import set_single_process_env
+from distill.engine import Checkpoints, Position, build_engine, export_state_dict
+from distill.evaluation import test_views_loader
+from distill.loss import DistillationLoss
+from distill.metrics import MetricAccumulator
+from distill.replay import StoreViews, TeacherViews
+from distill.run_log import RunLog
+from distill.tracking import resolve_mode
+from teacher_logits.manifest import StoreError, differences
+from teacher_logits.reader import LogitStore
+
+
+@dataclass
+class TrainingData:
+    """A run's training and test data, and the batches of one epoch on this rank."""
+    train_set: object
+    test_set: object
+    num_classes: int
+    size: int  # training samples used (a store may cover a --limit prefix)
+    labels: np.ndarray
+    maker: ViewMaker
+    store_views: StoreViews | None  # None: seeded views of the config's recipe, no store
+    micro_per_epoch: int  # micro-batches per epoch on this rank
+
+    def batches(self, cfg, epoch: int, rank: int, world: int, skip: int):
+        """This rank's batches of `epoch`, leaving out its first `skip` (a resumed run)."""
+        if self.store_views is not None:
+            self.store_views.set_epoch(epoch, skip_batches=skip)
+            return DataLoader(self.store_views, batch_size=None, num_workers=cfg.data.workers)
+        return seeded_batches(self.maker, self.labels, cfg, epoch, rank, world, skip)
+
+
+def load_data(cfg, rank: int, world: int) -> TrainingData:
+    train_set = build_dataset(cfg.data.dataset, cfg.data.root, train=True, skip_md5=cfg.data.skip_md5)
+    test_set = build_dataset(cfg.data.dataset, cfg.data.root, train=False, skip_md5=cfg.data.skip_md5)
+    store_views = None
+    if cfg.logits.store:
+        store = LogitStore(cfg.logits.store)
+        size = check_store(store, cfg, train_set)
+        aug = store.settings["augmentation"]
+        maker = ViewMaker(train_set, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], num_samples=size)
+        store_views = StoreViews(store, maker, labels_of(train_set)[:size], cfg.train.batch_size, rank, world,
+                                 shuffle_seed=cfg.train.seed)
+        micro_per_epoch = len(store_views)
+    else:
+        size = cfg.data.limit or len(train_set)
+        maker = ViewMaker(train_set, cfg.data.recipe, num_samples=size)
+        micro_per_epoch = -(-(size // world) // cfg.train.batch_size)
+    return TrainingData(train_set, test_set, NUM_CLASSES[cfg.data.dataset], size, labels_of(train_set)[:size],
+                        maker, store_views, micro_per_epoch)
+
+
+def check_store(store: LogitStore, cfg, dataset) -> int:
+    """Refuse a store made for other data; return the number of samples it covers."""
+    made = store.settings
+    size = cfg.data.limit or made["dataset"]["size"]  # the store may cover a --limit prefix
+    if size > len(dataset):
+        raise StoreError(f"logits.store {store.path} covers {size} samples, but {cfg.data.dataset} train has "
+                         f"only {len(dataset)}: was it made on another dataset?")
+    expected = {"dataset": fingerprint(cfg.data.dataset, dataset, True, size),
+                "augmentation": {"recipe": cfg.data.recipe, "resolution": native_resolution(cfg.data.recipe)}}
+    actual = {"dataset": made["dataset"],
+              "augmentation": {k: made["augmentation"][k] for k in ("recipe", "resolution")}}
+    diff = differences(actual, expected)
+    if diff:
+        raise StoreError(f"logits.store {store.path} was made for other data than this config "
+                         f"({'; '.join(diff)} [store != config]): use a store made for this config")
+    return size
+
+
+def seeded_batches(maker, labels, cfg, epoch, rank, world, skip):
+    """No store: one epoch of this rank's batches over a seeded permutation."""
+    order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(labels))
+    order = order[: len(order) // world * world][rank::world]  # equal step counts on every rank
+    order = order[skip * cfg.train.batch_size:]  # resuming: never build the skipped views
+    views = TeacherViews(maker, cfg.train.seed, np.full(len(order), epoch), order, labels)
+    return DataLoader(views, batch_size=cfg.train.batch_size, num_workers=cfg.data.workers)
+
+
+def build_model(cfg, num_classes: int):
+    """(model taking [0, 1] views, kind). Our students by name, normalised with the dataset's
+    statistics; any other timm name is a teacher being trained or fine-tuned
+    (tools/train_teacher.py), with its own normalisation and input size."""
+    from distill.models import Preprocessed, create_student, create_teacher, load_weights
+    from distill.models.students import STUDENTS
+
+    if cfg.model.name not in STUDENTS:
+        import timm
+
+        if not timm.is_model(cfg.model.name):
+            raise ValueError(f"config key model.name: unknown model {cfg.model.name!r}; students: "
+                             f"{', '.join(STUDENTS)} (or any timm model name, trained as a teacher)")
+        teacher = create_teacher(cfg.model.name, cfg.model.init, cfg.model.pretrained, num_classes)
+        return teacher.train(), "teacher"
+    inner = create_student(cfg.model.name, num_classes, cfg.data.img_size, **cfg.model.kwargs)
+    if cfg.model.init:
+        load_weights(inner, cfg.model.init)
+    mean, std = STATS[cfg.data.dataset]
+    return Preprocessed(inner, mean, std, (cfg.data.img_size, cfg.data.img_size)), "student"
+
+
+def online_teacher(cfg, num_classes: int):
+    """loss.mode=online: the teacher (or ensemble) run on every view; else None."""
+    if cfg.loss.mode != "online":
+        return None
+    from distill.models import create_teachers
+
+    return create_teachers(cfg.teacher.name, cfg.teacher.checkpoint, cfg.teacher.pretrained, num_classes,
+                           cfg.teacher.weights, TEACHER_KEYS, require_weights=False)
+
+
+@torch.no_grad()
+def evaluate(engine, test_set, cfg, rank, world, dtype):
+    """top1/top5/loss on the unaugmented test views; ranks take disjoint slices, then all-reduce."""
+    loader = test_views_loader(test_set, native_resolution(cfg.data.recipe), 2 * cfg.train.batch_size,
+                               cfg.data.workers, cfg.data.test_limit, rank, world)
+    acc = MetricAccumulator(NUM_CLASSES[cfg.data.dataset])
+    engine.eval()
+    for batch in loader:
+        acc.update(engine(batch["view"].to(engine.device, dtype)), batch["label"])
+    engine.train()
+    acc.all_reduce(engine.device)
+    return {k: v for k, v in acc.compute().items() if k in ("top1", "top5", "loss", "num_samples")}
+
+
+def optimizer_steps(engine, batches, criterion, teacher, cfg, at: Position, rank: int):
+    """Train on `batches`, yielding (loss, lr, seconds) after each optimizer step (grad_accum
+    micro-steps); the caller advances `at` before the next micro-step reads it."""
+    dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
+    micro, step_loss, tick = 0, 0.0, time.time()
+    for batch in batches:
+        # dropout / drop-path draw from here: a function of the step, so a resumed run repeats them
+        torch.manual_seed(int(derive_seed(cfg.train.seed, at.global_step, micro % cfg.train.grad_accum, rank)))
+        view = batch["view"].to(engine.device)
+        logits = engine(view.to(dtype))
+        target = batch["target"].to(engine.device) if cfg.loss.mode == "kd" else None
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher(view).float().softmax(dim=-1)
+        loss = criterion(logits, target, *(batch[k].to(engine.device) for k in ("label", "partner_label", "lam")))
+        engine.backward(loss)
+        lr = engine.get_lr()[0]  # the rate this step uses; step() moves the schedule on
+        engine.step()
+        micro += 1
+        step_loss += loss.item() / cfg.train.grad_accum
+        if micro % cfg.train.grad_accum == 0:
+            yield step_loss, lr, time.time() - tick
+            step_loss, tick = 0.0, time.time()
+
+
+def run(config_path, overrides=()) -> None:
+    """Load and check a config (refusing bad keys, values and W&B modes before anything is
+    written), then train it."""
+    cfg = load_config(config_path, list(overrides))
+    check_runnable(cfg)
+    resolve_mode(cfg.wandb.mode)
+    train(cfg)
+
+
+def train(cfg) -> None:
+    """One training run of `cfg` (see the module docstring); every rank calls it."""
+    set_single_process_env()  # no-op under a launcher, which sets these itself
+    import deepspeed
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip a 30-80 s CPU build used only by inference
+    deepspeed.init_distributed()  # gloo on CPU, nccl on GPUs
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    data = load_data(cfg, rank, world)
+    steps_per_epoch = data.micro_per_epoch // cfg.train.grad_accum  # a tail shorter than grad_accum is dropped
+    if steps_per_epoch == 0:
+        raise ValueError(f"train.batch_size x train.grad_accum = {cfg.train.batch_size * cfg.train.grad_accum} "
+                         f"exceeds the {data.size // world} samples per rank: lower them")
+    schedule_steps = cfg.train.epochs * steps_per_epoch  # train.max_steps stops early, as a kill would
+    total_steps = min(schedule_steps, cfg.train.max_steps or schedule_steps)
+
+    torch.manual_seed(cfg.train.seed)
+    model, kind = build_model(cfg, data.num_classes)  # normalises and resizes: takes [0, 1] views of any size
+    export_info = {"kind": kind, "name": cfg.model.name, "num_classes": data.num_classes,  # before any bf16 cast
+                   "img_size": model.input_size[-1], "mean": model.mean.tolist(), "std": model.std.tolist(),
+                   "kwargs": cfg.model.kwargs}
+    teacher = online_teacher(cfg, data.num_classes)
+    criterion = DistillationLoss(cfg.loss.mode, cfg.loss.temperature, cfg.loss.alpha, cfg.loss.label_smoothing,
+                                 cfg.loss.teacher_target, cfg.loss.standardize)
+    engine = build_engine(cfg, model, steps_per_epoch, schedule_steps)
+    teacher = teacher.to(engine.device) if teacher is not None else None
+    dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
+
+    out_dir = Path(cfg.output.dir)
+    checkpoints = Checkpoints(engine, out_dir / "checkpoints", rank)
+    at = (checkpoints.resume() if cfg.output.resume == "auto" else None) or Position()
+    config = resolved_config(cfg)
+    log = RunLog(cfg, config, out_dir, rank, at, steps_per_epoch, total_steps)
+    if checkpoints.loaded_from:
+        log.say(f"resumed from {checkpoints.loaded_from}: epoch {at.epoch}, step {at.step_in_epoch} of "
+                f"{steps_per_epoch}, global step {at.global_step}")
+    log.say(f"{cfg.model.name} on {cfg.data.dataset} ({data.size} samples, {world} rank(s)), mode {cfg.loss.mode}: "
+            f"{steps_per_epoch} steps/epoch, {total_steps} steps in all")
+
+    while at.global_step < total_steps and at.epoch < cfg.train.epochs:
+        batches = data.batches(cfg, at.epoch, rank, world, skip=at.step_in_epoch * cfg.train.grad_accum)
+        for loss, lr, seconds in optimizer_steps(engine, batches, criterion, teacher, cfg, at, rank):
+            at.advance()
+            log.step(at, loss, lr, cfg.train.batch_size * cfg.train.grad_accum * world / seconds)
+            if cfg.train.checkpoint_every and at.global_step % cfg.train.checkpoint_every == 0:
+                checkpoints.save(at)
+            if at.step_in_epoch == steps_per_epoch or at.global_step == total_steps:
+                break
+        if at.global_step == total_steps and at.step_in_epoch < steps_per_epoch:
+            break  # stopped by train.max_steps mid-epoch
+        if at.step_in_epoch < steps_per_epoch:
+            raise RuntimeError(f"epoch {at.epoch} ended after {at.step_in_epoch} of {steps_per_epoch} steps")
+        at.next_epoch()
+        if at.epoch % cfg.train.eval_every == 0 or at.epoch == cfg.train.epochs:
+            log.evaluation(at, evaluate(engine, data.test_set, cfg, rank, world, dtype))
+        checkpoints.save(at)
+
+    # finish: a checkpoint of the final state, a last evaluation, the export
+    log.training_done()
+    if checkpoints.saved_at != at.global_step:
+        checkpoints.save(at)
+    if log.evaluated_at != at.global_step:
+        log.evaluation(at, evaluate(engine, data.test_set, cfg, rank, world, dtype))
+    torch.distributed.barrier()  # every rank's checkpoint files are written
+    if rank == 0:
+        export(engine, cfg, config, export_info, out_dir)
+    log.finish(at, world)
+    torch.distributed.barrier()
+
+
+def export(engine, cfg, config: dict, export_info: dict, out_dir: Path) -> Path:
+    """out_dir/final: model.pt (plain fp32 state_dict) and config.yaml (+ a `student` section)."""
+    final = out_dir / "final"
+    final.mkdir(exist_ok=True)
+    torch.save(export_state_dict(engine, cfg.deepspeed.zero_stage, out_dir / "checkpoints"), final / "model.pt")
+    (final / "config.yaml").write_text(yaml.safe_dump({**config, "student": export_info}, sort_keys=False))
+    return final
+
