@@ -57,6 +57,15 @@ class TrainingData:
     maker: ViewMaker
     store_views: StoreViews | None  # None: seeded views of the config's recipe, no store
     micro_per_epoch: int  # micro-batches per epoch on this rank
+    batch_size: int
+
+    def steps_per_epoch(self, grad_accum: int, world: int) -> int:
+        """Optimizer steps in an epoch; a tail shorter than grad_accum is dropped."""
+        steps = self.micro_per_epoch // grad_accum
+        if steps == 0:
+            raise ValueError(f"train.batch_size x train.grad_accum = {self.batch_size * grad_accum} exceeds the "
+                             f"{self.size // world} samples per rank: lower them")
+        return steps
 
     def batches(self, cfg, epoch: int, rank: int, world: int, skip: int):
         """This rank's batches of `epoch`, leaving out its first `skip` (a resumed run)."""
@@ -83,7 +92,7 @@ def load_data(cfg, rank: int, world: int) -> TrainingData:
         maker = ViewMaker(train_set, cfg.data.recipe, num_samples=size)
         micro_per_epoch = -(-(size // world) // cfg.train.batch_size)
     return TrainingData(train_set, test_set, NUM_CLASSES[cfg.data.dataset], size, labels_of(train_set)[:size],
-                        maker, store_views, micro_per_epoch)
+                        maker, store_views, micro_per_epoch, cfg.train.batch_size)
 
 
 def check_store(store: LogitStore, cfg, dataset) -> int:
@@ -133,6 +142,12 @@ def build_model(cfg, num_classes: int):
         load_weights(inner, cfg.model.init)
     mean, std = STATS[cfg.data.dataset]
     return Preprocessed(inner, mean, std, (cfg.data.img_size, cfg.data.img_size)), "student"
+
+
+def model_info(cfg, model, kind: str, num_classes: int) -> dict:
+    """The export's `student` section: all tools/evaluate.py needs to rebuild the model."""
+    return {"kind": kind, "name": cfg.model.name, "num_classes": num_classes, "img_size": model.input_size[-1],
+            "mean": model.mean.tolist(), "std": model.std.tolist(), "kwargs": cfg.model.kwargs}
 
 
 def online_teacher(cfg, num_classes: int):
@@ -193,27 +208,28 @@ def run(config_path, overrides=()) -> None:
     train(cfg)
 
 
-def train(cfg) -> None:
-    """One training run of `cfg` (see the module docstring); every rank calls it."""
+def join_process_group() -> tuple[int, int]:
+    """(rank, world size) in DeepSpeed's process group: gloo on CPU, nccl on GPUs; one process
+    without a launcher."""
     set_single_process_env()  # no-op under a launcher, which sets these itself
     import deepspeed
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip a 30-80 s CPU build used only by inference
-    deepspeed.init_distributed()  # gloo on CPU, nccl on GPUs
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    deepspeed.init_distributed()
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def train(cfg) -> None:
+    """One training run of `cfg` (see the module docstring); every rank calls it."""
+    rank, world = join_process_group()
     data = load_data(cfg, rank, world)
-    steps_per_epoch = data.micro_per_epoch // cfg.train.grad_accum  # a tail shorter than grad_accum is dropped
-    if steps_per_epoch == 0:
-        raise ValueError(f"train.batch_size x train.grad_accum = {cfg.train.batch_size * cfg.train.grad_accum} "
-                         f"exceeds the {data.size // world} samples per rank: lower them")
+    steps_per_epoch = data.steps_per_epoch(cfg.train.grad_accum, world)
     schedule_steps = cfg.train.epochs * steps_per_epoch  # train.max_steps stops early, as a kill would
     total_steps = min(schedule_steps, cfg.train.max_steps or schedule_steps)
 
     torch.manual_seed(cfg.train.seed)
     model, kind = build_model(cfg, data.num_classes)  # normalises and resizes: takes [0, 1] views of any size
-    export_info = {"kind": kind, "name": cfg.model.name, "num_classes": data.num_classes,  # before any bf16 cast
-                   "img_size": model.input_size[-1], "mean": model.mean.tolist(), "std": model.std.tolist(),
-                   "kwargs": cfg.model.kwargs}
+    export_info = model_info(cfg, model, kind, data.num_classes)  # before any bf16 cast
     teacher = online_teacher(cfg, data.num_classes)
     criterion = DistillationLoss(cfg.loss.mode, cfg.loss.temperature, cfg.loss.alpha, cfg.loss.label_smoothing,
                                  cfg.loss.teacher_target, cfg.loss.standardize)
