@@ -308,12 +308,12 @@ def check_teacher(store, teacher, maker: ViewMaker, count: int, device, batch_si
     for a in range(0, len(rows), batch_size):
         part = rows[a : a + batch_size]
         views = torch.stack([maker(int(r["index"]), int(r["seed"]))[0] for r in part]).to(device)
-        probs = teacher(views).float().softmax(1).cpu().numpy()
-        idx = np.stack([r["topk_idx"] for r in part]).astype(np.int64)
+        probs = teacher(views).float().softmax(1)
+        idx = torch.from_numpy(np.stack([r["topk_idx"] for r in part]).astype(np.int64)).to(device)
         stored, _ = decode_values(np.stack([r["topk_val"] for r in part]), store.settings["values"],
                                   store.num_classes)
         agree += int((probs.argmax(1) == idx[:, 0]).sum())
-        abs_err += float(np.abs(np.take_along_axis(probs, idx, 1) - stored).sum())
+        abs_err += float(np.abs(probs.gather(1, idx).cpu().numpy() - stored).sum())  # (N, k) to the host, not (N, C)
         n_vals += stored.size
     return {"checked": len(rows), "top1_agreement": 100.0 * agree / max(len(rows), 1),
             "mean_abs_value_error": abs_err / max(n_vals, 1)}

@@ -61,8 +61,8 @@ class StoreLocation:
             extra = EXTRAS.get(self.protocol)
             hint = (f'pip install "tinyvit-distill[{extra}]"' if extra
                     else f"install the fsspec back-end for {self.protocol}://")
-            raise StoreUnreachable(f"{self.url}: {self.protocol}:// stores need an fsspec back-end that is not "
-                             f"installed: {hint}") from None
+            raise StoreUnreachable(f"{self.url}: {self.protocol}:// stores need an fsspec back-end that is "
+                                   f"not installed: {hint}") from None
         except ValueError as e:
             raise StoreError(f"{self.url}: not a usable store URL ({e}); pass a directory or an fsspec URL "
                              "(file://, s3://, gs://, az://, memory://, http(s)://)") from None
@@ -80,14 +80,15 @@ class StoreLocation:
         return f"{self.root}/{name}"
 
     def _call(self, what: str, fn, *args):
-        """Run a back-end call; anything but 'not found' becomes a one-line StoreError naming the URL."""
+        """Run a back-end call; anything but 'not found' becomes a one-line StoreUnreachable naming the URL."""
         try:
             return fn(*args)
         except FileNotFoundError:
             raise
         except Exception as e:  # noqa: BLE001  back-ends raise their own types (aiohttp, botocore, ...)
-            raise StoreUnreachable(f"{self.url}: cannot {what} ({type(e).__name__}: {' '.join(str(e).split())}); "
-                             "check the URL, the network and the credentials") from None
+            reason = " ".join(str(e).split())
+            raise StoreUnreachable(f"{self.url}: cannot {what} ({type(e).__name__}: {reason}); "
+                                   "check the URL, the network and the credentials") from None
 
     # ---- reading
     def read_bytes(self, name: str) -> bytes:
