@@ -272,12 +272,12 @@ def seal(out: StoreLocation, manifest: dict, written: set[str], digests: dict[st
     manifest is the last file written. `digests` holds what this process wrote; other shards
     (other ranks', a killed run's) are read back. Checksums recorded by an earlier run are
     kept, so a shard damaged since is not blessed."""
-    present = set(out.names() or [])
+    present = set(out.names())  # a writable location can list
     for entry in manifest["shards"]:
         name = entry["name"]
         if "sha256" in entry and name not in written:
             continue
-        if name in digests and (name in present or out.names() is None):
+        if name in digests and name in present:
             entry["bytes"], entry["sha256"] = digests[name]
             continue
         try:

@@ -16,7 +16,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from conftest import call_tool, run_tool, save_logits_args
+from conftest import REPO, call_tool, run_tool, save_logits_args
 from teacher_logits.manifest import new_manifest
 from teacher_logits.reader import LogitStore
 from teacher_logits.verify import verify_store
@@ -134,6 +134,7 @@ def test_missing_back_end_names_the_extra(tmp_path, cifar_root, teacher_ckpt):
     assert_one_line_error(proc, url, 'pip install "tinyvit-distill[s3]"', code=2)
     proc = run_tool("tools/verify_logits.py", url, check=False)
     assert_one_line_error(proc, url, 'pip install "tinyvit-distill[s3]"', code=2)
+    assert not (REPO / "s3:").exists()  # the URL was never taken for a relative path
 
 
 def test_unreachable_url_is_named(tmp_path, cifar_root):
