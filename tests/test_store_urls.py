@@ -101,24 +101,32 @@ TRAIN = ["--config", "configs/smoke_cifar10.yaml", "data.skip_md5=true", "model.
          "train.max_steps=3", "train.log_every=1", "data.test_limit=32", "wandb.enabled=false"]
 
 
-def test_trainer_reads_a_store_served_over_http(http_server, disk_store, cifar_root, tmp_path):
+def test_trainer_reads_a_store_served_over_http(http_server, disk_store, cifar_root, tmp_path, capsys):
     www, base = http_server
     shutil.copytree(disk_store, www / "store")
     url = f"{base}/store"
-    assert "exactly once" in run_tool("tools/verify_logits.py", url).stdout
+    code, out, err = call_tool("verify_logits", [url], capsys)
+    assert code == 0 and "exactly once" in out, err
     out = tmp_path / "run"
-    run_tool("distill/train_student.py", *TRAIN, f"data.root={cifar_root}", f"logits.store={url}",
-             f"output.dir={out}", "data.workers=1", timeout=240, env={"DS_ACCELERATOR": "cpu"})
+    code, err = train_from(url, cifar_root, out, "data.workers=1")  # a forked worker reads the shards
+    assert code == 0, err
     steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps if "loss" in s][-1] == 3
 
 
-def assert_one_line_error(proc, *names, code=None):
-    assert proc.returncode != 0 if code is None else proc.returncode == code, proc.stderr
-    lines = [line.partition("error: ")[2] for line in proc.stderr.splitlines() if "error: " in line]
-    assert len(lines) == 1, proc.stderr  # (a progress bar may share the line it starts on)
+def assert_one_line_error(code: int, stderr: str, *names: str) -> None:
+    """Exit 2 and one `error:` line naming each of `names` (run_main's contract)."""
+    assert code == 2, stderr
+    lines = [line.partition("error: ")[2] for line in stderr.splitlines() if "error: " in line]
+    assert len(lines) == 1, stderr  # (a progress bar may share the line it starts on)
     for name in names:
         assert name in lines[0], lines[0]
+
+
+def train_from(url, cifar_root, out, *extra):
+    proc = run_tool("distill/train_student.py", *TRAIN, f"data.root={cifar_root}", f"logits.store={url}",
+                    f"output.dir={out}", *extra, check=False, timeout=240, env={"DS_ACCELERATOR": "cpu"})
+    return proc.returncode, proc.stderr
 
 
 def closed_port() -> int:
@@ -128,44 +136,39 @@ def closed_port() -> int:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed: no missing extra")
-def test_missing_back_end_names_the_extra(tmp_path, cifar_root, teacher_ckpt):
+def test_missing_back_end_names_the_extra(cifar_root, teacher_ckpt, capsys):
     url = "s3://tvd-test-bucket/store"
-    proc = run_tool("tools/save_logits.py", *save_logits_args(cifar_root, teacher_ckpt, url), check=False)
-    assert_one_line_error(proc, url, 'pip install "tinyvit-distill[s3]"', code=2)
-    proc = run_tool("tools/verify_logits.py", url, check=False)
-    assert_one_line_error(proc, url, 'pip install "tinyvit-distill[s3]"', code=2)
+    for tool, argv in (("save_logits", save_logits_args(cifar_root, teacher_ckpt, url)), ("verify_logits", [url])):
+        code, _, err = call_tool(tool, argv, capsys)
+        assert_one_line_error(code, err, url, 'pip install "tinyvit-distill[s3]"')
     assert not (REPO / "s3:").exists()  # the URL was never taken for a relative path
 
 
-def test_unreachable_url_is_named(tmp_path, cifar_root):
+def test_unreachable_url_is_named(tmp_path, cifar_root, capsys):
     url = f"http://127.0.0.1:{closed_port()}/store"
     for tool in ("verify_logits", "inspect_logits"):
-        assert_one_line_error(run_tool(f"tools/{tool}.py", url, check=False), url)
-    out = tmp_path / "run"
-    proc = run_tool("distill/train_student.py", *TRAIN, f"data.root={cifar_root}", f"logits.store={url}",
-                    f"output.dir={out}", check=False, timeout=240, env={"DS_ACCELERATOR": "cpu"})
-    assert_one_line_error(proc, url, code=2)
-    assert not out.exists()
+        code, _, err = call_tool(tool, [url], capsys)
+        assert_one_line_error(code, err, url)
+    assert_one_line_error(*train_from(url, cifar_root, tmp_path / "run"), url)
+    assert not (tmp_path / "run").exists()
 
 
-def test_missing_shard_over_http_is_named(http_server, disk_store, cifar_root, tmp_path):
+def test_missing_shard_over_http_is_named(http_server, disk_store, cifar_root, tmp_path, capsys):
     www, base = http_server
     shutil.copytree(disk_store, www / "store")
     lost = "e0000-000000000.tar"
     (www / "store" / lost).unlink()  # the server answers 404
     url = f"{base}/store"
-    proc = run_tool("tools/verify_logits.py", url, check=False)
-    assert proc.returncode == 1 and f"{url}/{lost}" in proc.stdout
-    out = tmp_path / "run"
-    proc = run_tool("distill/train_student.py", *TRAIN, f"data.root={cifar_root}", f"logits.store={url}",
-                    f"output.dir={out}", "data.workers=1", check=False, timeout=240, env={"DS_ACCELERATOR": "cpu"})
-    assert_one_line_error(proc, f"{url}/{lost}", code=2)
-    assert not (out / "checkpoints").exists() and not (out / "final").exists()
+    code, out, _ = call_tool("verify_logits", [url], capsys)
+    assert code == 1 and f"FAIL: {url}/{lost}: shard missing" in out
+    run = tmp_path / "run"
+    assert_one_line_error(*train_from(url, cifar_root, run, "data.workers=1"), f"{url}/{lost}")
+    assert not (run / "checkpoints").exists() and not (run / "final").exists()
 
 
-def test_read_only_url_is_refused_for_writing(http_server, cifar_root, teacher_ckpt, tmp_path):
+def test_read_only_url_is_refused_for_writing(http_server, cifar_root, teacher_ckpt, capsys):
     www, base = http_server
     url = f"{base}/new"
-    proc = run_tool("tools/save_logits.py", *save_logits_args(cifar_root, teacher_ckpt, url), check=False)
-    assert_one_line_error(proc, url, "read-only", code=2)
+    code, _, err = call_tool("save_logits", save_logits_args(cifar_root, teacher_ckpt, url), capsys)
+    assert_one_line_error(code, err, url, "read-only")
     assert list(www.iterdir()) == []
