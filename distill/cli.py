@@ -20,6 +20,14 @@ def run_main(main) -> None:
     except USER_ERRORS as e:
         if os.environ.get("TVD_DEBUG"):
             raise
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+def user_message(error: BaseException) -> str:
+    """The error's message on one line. A DataLoader worker's error arrives re-raised with the
+    worker's traceback as its message; its last line is the original message."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split()) or type(error).__name__

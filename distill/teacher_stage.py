@@ -28,10 +28,11 @@ from distill.datasets import NUM_CLASSES, build_dataset, fingerprint, labels_of
 from distill.models import create_teachers
 from distill.models.teachers import ensemble_spec
 from distill.replay import TeacherViews
-from teacher_logits.codec import encode_values, index_dtype
+from teacher_logits.codec import MAX_CLASSES, encode_topk, index_dtype
 from teacher_logits.manifest import (MANIFEST, StoreError, describe_teacher, differences, grown_manifest,
                                      load_manifest, new_manifest, sha256_file, shard_indices, shard_plans, teacher_members,
                                      write_manifest)
+from teacher_logits.location import StoreLocation, locate
 from teacher_logits.shards import write_shard
 
 
@@ -105,20 +106,20 @@ def teacher_spec(args) -> tuple[list[str], list[str | None], list[float]]:
     return ensemble_spec(args.teacher, args.checkpoint, args.pretrained, getattr(args, "teacher_weights", None))
 
 
-def open_store(out: Path, settings: dict, rank: int) -> dict:
+def open_store(out: StoreLocation, settings: dict, rank: int) -> dict:
     """The store's manifest: created on first run, checked against `settings` on re-runs,
     and grown when the only change is a larger number of epochs."""
-    if rank == 0 and not (out / MANIFEST).exists():
-        if out.exists() and not out.is_dir():
+    if rank == 0 and not out.exists(MANIFEST):
+        if out.is_file():
             raise BadInput(f"--out {out} is a file, not a directory: choose a new directory")
-        if out.exists() and any(not f.name.startswith(".") for f in out.iterdir()):
+        if any(not name.startswith(".") for name in out.names() or []):
             raise BadInput(f"--out {out} exists, is not empty and is not a logit store: choose a new directory")
         existed = out.exists()
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            out.makedirs()
             write_manifest(out, new_manifest(settings))
         except OSError as e:
-            if not existed and out.is_dir():
+            if not existed and out.exists():
                 _discard_unstarted(out, remove_dir=True)
             raise BadInput(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
     distributed.barrier()
@@ -158,12 +159,12 @@ def label_batch(teacher, batch: dict, settings: dict, device, precision: str) ->
         bad = batch["index"][~torch.isfinite(logits).all(1).cpu()][:3].tolist()
         raise BadInput(f"teacher {describe_teacher(settings['teacher'])} gave NaN/inf logits for samples {bad}: "
                        "check the checkpoint (or use --precision fp32)")
-    probs = logits.softmax(dim=1)
-    top_idx = probs.topk(settings["k"], dim=1).indices
-    probs, top_idx = probs.cpu().numpy(), top_idx.cpu().numpy()
+    # top-k on the device: only (N, k) values and indices cross to the host, not (N, C) probabilities
+    top = logits.softmax(dim=1).topk(settings["k"], dim=1)
+    top_val, top_idx = top.values.cpu().numpy(), top.indices.cpu().numpy()
     columns = {"index": batch["index"].numpy().astype(np.int64), "seed": batch["seed"].numpy().astype("<u4"),
                "topk_idx": top_idx.astype(index_dtype(settings["num_classes"])),
-               "topk_val": encode_values(probs, top_idx, settings["values"])}
+               "topk_val": encode_topk(top_val, settings["num_classes"], settings["values"])}
     if Mixing(**settings["augmentation"]["mixing"]).enabled:
         columns["partner"] = batch["partner"].numpy().astype("<i4")
         columns["lam"] = batch["lam"].numpy().astype("<f2")
@@ -179,6 +180,9 @@ def run(args) -> dict:
     if args.limit is not None and args.limit <= 0:
         raise BadInput(f"--limit must be positive, got {args.limit}")
     names, checkpoints, weights = teacher_spec(args)  # counts and weights, before anything loads
+    out = locate(args.out)  # a missing back-end or a read-only URL is refused before anything loads
+    out.check_writable()
+    out_existed, fresh = out.exists(), not out.exists(MANIFEST)
     for checkpoint in checkpoints:
         if checkpoint is not None and not Path(checkpoint).is_file():  # before the dataset and teacher load
             raise BadInput(f"--checkpoint {checkpoint}: no such file; pass the path of the teacher's weights file")
@@ -190,6 +194,9 @@ def run(args) -> dict:
                        "lower it, or leave it out to label them all")
     size = args.limit or len(dataset)
     teacher = create_teachers(names, checkpoints, args.pretrained, NUM_CLASSES[args.dataset], weights).to(device)
+    if teacher.num_classes > MAX_CLASSES:
+        raise BadInput(f"--teacher {' '.join(names)} has {teacher.num_classes} classes; the store holds at most "
+                       f"{MAX_CLASSES} (uint16 class indices): use a teacher with fewer classes")
     if args.topk > teacher.num_classes:
         raise BadInput(f"--topk {args.topk} exceeds the teacher's {teacher.num_classes} classes: "
                        f"pass --topk {teacher.num_classes} or less")
@@ -197,14 +204,12 @@ def run(args) -> dict:
     maker = ViewMaker(dataset, args.aug, mixing, num_samples=size)
     settings = store_settings(args, fingerprint(args.dataset, dataset, args.split == "train", size), maker,
                               teacher.num_classes)
-    out = Path(args.out)
-    out_existed, fresh = out.exists(), not (out / MANIFEST).exists()
     manifest = open_store(out, settings, rank)
     settings = manifest["settings"]
-    missing = [p for p in shard_plans(manifest) if not (out / p.name).exists()]
+    present = set(out.names() or [])  # one listing, not one request per shard
+    missing = [p for p in shard_plans(manifest) if p.name not in present]
     if rank == 0:
-        for stale in out.glob(".*.tmp-*"):  # half-written files of a killed run
-            stale.unlink(missing_ok=True)
+        out.sweep_temp_files()  # half-written files of a killed run
     distributed.barrier()  # every rank has listed `missing` before any rank writes
     todo = missing[rank::world]
     plan_indices = [shard_indices(settings, p) for p in todo]
@@ -218,6 +223,7 @@ def run(args) -> dict:
     bar = tqdm(total=len(views), unit="img", desc=f"labelling {len(todo)} shards", disable=rank != 0,
                file=sys.stderr, dynamic_ncols=True)
     pending: list[dict[str, np.ndarray]] = []
+    digests: dict[str, tuple[int, str]] = {}  # (size, sha256) of the shards this rank wrote
     buffered, shard, correct = 0, 0, 0
     try:
         for batch in loader:
@@ -230,8 +236,8 @@ def run(args) -> dict:
                 cols = {name: np.concatenate([p[name] for p in pending]) for name in pending[0]}
                 n = todo[shard].records
                 try:
-                    write_shard(out, todo[shard], {k: v[:n] for k, v in cols.items()}, header,
-                                settings["chunk_records"])
+                    digests[todo[shard].name] = write_shard(out, todo[shard], {k: v[:n] for k, v in cols.items()},
+                                                            header, settings["chunk_records"])
                 except OSError as e:
                     raise BadInput(f"--out {out}: cannot write shard {todo[shard].name} ({e.strerror}): free space "
                                    "or fix the directory, then re-run the same command to resume") from e
@@ -247,33 +253,37 @@ def run(args) -> dict:
     labelled_count, correct = distributed.all_reduce_sum([len(views), correct], device)
     distributed.barrier()
     if rank == 0:
-        seal(out, manifest, {p.name for p in missing})
+        seal(out, manifest, {p.name for p in missing}, digests)
     distributed.barrier()
     return {"labelled": int(labelled_count), "teacher_top1": 100.0 * correct / max(labelled_count, 1),
             "shards_written": len(todo), "store": str(out)}
 
 
-def _discard_unstarted(out: Path, remove_dir: bool) -> None:
+def _discard_unstarted(out: StoreLocation, remove_dir: bool) -> None:
     """Remove the manifest and temp files of a store that holds no shard yet."""
-    for f in [out / MANIFEST, *out.glob(".*.tmp-*")]:
-        f.unlink(missing_ok=True)
+    out.remove(MANIFEST)
+    out.sweep_temp_files()
     if remove_dir:
-        try:
-            out.rmdir()
-        except OSError:
-            pass
+        out.remove_dir()
 
 
-def seal(out: Path, manifest: dict, written: set[str]) -> None:
-    """Record the size and sha256 of the shards written now and mark the store complete.
-    Checksums recorded by an earlier run are kept, so a shard damaged since is not blessed."""
+def seal(out: StoreLocation, manifest: dict, written: set[str], digests: dict[str, tuple[int, str]]) -> None:
+    """Record the size and sha256 of the shards written now and mark the store complete; the
+    manifest is the last file written. `digests` holds what this process wrote; other shards
+    (other ranks', a killed run's) are read back. Checksums recorded by an earlier run are
+    kept, so a shard damaged since is not blessed."""
+    present = set(out.names())  # a writable location can list
     for entry in manifest["shards"]:
-        path = out / entry["name"]
-        if "sha256" in entry and entry["name"] not in written:
+        name = entry["name"]
+        if "sha256" in entry and name not in written:
             continue
-        if not path.is_file():
-            raise StoreError(f"{path} is missing after all ranks finished: re-run the same command")
-        entry["bytes"], entry["sha256"] = path.stat().st_size, sha256_file(path)
+        if name in digests and name in present:
+            entry["bytes"], entry["sha256"] = digests[name]
+            continue
+        try:
+            entry["bytes"], entry["sha256"] = out.size_and_sha256(name)
+        except FileNotFoundError:
+            raise StoreError(f"{out / name} is missing after all ranks finished: re-run the same command") from None
     manifest["complete"] = True
     write_manifest(out, manifest)
 
@@ -298,12 +308,12 @@ def check_teacher(store, teacher, maker: ViewMaker, count: int, device, batch_si
     for a in range(0, len(rows), batch_size):
         part = rows[a : a + batch_size]
         views = torch.stack([maker(int(r["index"]), int(r["seed"]))[0] for r in part]).to(device)
-        probs = teacher(views).float().softmax(1).cpu().numpy()
-        idx = np.stack([r["topk_idx"] for r in part]).astype(np.int64)
+        probs = teacher(views).float().softmax(1)
+        idx = torch.from_numpy(np.stack([r["topk_idx"] for r in part]).astype(np.int64)).to(device)
         stored, _ = decode_values(np.stack([r["topk_val"] for r in part]), store.settings["values"],
                                   store.num_classes)
         agree += int((probs.argmax(1) == idx[:, 0]).sum())
-        abs_err += float(np.abs(np.take_along_axis(probs, idx, 1) - stored).sum())
+        abs_err += float(np.abs(probs.gather(1, idx).cpu().numpy() - stored).sum())  # (N, k) to the host, not (N, C)
         n_vals += stored.size
     return {"checked": len(rows), "top1_agreement": 100.0 * agree / max(len(rows), 1),
             "mean_abs_value_error": abs_err / max(n_vals, 1)}

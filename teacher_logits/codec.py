@@ -3,7 +3,9 @@
 A record is one (epoch, sample) view: its sample index, seed, optional mixing
 partner, and the teacher's top-k probabilities. Records are packed column-wise
 into chunks of many records (a tar header is 512 bytes, so one member per record
-would cost more than the payload); each chunk is one zstd frame.
+would cost more than the payload); each chunk is one zstd frame. Class indices
+are uint8 up to 256 classes and little-endian uint16 up to 65,535 (ImageNet-21k's
+21,841 included); k may be anything up to C.
 
 Values are stored as 8-bit log-ratios to the top-1 probability:
   byte[0]      = q(log(p_tail / (C-k)) - log(p_1))   a class outside the top-k
@@ -37,6 +39,7 @@ STEP = LOG_RANGE / 255.0
 MAX_CHUNK_RECORDS = 1 << 16
 MAX_HEADER_BYTES = 1 << 16
 ZSTD_LEVEL = 19
+MAX_CLASSES = 65535  # class indices are uint16 above 256 classes
 
 
 class CorruptChunk(ValueError):
@@ -44,15 +47,24 @@ class CorruptChunk(ValueError):
 
 
 def index_dtype(num_classes: int) -> np.dtype:
+    """Class indices: uint8 up to 256 classes, little-endian uint16 up to MAX_CLASSES."""
+    if not 0 < num_classes <= MAX_CLASSES:
+        raise ValueError(f"{num_classes} classes: the store holds class indices as uint16, so at most {MAX_CLASSES}")
     return np.dtype(np.uint8) if num_classes <= 256 else np.dtype("<u2")
 
 
 def encode_values(probs: np.ndarray, topk_idx: np.ndarray, mode: str) -> np.ndarray:
     """(N, C) probabilities and their top-k indices (descending) -> (N, k) stored values."""
-    top = np.take_along_axis(probs, topk_idx, axis=1).astype(np.float64)
+    return encode_topk(np.take_along_axis(probs, topk_idx, axis=1), probs.shape[1], mode)
+
+
+def encode_topk(top: np.ndarray, num_classes: int, mode: str) -> np.ndarray:
+    """(N, k) top-k probabilities (descending) of a C-class distribution -> (N, k) stored values.
+    Only the top-k are needed: the tail mass is what they leave of 1."""
+    top = np.asarray(top).astype(np.float64)
     if mode == "fp16":
         return top.astype("<f2")
-    rest = max(probs.shape[1] - top.shape[1], 1)
+    rest = max(num_classes - top.shape[1], 1)
     tail_each = np.clip(1.0 - top.sum(axis=1, keepdims=True), 0.0, None) / rest
     with np.errstate(divide="ignore"):
         ratios = np.log(np.concatenate([tail_each, top[:, 1:]], axis=1)) - np.log(top[:, :1])

@@ -139,16 +139,25 @@ def shard_plans(manifest: dict) -> list[ShardPlan]:
     return [ShardPlan(s["name"], s["epoch"], s["start"], s["stop"]) for s in manifest["shards"]]
 
 
-def write_manifest(store: Path, manifest: dict) -> None:
-    atomic_write(Path(store) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
+def write_manifest(store, manifest: dict) -> None:
+    """Write manifest.json of `store` (a path, URL or StoreLocation) whole: atomically on disk, one put remotely."""
+    from .location import locate  # location builds on this module
+
+    locate(store).write_bytes(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
 
 
 def load_manifest(store) -> dict:
-    path = Path(store) / MANIFEST
-    if not path.is_file():
-        raise StoreError(f"{path} not found: is {store} a logit store? (create one with tools/save_logits.py)")
+    """The checked manifest of `store` (a path, URL or StoreLocation)."""
+    from .location import locate  # location builds on this module
+
+    store = locate(store)
+    path = store / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        text = store.read_bytes(MANIFEST)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise StoreError(f"{path} not found: is {store} a logit store? (create one with tools/save_logits.py)") from None
+    try:
+        manifest = json.loads(text)
         assert manifest["format"] == FORMAT and isinstance(manifest["shards"], list)
         settings = manifest["settings"]
     except (ValueError, KeyError, TypeError, AssertionError):

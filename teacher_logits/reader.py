@@ -7,19 +7,21 @@ skips such shards instead and counts the records it lost.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from .codec import dense_distribution
+from .location import locate
 from .manifest import ShardPlan, StoreError, load_manifest, shard_indices
 from .shards import CorruptShard, read_shard
 
 
 class LogitStore:
     def __init__(self, path, skip_bad_shards: bool = False):
-        self.path = Path(path)
-        self.manifest = load_manifest(self.path)
+        """`path`: the store's directory or URL (file://, s3://, gs://, az://, memory://, http(s)://)."""
+        self.location = locate(path)
+        self.path = str(self.location)  # for messages
+        self.manifest = load_manifest(self.location)
         if not self.manifest["complete"]:
             raise StoreError(f"{self.path} is incomplete: re-run its save_logits command to finish it")
         self.settings = self.manifest["settings"]
@@ -41,7 +43,7 @@ class LogitStore:
         """One shard's columns; None for a bad shard when skipping is on."""
         try:
             plan = ShardPlan(entry["name"], entry["epoch"], entry["start"], entry["stop"])
-            return read_shard(self.path, entry, self.manifest["store_id"], shard_indices(self.settings, plan))
+            return read_shard(self.location, entry, self.manifest["store_id"], shard_indices(self.settings, plan))
         except CorruptShard as e:
             if not self.skip_bad_shards:
                 raise

@@ -12,14 +12,13 @@ names and never used as paths.
 from __future__ import annotations
 
 import io
-from pathlib import Path
-
 import numpy as np
 import webdataset as wds
 from webdataset.tariterators import tar_file_iterator
 
 from .codec import CorruptChunk, decode_records, encode_records
-from .manifest import ShardPlan, StoreError, atomic_write, sha256_bytes
+from .location import locate
+from .manifest import ShardPlan, StoreError, sha256_bytes
 
 CHUNK_SUFFIX = "rec.zst"
 
@@ -40,17 +39,21 @@ def shard_bytes(plan: ShardPlan, columns: dict[str, np.ndarray], header: dict, c
     return buf.getvalue()
 
 
-def write_shard(store: Path, plan: ShardPlan, columns: dict[str, np.ndarray], header: dict,
-                chunk_records: int) -> None:
-    atomic_write(Path(store) / plan.name, shard_bytes(plan, columns, header, chunk_records))
+def write_shard(store, plan: ShardPlan, columns: dict[str, np.ndarray], header: dict,
+                chunk_records: int) -> tuple[int, str]:
+    """Write one shard whole (atomic on disk, one object put remotely); its (size, sha256)."""
+    data = shard_bytes(plan, columns, header, chunk_records)
+    locate(store).write_bytes(plan.name, data)
+    return len(data), sha256_bytes(data)
 
 
-def read_shard(store: Path, entry: dict, store_id: str, expected_indices: np.ndarray,
+def read_shard(store, entry: dict, store_id: str, expected_indices: np.ndarray,
                max_chunk_bytes: int = 64 << 20) -> dict[str, np.ndarray]:
     """All columns of one shard, verified against its manifest entry and planned indices."""
-    path = Path(store) / entry["name"]
+    store = locate(store)
+    path = store / entry["name"]
     try:
-        data = path.read_bytes()
+        data = store.read_bytes(entry["name"])
     except FileNotFoundError:
         raise CorruptShard(f"{path}: shard missing; re-run the save_logits command to rewrite it") from None
     if len(data) != entry.get("bytes") or sha256_bytes(data) != entry.get("sha256"):

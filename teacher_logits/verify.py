@@ -2,25 +2,28 @@
 chunks good, and every (epoch, sample) present exactly once."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
+from .location import StoreUnreachable, locate
 from .manifest import MANIFEST, StoreError, load_manifest
 from .reader import LogitStore
 from .shards import CorruptShard
 
 
 def verify_store(path) -> tuple[list[str], list[str], dict]:
-    """(problems, warnings, stats). No problems means the store is safe to train on."""
-    path = Path(path)
+    """(problems, warnings, stats) of the store at `path` (a directory or URL).
+    No problems means the store is safe to train on."""
+    path = locate(path)
     try:
         manifest = load_manifest(path)
+    except StoreUnreachable:
+        raise  # not a problem of the store: the caller's error to report
     except StoreError as e:
         return [str(e)], [], {}
     if not manifest["complete"]:
         return [f"{path / MANIFEST}: store is incomplete; re-run its save_logits command"], [], {}
     store = LogitStore(path)
+    manifest_bytes = len(path.read_bytes(MANIFEST))
     settings = manifest["settings"]
     size, problems = settings["dataset"]["size"], []
     seen = np.zeros((settings["epochs"], size), dtype=np.int64)
@@ -40,9 +43,9 @@ def verify_store(path) -> tuple[list[str], list[str], dict]:
                 problems.append(f"epoch {epoch}: {len(missing)} samples missing (e.g. {missing[:5].tolist()}), "
                                 f"{len(repeated)} repeated (e.g. {repeated[:5].tolist()})")
     known = {MANIFEST} | {e["name"] for e in manifest["shards"]}
-    warnings = [f"{f}: not part of the store (ignored by readers)" for f in sorted(p.name for p in path.iterdir())
-                if f not in known]
-    total_bytes = sum(p.stat().st_size for p in path.iterdir() if p.name in known)
+    warnings = [f"{f}: not part of the store (ignored by readers)" for f in path.names() or [] if f not in known]
+    # every shard was just read and matched its manifest size (or is named in problems)
+    total_bytes = manifest_bytes + sum(e["bytes"] for e in manifest["shards"])
     stats = {"records": manifest["records"], "shards": len(manifest["shards"]), "bytes": total_bytes,
              "bytes_per_record": total_bytes / max(manifest["records"], 1), "top1_histogram": top1.tolist()}
     return problems, warnings, stats

@@ -19,6 +19,8 @@ def test_bench_store_quick():
         assert finite_positive(r["bytes_log8"], r["bytes_fp16"])
         assert r["bytes_log8"] <= r["bytes_fp16"]  # measured: 8-bit values never cost more than fp16
         assert r["kl_cost_log8"] >= -1e-9 and 0 <= r["top1_log8"] <= 100
+    many = [r for r in rows if r["classes"] == 21841]  # uint16 class indices, synthetic teacher
+    assert [r["k"] for r in many] == [100] and many[0]["bytes_log8"] < many[0]["tinyvit"]
 
 
 def test_bench_teacher_stage_quick():

@@ -18,7 +18,8 @@ def main(argv=None):
     from teacher_logits.verify import verify_store
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store", help="store directory (holds manifest.json)")
+    p.add_argument("store", help="store directory or fsspec URL (file://, s3://, gs://, az://, memory://, "
+                                 "http(s)://) holding manifest.json")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = p.parse_args(argv)
     settings = load_manifest(args.store)["settings"]

@@ -6,6 +6,8 @@
       --dataset cifar10 --data-root DATA --skip-md5 --epochs 2 --topk 10 --out stores/c10_r56
 
 Re-running the same command resumes a killed run; other settings are refused.
+--out may be an fsspec URL (s3://bucket/stores/c10_r56, gs://, az://, memory://): each shard
+is then one object put, the manifest is sealed last, and a re-run skips the shards that exist.
 Under `deepspeed` or `torchrun`, each rank labels its own shards.
 
 Ensembles: repeat `--teacher NAME --checkpoint FILE` (one checkpoint per teacher, in the
@@ -54,7 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--topk", type=int, default=10, help="teacher probabilities kept per view")
     p.add_argument("--values", default="log8", choices=["log8", "fp16"],
                    help="value codec: 8-bit log-ratios (default, smallest) or raw fp16")
-    p.add_argument("--out", required=True, help="store directory (created; an existing store is resumed)")
+    p.add_argument("--out", required=True,
+                   help="store directory or fsspec URL (file://, s3://, gs://, az://, memory://); created, and an "
+                        "existing store is resumed. Cloud URLs need their extra: pip install "
+                        "\"tinyvit-distill[s3]\" (or [gcs], [azure])")
     p.add_argument("--batch-size", type=int, default=256, help="teacher batch size")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes building views")
     p.add_argument("--seed", type=int, default=0, help="run seed: every view's seed derives from it")

@@ -23,7 +23,8 @@ from distill.cli import run_main  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store", help="store directory (holds manifest.json)")
+    p.add_argument("store", help="store directory or fsspec URL (file://, s3://, gs://, az://, memory://, "
+                                 "http(s)://) holding manifest.json")
     p.add_argument("--teacher", action="append", metavar="NAME",
                    help="teacher to re-run on replayed views (timm name); repeat it, each with its --checkpoint, "
                         "for an ensemble store: the teachers it was made with, in the same order")
