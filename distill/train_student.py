@@ -76,6 +76,16 @@ def check_store(store: LogitStore, cfg, dataset) -> int:
     return size
 
 
+def stored_epochs(store: LogitStore, cfg) -> int:
+    """How many of the store's epochs the student cycles through (logits.epochs: the first N)."""
+    if cfg.logits.epochs is None:
+        return store.epochs
+    if not 0 < cfg.logits.epochs <= store.epochs:
+        raise ValueError(f"config key logits.epochs: {cfg.logits.epochs} asked of {store.path}, which holds "
+                         f"{store.epochs} epochs: use 1 to {store.epochs}, or null for all")
+    return cfg.logits.epochs
+
+
 def seeded_batches(maker, labels, cfg, epoch, rank, world, skip):
     """No store: one epoch of this rank's batches over a seeded permutation."""
     order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(labels))
@@ -193,8 +203,12 @@ def main(argv=None):
         aug = store.settings["augmentation"]
         maker = ViewMaker(train_set, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], num_samples=size)
         train_views = StoreViews(store, maker, labels_of(train_set)[:size], cfg.train.batch_size, rank, world,
-                                 shuffle_seed=cfg.train.seed)
+                                 shuffle_seed=cfg.train.seed, stored_epochs=stored_epochs(store, cfg))
         micro_per_epoch = len(train_views)
+        left_out = store.manifest["records"] // store.epochs - train_views.records_per_rank() * world
+        if left_out:
+            say(f"warning: {left_out} records per epoch left out to give the {world} ranks equal steps (their "
+                "shards differ in size); a store whose shards split evenly over the ranks loses none")
     else:
         size = cfg.data.limit or len(train_set)
         maker = ViewMaker(train_set, cfg.data.recipe, num_samples=size)
@@ -284,7 +298,7 @@ def main(argv=None):
         skip = step_in_epoch * cfg.train.grad_accum
         if store is not None:
             train_views.set_epoch(epoch, skip_batches=skip)  # a resumed run replays the rest of the epoch
-            batches = DataLoader(train_views, batch_size=None, num_workers=cfg.data.workers)
+            batches = train_views.batches(cfg.data.workers)
         else:
             batches = seeded_batches(maker, labels, cfg, epoch, rank, world, skip)
         micro, step_loss, tick = 0, 0.0, time.time()
@@ -293,7 +307,7 @@ def main(argv=None):
             torch.manual_seed(int(derive_seed(cfg.train.seed, global_step, micro % cfg.train.grad_accum, rank)))
             view = batch["view"].to(device)
             logits = engine(view.to(dtype))
-            target = batch["target"].to(device) if cfg.loss.mode == "kd" else None
+            target = batch["target"].to(device) if cfg.loss.mode == "kd" else None  # sparse: densified in the loss
             if teacher is not None:
                 with torch.no_grad():
                     target = teacher(view).float().softmax(dim=-1)
