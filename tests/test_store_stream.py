@@ -92,6 +92,7 @@ def test_epoch_records_are_one_set_for_any_ranks_and_workers(parts):
     assert sorted(per_rank[0] + per_rank[1]) == records  # each record once
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
 @pytest.mark.parametrize("rank,world", [(0, 1), (1, 2)])
 def test_batch_sequence_does_not_depend_on_workers(parts, rank, world):
     reference = run_epoch(stream(parts, rank, world), 0, workers=0)
@@ -171,3 +172,13 @@ def test_sparse_target_at_21841_classes_equals_dense_distribution(values):
         criterion = DistillationLoss("kd", **settings)
         assert torch.equal(criterion(logits, sparse, torch.zeros(n, dtype=torch.long)),
                            criterion(logits, torch.from_numpy(dense), torch.zeros(n, dtype=torch.long)))
+
+
+def test_logits_epochs_beyond_the_store_is_refused(store_path, cifar_root, tmp_path):
+    from test_train_student import train_args
+
+    out = tmp_path / "run"
+    proc = run_tool("distill/train_student.py", *train_args(cifar_root, store_path, out, "logits.epochs=3",
+                                                            "wandb.enabled=false"), check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "logits.epochs: 3" in proc.stderr and "1 to 2" in proc.stderr and not out.exists()
