@@ -15,7 +15,8 @@ The chain runs twice per rank, on the same steps and seeds, with one step swappe
 Guarantees (tests/test_store_stream.py proves each):
 
 - One reader per shard: in an epoch every shard is read by exactly one (rank, process)
-  pair, once; DataLoader workers read no shard. Readers move 1.0x the epoch's bytes.
+  pair, once (or not at all if trimming, below, leaves out all its records); DataLoader
+  workers read no shard. Readers move 1.0x the epoch's bytes.
 - Equal steps: shards go to ranks by size, largest first, each to the rank holding the
   fewest records (ties: the lowest rank), taken in a seeded order. Shard sizes are the same
   in every epoch, so every rank gets `records_per_rank` records, each epoch; a rank with
@@ -108,7 +109,7 @@ def stack_records(rows: list[dict]) -> dict[str, np.ndarray]:
     return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
 
-def rank_stream(store, stored_epoch: int, rank: int, world: int, batch_size: int, seed: int | None,
+def rank_stream(store, stored_epoch: int, rank: int, world: int, batch_size: int, seed: int | list[int] | None,
                 decode: bool, shuffle_buffer: int | None = None) -> wds.DataPipeline:
     """This rank's batches of one epoch: planned (decode=False) or decoded (decode=True).
     `seed` fixes the shard order and the record shuffle (None: stored order, no shuffle)."""
