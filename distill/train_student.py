@@ -15,7 +15,8 @@ student's fp32 state_dict; config.yaml: the resolved config plus a `student` sec
 all that tools/evaluate.py needs to rebuild it without DeepSpeed).
 
 Views. With a store, every mode (kd, scratch, online) trains on the store's views,
-rebuilt from the records' seeds; kd also takes their soft targets. Without a store
+rebuilt from the records' seeds; kd also takes their soft targets (sparse top-k,
+densified on the training device by the loss). Without a store
 (scratch or online only) the views are view(i, seed(train.seed, epoch, i)) over a
 seeded permutation, with the config's recipe and no mixing.
 
