@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -77,7 +78,7 @@ def synthetic_store(path: str, num_classes: int, k: int, records: int, shard_rec
         columns = {"index": index, "seed": record_seed(0, 0, index).astype("<u4"),
                    "topk_idx": np.concatenate(top_idx), "topk_val": np.concatenate(top_val)}
         write_shard(path, plan, columns, header, 4096)
-    seal(__import__("pathlib").Path(path), manifest, {p.name for p in shard_plans(manifest)})
+    seal(Path(path), manifest, {p.name for p in shard_plans(manifest)})
     return path
 
 
