@@ -138,7 +138,8 @@ def read_amplification(store_path: str, tmp: str, data: list[str], batch_size: i
         views.set_epoch(0)
         for _ in views.batches(num_workers=2):
             pass
-    read = sum(int(line) for line in open(log))
+    with open(log) as f:
+        read = sum(int(line) for line in f)
     epoch_bytes = sum(e["bytes"] for e in store.shards(0))
     return {"bytes_read": read, "epoch_bytes": epoch_bytes, "read_ratio": read / epoch_bytes}
 
