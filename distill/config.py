@@ -40,6 +40,7 @@ class Data:
 @dataclass
 class Logits:
     store: str | None = None  # a store from tools/save_logits.py; required for loss.mode kd
+    epochs: int | None = None  # train from the store's first N epochs, cycled (e.g. 10 of 90); None: all
 
 
 @dataclass

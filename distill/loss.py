@@ -28,8 +28,14 @@ unmixed views have lam = 1 (and partner_label = label, or -1).
 
 Modes: `kd` and `online` take q as an argument (from the store, or the teacher run
 on the same views by the training loop); `scratch` uses the hard target only.
+
+Store targets arrive sparse (`SparseTarget`: top-k class indices and probabilities and
+the tail mass, as the reader decoded them): the dense q is built here, on the training
+device, equal bit for bit to teacher_logits.codec.dense_distribution on the host.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -37,6 +43,26 @@ import torch.nn.functional as F
 
 MODES = ("kd", "scratch", "online")
 TEACHER_TARGETS = ("soft", "hard")
+
+
+@dataclass
+class SparseTarget:
+    """A batch of stored teacher distributions: the k probabilities where they were, the tail
+    mass 1 - sum(top-k) spread evenly over the other C - k classes (TinyViT's rule)."""
+
+    indices: torch.Tensor  # (N, k) int64 class indices
+    probs: torch.Tensor  # (N, k) float32 probabilities
+    tail: torch.Tensor  # (N,) float32 mass outside the top-k
+
+    def to(self, device, non_blocking: bool = False) -> "SparseTarget":
+        return SparseTarget(*(t.to(device, non_blocking=non_blocking) for t in (self.indices, self.probs, self.tail)))
+
+    def dense(self, num_classes: int) -> torch.Tensor:
+        """(N, C) float32 distribution, on the tensors' device."""
+        n, k = self.probs.shape
+        each = self.tail / max(num_classes - k, 1) if num_classes > k else torch.zeros_like(self.tail)
+        dense = each.float().view(n, 1).expand(n, num_classes).contiguous()
+        return dense.scatter_(1, self.indices.long(), self.probs.float())
 
 
 def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -80,9 +106,12 @@ class DistillationLoss(nn.Module):
         self.teacher_target, self.standardize = teacher_target, standardize
 
     def forward(self, logits, teacher_probs=None, label=None, partner_label=None, lam=None) -> torch.Tensor:
-        """Mean loss over the batch. logits [B, C]; teacher_probs [B, C] (kd/online); label,
-        partner_label [B] ints and lam [B] (hard term; partner_label/lam may be None)."""
+        """Mean loss over the batch. logits [B, C]; teacher_probs [B, C] or a SparseTarget
+        (kd/online); label, partner_label [B] ints and lam [B] (hard term; partner_label/lam may
+        be None)."""
         logits = logits.float()  # bf16 logits would make the log-softmax too coarse
+        if isinstance(teacher_probs, SparseTarget):
+            teacher_probs = teacher_probs.dense(logits.shape[1])
         hard_weight = 1.0 if self.mode == "scratch" else self.alpha
         loss = logits.new_zeros(())
         if hard_weight > 0:

@@ -3,20 +3,26 @@
 TeacherViews: the views the teacher labels (map-style, one shard's indices).
 StoreViews:   the student's batches, rebuilt from store records (streaming).
 
-StoreViews batches inside the dataset and hands whole batches to the
-DataLoader (batch_size=None). Worker w of W builds batches w, w+W, ...; the
-DataLoader takes them round-robin, so the batch sequence is the same for any
-number of workers. Every rank walks the same seeded record stream and keeps
-positions p with p % world == rank, after trimming the stream to a multiple of
-world: ranks get equal step counts, and their union is the whole epoch.
+StoreViews streams one rank's share of a store epoch through the named steps of
+teacher_logits/stream.py. Its DataLoader workers build the views of the planned batches
+(worker w of W: batches w, w + W, ...; the DataLoader takes them round-robin) and read no
+shard; the rank's main process reads, verifies and decodes each of its shards once and
+joins their sparse targets (top-k indices, probabilities, tail mass) to the views, batch
+by batch, checking index, seed and partner. The guarantees (one reader per shard, equal
+steps per rank, batches independent of the number of workers, exact resume) are listed in
+teacher_logits/stream.py. The dense target is built on the training device, by the loss.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from distill.augment import ViewMaker, record_seed
+from distill.loss import SparseTarget
+from teacher_logits.stream import rank_stream, records_per_rank
 
 
 class TeacherViews(Dataset):
@@ -39,12 +45,22 @@ class TeacherViews(Dataset):
 
 
 class StoreViews(IterableDataset):
-    """One student epoch of (view, soft target, label) batches from a LogitStore."""
+    """One student epoch of (view, sparse target, label) batches from a LogitStore, for one rank.
+
+    `stored_epochs` (default: all of the store's) are the first stored epochs the student
+    cycles through: student epoch e reads stored epoch e % stored_epochs.
+    Iterate `batches(num_workers)`; the dataset itself yields views only (in workers).
+    """
 
     def __init__(self, store, maker: ViewMaker, labels: np.ndarray, batch_size: int,
-                 rank: int = 0, world: int = 1, shuffle_seed: int | None = 0):
+                 rank: int = 0, world: int = 1, shuffle_seed: int | None = 0, stored_epochs: int | None = None):
         self.store, self.maker, self.labels = store, maker, np.asarray(labels)
         self.batch_size, self.rank, self.world, self.shuffle_seed = batch_size, rank, world, shuffle_seed
+        self.stored_epochs = stored_epochs or store.epochs
+        if len(store.shards(0)) < world:
+            raise ValueError(f"{store.path} has {len(store.shards(0))} shard(s) per epoch and each is read by "
+                             f"one of the {world} ranks: re-create it with a smaller --shard-records "
+                             f"(at most {store.manifest['records'] // store.epochs // world})")
         self.epoch, self.skip_batches = 0, 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -53,53 +69,58 @@ class StoreViews(IterableDataset):
         self.epoch, self.skip_batches = epoch, skip_batches
 
     def records_per_rank(self) -> int:
-        return self.store.manifest["records"] // self.store.epochs // self.world
+        return records_per_rank(self.store, self.world)
 
     def __len__(self):  # batches per rank
         return -(-self.records_per_rank() // self.batch_size)
 
-    def _records(self):
-        """(index, seed, partner, soft target) rows of store epoch epoch % E, seeded order."""
-        rng = None if self.shuffle_seed is None else np.random.default_rng([self.shuffle_seed, self.epoch])
-        order_seed = None if rng is None else int(rng.integers(1 << 31))
-        for cols in self.store.iter_shards(self.epoch % self.store.epochs, order_seed):
-            targets = self.store.soft_targets(cols)
-            order = rng.permutation(len(targets)) if rng is not None else range(len(targets))
-            partner = cols.get("partner")
-            for r in order:
-                yield int(cols["index"][r]), int(cols["seed"][r]), -1 if partner is None else int(partner[r]), targets[r]
+    def _stream(self, decode: bool):
+        seed = None if self.shuffle_seed is None else [self.shuffle_seed, self.epoch]
+        return rank_stream(self.store, self.epoch % self.stored_epochs, self.rank, self.world, self.batch_size,
+                           seed, decode)
 
     def __iter__(self):
+        """Views of this worker's share of the planned batches: w, w + W, ... after the skipped ones."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        limit = self.records_per_rank() * self.world
-        batch = []
-        for pos, record in enumerate(self._records()):
-            if pos >= limit:
-                break
-            number = pos // self.world // self.batch_size  # this rank's batch number
-            if pos % self.world != self.rank or number < self.skip_batches \
-                    or (number - self.skip_batches) % workers != worker:  # the DataLoader asks worker 0 first
-                continue
-            batch.append(record)
-            if len(batch) == self.batch_size:
-                yield self._collate(batch)
-                batch = []
-        if batch:
-            yield self._collate(batch)
+        for number, planned in enumerate(self._stream(decode=False)):
+            if number >= self.skip_batches and (number - self.skip_batches) % workers == worker:
+                yield self._views(planned["index"])
 
-    def _collate(self, rows) -> dict[str, torch.Tensor]:
-        views, labels, mixed_labels, lams = [], [], [], []
-        for index, seed, partner, _ in rows:
+    def batches(self, num_workers: int = 0):
+        """This rank's batches: views from `num_workers` DataLoader processes, joined in order
+        with the sparse targets this process decodes from the rank's shards."""
+        views = DataLoader(self, batch_size=None, num_workers=num_workers)
+        targets = itertools.islice(iter(self._stream(decode=True)), self.skip_batches, None)
+        for batch, stored in zip(views, targets):
+            self._check(batch, stored)
+            batch["target"] = SparseTarget(torch.from_numpy(stored["topk_idx"]),
+                                           torch.from_numpy(stored["topk_prob"]), torch.from_numpy(stored["tail"]))
+            yield batch
+
+    def _views(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        run_seed, stored_epoch = self.store.settings["seed"], self.epoch % self.stored_epochs
+        seeds = record_seed(run_seed, stored_epoch, indices)
+        views, mixed_labels, lams, partners = [], [], [], []
+        for index, seed in zip(indices.tolist(), seeds.tolist()):
             view, mix = self.maker(index, seed)
-            if mix.partner != partner:
-                raise RuntimeError(f"record for sample {index} names partner {partner}, its seed gives "
-                                   f"{mix.partner}: the store was made with other mixing settings")
             views.append(view)
-            labels.append(self.labels[index])
+            partners.append(mix.partner)
             mixed_labels.append(self.labels[mix.partner] if mix.partner >= 0 else self.labels[index])
             lams.append(mix.lam)
-        return {"view": torch.stack(views), "target": torch.from_numpy(np.stack([r[3] for r in rows])),
-                "label": torch.as_tensor(labels), "partner_label": torch.as_tensor(mixed_labels),
-                "lam": torch.as_tensor(lams, dtype=torch.float32),
-                "index": torch.as_tensor([r[0] for r in rows])}
+        return {"view": torch.stack(views), "label": torch.as_tensor(self.labels[indices]),
+                "partner_label": torch.as_tensor(mixed_labels), "lam": torch.as_tensor(lams, dtype=torch.float32),
+                "index": torch.as_tensor(indices), "seed": torch.as_tensor(seeds.astype(np.int64)),
+                "partner": torch.as_tensor(partners)}
+
+    def _check(self, batch, stored) -> None:
+        """The views were built for the records whose targets are joined to them."""
+        if not np.array_equal(batch["index"].numpy(), stored["index"]) or \
+                not np.array_equal(batch["seed"].numpy(), stored["seed"]):
+            raise RuntimeError(f"{self.store.path}: stored records differ from the manifest's plan (index or "
+                               "seed): the store was edited or made by another version; re-create it")
+        bad = np.flatnonzero(batch["partner"].numpy() != stored["partner"])
+        if len(bad):
+            raise RuntimeError(f"record for sample {stored['index'][bad[0]]} names partner "
+                               f"{stored['partner'][bad[0]]}, its seed gives {int(batch['partner'][bad[0]])}: "
+                               "the store was made with other mixing settings")

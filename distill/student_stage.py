@@ -9,7 +9,8 @@ evals.jsonl (test metrics per evaluated epoch), metrics.json (final test metrics
 plus a `student` section, all that tools/evaluate.py needs to rebuild it without DeepSpeed).
 
 Views. With a store, every mode (kd, scratch, online) trains on the store's views, rebuilt
-from the records' seeds; kd also takes their soft targets. Without a store (scratch or
+from the records' seeds; kd also takes their soft targets (sparse top-k, densified on the
+training device by the loss). Without a store (scratch or
 online only) the views are view(i, seed(train.seed, epoch, i)) over a seeded permutation,
 with the config's recipe and no mixing.
 
@@ -70,8 +71,8 @@ class TrainingData:
     def batches(self, cfg, epoch: int, rank: int, world: int, skip: int):
         """This rank's batches of `epoch`, leaving out its first `skip` (a resumed run)."""
         if self.store_views is not None:
-            self.store_views.set_epoch(epoch, skip_batches=skip)
-            return DataLoader(self.store_views, batch_size=None, num_workers=cfg.data.workers)
+            self.store_views.set_epoch(epoch, skip_batches=skip)  # a resumed run replays the rest of the epoch
+            return self.store_views.batches(cfg.data.workers)
         return seeded_batches(self.maker, self.labels, cfg, epoch, rank, world, skip)
 
 
@@ -85,8 +86,12 @@ def load_data(cfg, rank: int, world: int) -> TrainingData:
         aug = store.settings["augmentation"]
         maker = ViewMaker(train_set, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], num_samples=size)
         store_views = StoreViews(store, maker, labels_of(train_set)[:size], cfg.train.batch_size, rank, world,
-                                 shuffle_seed=cfg.train.seed)
+                                 shuffle_seed=cfg.train.seed, stored_epochs=stored_epochs(store, cfg))
         micro_per_epoch = len(store_views)
+        left_out = store.manifest["records"] // store.epochs - store_views.records_per_rank() * world
+        if left_out and rank == 0:
+            print(f"warning: {left_out} records per epoch left out to give the {world} ranks equal steps (their "
+                  "shards differ in size); a store whose shards split evenly over the ranks loses none")
     else:
         size = cfg.data.limit or len(train_set)
         maker = ViewMaker(train_set, cfg.data.recipe, num_samples=size)
@@ -111,6 +116,16 @@ def check_store(store: LogitStore, cfg, dataset) -> int:
         raise StoreError(f"logits.store {store.path} was made for other data than this config "
                          f"({'; '.join(diff)} [store != config]): use a store made for this config")
     return size
+
+
+def stored_epochs(store: LogitStore, cfg) -> int:
+    """How many of the store's epochs the student cycles through (logits.epochs: the first N)."""
+    if cfg.logits.epochs is None:
+        return store.epochs
+    if not 0 < cfg.logits.epochs <= store.epochs:
+        raise ValueError(f"config key logits.epochs: {cfg.logits.epochs} asked of {store.path}, which holds "
+                         f"{store.epochs} epochs: use 1 to {store.epochs}, or null for all")
+    return cfg.logits.epochs
 
 
 def seeded_batches(maker, labels, cfg, epoch, rank, world, skip):
@@ -184,7 +199,7 @@ def optimizer_steps(engine, batches, criterion, teacher, cfg, at: Position, rank
         torch.manual_seed(int(derive_seed(cfg.train.seed, at.global_step, micro % cfg.train.grad_accum, rank)))
         view = batch["view"].to(engine.device)
         logits = engine(view.to(dtype))
-        target = batch["target"].to(engine.device) if cfg.loss.mode == "kd" else None
+        target = batch["target"].to(engine.device) if cfg.loss.mode == "kd" else None  # sparse: densified in the loss
         if teacher is not None:
             with torch.no_grad():
                 target = teacher(view).float().softmax(dim=-1)

@@ -28,6 +28,15 @@ def test_bench_teacher_stage_quick():
     assert finite_positive(result["bare_img_s"], result["save_logits_img_s"], result["ratio"])
 
 
+def test_bench_reader_quick():
+    from tools import bench_reader
+
+    result = bench_reader.main(["--quick", "--no-rss"])  # the 2-rank RSS runs take minutes: docs/benchmarks.md
+    assert finite_positive(result["reader_c100_k10_records_per_s"], result["reader_c21841_k100_records_per_s"],
+                           result["tinyvit5m_step_s"], result["reader_share_of_step"])
+    assert result["read_ratio"] == 1.0 and result["bytes_read"] == result["epoch_bytes"]  # one reader per shard
+
+
 def test_bench_memory_quick():
     result = bench_memory.main(["--quick"])
     assert finite_positive(result["save_logits_ratio"], result["reader_ratio"])

@@ -154,9 +154,9 @@ def test_online_teacher_equals_stored_targets(log8_store, cifar_root, spread_tea
     teacher = load_teacher(spread_teacher)
     k, clear, mixed, checked = store.settings["k"], 0, 0, 0
     with torch.no_grad():
-        for batch in DataLoader(stream, batch_size=None, num_workers=0):
+        for batch in stream.batches(num_workers=0):
             online = teacher(batch["view"]).float().softmax(-1).double()  # train_student.py, loss.mode=online
-            target = batch["target"].double()
+            target = batch["target"].dense(store.num_classes).double()
             top = online.topk(k, dim=1)
             # the teacher's probabilities are spread: not near-constant over samples
             assert online.max(1).values.std() > 0.05

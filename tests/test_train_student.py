@@ -32,7 +32,8 @@ KD = ["train.epochs=3", "optim.lr=3e-3", "loss.alpha=0.5", "loss.temperature=2",
 @pytest.fixture(scope="module")
 def store(cifar_root, teacher_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("store") / "store"
-    run_tool("tools/save_logits.py", *save_logits_args(cifar_root, teacher_ckpt, out, "--epochs", "2"))
+    run_tool("tools/save_logits.py", *save_logits_args(cifar_root, teacher_ckpt, out, "--epochs", "2",
+                                                       "--shard-records", "50"))  # a shard per rank and worker
     return out
 
 

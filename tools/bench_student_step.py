@@ -110,7 +110,7 @@ def make_quick_store(tmp: str) -> str:
     store = os.path.join(tmp, "store")
     subprocess.run([sys.executable, os.path.join(REPO, "tools/save_logits.py"), "--teacher", "cifar10_resnet20",
                     "--checkpoint", ckpt, "--dataset", "digits", "--aug", "crop", "--limit", "512", "--workers", "0",
-                    "--topk", "5", "--out", store], check=True, capture_output=True, env={**os.environ, "PYTHONPATH": REPO})
+                    "--topk", "5", "--shard-records", "128", "--out", store], check=True, capture_output=True, env={**os.environ, "PYTHONPATH": REPO})
     return store
 
 

@@ -1,0 +1,184 @@
+"""The student's store stream (teacher_logits/stream.py, distill/replay.py StoreViews): one
+reader per shard, the same records and batches whatever the ranks and workers, exact resume,
+sparse targets whose loss equals the dense reference, and training from part of a store."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_tool, save_logits_args
+from distill.augment import Mixing, ViewMaker, record_seed
+from distill.datasets import build_dataset, labels_of
+from distill.loss import DistillationLoss, SparseTarget
+from distill.replay import StoreViews
+from teacher_logits.codec import decode_values, dense_distribution, encode_values
+from teacher_logits.reader import LogitStore
+
+SAMPLES, SHARD = 200, 50  # 4 shards per epoch: one per (rank, worker) of 2 ranks x 2 workers
+
+
+class CountingStore(LogitStore):
+    """A LogitStore that appends `pid shard` to a file on every shard read (any process)."""
+
+    def __init__(self, path, log):
+        super().__init__(path)
+        self.log = log
+
+    def read(self, entry):
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()} {entry['name']}\n")
+        return super().read(entry)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory, cifar_root, teacher_ckpt):
+    out = tmp_path_factory.mktemp("stream") / "store"
+    run_tool("tools/save_logits.py", *save_logits_args(
+        cifar_root, teacher_ckpt, out, "--epochs", "2", "--shard-records", str(SHARD), "--chunk-records", "20",
+        "--mixup", "0.8", "--cutmix", "1.0", "--mix-prob", "0.7"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def parts(store_path, cifar_root):
+    store = LogitStore(store_path)
+    dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
+    maker = ViewMaker(dataset, "cifar", Mixing(**store.settings["augmentation"]["mixing"]), num_samples=SAMPLES)
+    return store, maker, labels_of(dataset)[:SAMPLES]
+
+
+def stream(parts, rank=0, world=1, store=None, **kw):
+    base, maker, labels = parts
+    return StoreViews(store or base, maker, labels, 12, rank=rank, world=world, **kw)
+
+
+def run_epoch(views: StoreViews, epoch: int, workers: int, skip: int = 0) -> list[dict]:
+    views.set_epoch(epoch, skip_batches=skip)
+    return list(views.batches(num_workers=workers))
+
+
+def same_batches(a: list[dict], b: list[dict]) -> bool:
+    keys = ("view", "index", "seed", "label", "partner_label", "lam")
+    return len(a) == len(b) and all(
+        all(torch.equal(x[k], y[k]) for k in keys)
+        and torch.equal(x["target"].indices, y["target"].indices) and torch.equal(x["target"].probs, y["target"].probs)
+        and torch.equal(x["target"].tail, y["target"].tail) for x, y in zip(a, b))
+
+
+def test_each_shard_is_read_once_per_epoch_across_two_ranks_and_two_workers(parts, tmp_path):
+    log = tmp_path / "reads.txt"
+    counting = CountingStore(parts[0].path, log)
+    for epoch in range(2):
+        log.write_text("")
+        seen = []
+        for rank in range(2):
+            batches = run_epoch(stream(parts, rank, 2, store=counting), epoch, workers=2)
+            seen += [i for b in batches for i in b["index"].tolist()]
+        reads = [line.split() for line in log.read_text().splitlines()]
+        names = sorted(name for _, name in reads)
+        assert names == sorted(e["name"] for e in counting.shards(epoch))  # every shard of the epoch, once
+        assert {int(pid) for pid, _ in reads} == {os.getpid()}  # by the rank's process; workers read none
+        assert sorted(seen) == list(range(SAMPLES))
+
+
+def test_epoch_records_are_one_set_for_any_ranks_and_workers(parts):
+    single = run_epoch(stream(parts), 1, workers=0)
+    records = sorted(i for b in single for i in b["index"].tolist())
+    assert records == list(range(SAMPLES))
+    per_rank = [[i for b in run_epoch(stream(parts, rank, 2), 1, workers=2) for i in b["index"].tolist()]
+                for rank in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1]) == SAMPLES // 2  # equal steps
+    assert sorted(per_rank[0] + per_rank[1]) == records  # each record once
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("rank,world", [(0, 1), (1, 2)])
+def test_batch_sequence_does_not_depend_on_workers(parts, rank, world):
+    reference = run_epoch(stream(parts, rank, world), 0, workers=0)
+    assert len(reference) == len(stream(parts, rank, world)) > 3
+    for workers in (1, 2, 3):
+        assert same_batches(run_epoch(stream(parts, rank, world), 0, workers), reference), workers
+
+
+def test_resume_mid_epoch_repeats_the_uninterrupted_batches(parts):
+    uninterrupted = run_epoch(stream(parts, 1, 2), 1, workers=2)
+    resumed = run_epoch(stream(parts, 1, 2), 1, workers=2, skip=3)
+    assert same_batches(resumed, uninterrupted[3:])
+
+
+def test_shuffled_per_epoch_and_ranks_unequal_shards_trimmed(parts):
+    first, second = (run_epoch(stream(parts, 0, 2), e, 0) for e in (0, 2))  # both read stored epoch 0
+    assert [b["index"].tolist() for b in first] != [b["index"].tolist() for b in second]
+    # 3 ranks over 4 shards of 50: shares 100, 50, 50; every rank streams 50
+    shares = [sum(len(b["index"]) for b in run_epoch(stream(parts, r, 3), 0, 0)) for r in range(3)]
+    assert shares == [50, 50, 50]
+
+
+def test_more_ranks_than_shards_is_refused(parts):
+    with pytest.raises(ValueError, match="--shard-records"):
+        stream(parts, 0, 5)
+
+
+def test_student_cycles_through_the_first_stored_epochs(parts):
+    run_seed = parts[0].settings["seed"]
+    for epoch in range(3):
+        for b in run_epoch(stream(parts, stored_epochs=1), epoch, 0):
+            assert np.array_equal(b["seed"].numpy(), record_seed(run_seed, 0, b["index"].numpy()))
+
+
+def stored_dense(store) -> dict[tuple[int, int], np.ndarray]:
+    """The dense reference: teacher_logits.codec.dense_distribution on every stored record."""
+    out = {}
+    for epoch in range(store.epochs):
+        for cols in store.iter_shards(epoch):
+            dense = dense_distribution(cols["topk_idx"], cols["topk_val"], store.settings["values"], store.num_classes)
+            out.update({(epoch, int(i)): d for i, d in zip(cols["index"], dense)})
+    return out
+
+
+LOSSES = [dict(temperature=1.0), dict(temperature=4.0, alpha=0.3, label_smoothing=0.1),
+          dict(teacher_target="hard", alpha=0.5, label_smoothing=0.1), dict(temperature=2.0, standardize=True)]
+
+
+@pytest.mark.parametrize("settings", LOSSES, ids=["T1", "T4-alpha", "hard", "standardize"])
+def test_sparse_target_loss_equals_the_dense_reference(parts, settings):
+    store = parts[0]
+    reference = stored_dense(store)
+    criterion = DistillationLoss("kd", **settings)
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(2):
+        for b in run_epoch(stream(parts), epoch, 0):
+            dense = torch.from_numpy(np.stack([reference[(epoch, i)] for i in b["index"].tolist()]))
+            assert torch.equal(b["target"].dense(store.num_classes), dense)
+            logits = torch.randn(len(dense), store.num_classes, generator=g) * 3
+            extra = (b["label"], b["partner_label"], b["lam"])
+            assert torch.equal(criterion(logits, b["target"], *extra), criterion(logits, dense, *extra))
+
+
+@pytest.mark.parametrize("values", ["log8", "fp16"])
+def test_sparse_target_at_21841_classes_equals_dense_distribution(values):
+    num_classes, k, n = 21841, 100, 6
+    rng = np.random.default_rng(0)
+    probs = torch.softmax(torch.from_numpy(rng.normal(0, 4, (n, num_classes))), 1).numpy()
+    top = np.argsort(-probs, axis=1)[:, :k].astype("<u2")
+    stored = encode_values(probs, top, values)
+    top_p, tail = decode_values(stored, values, num_classes)
+    sparse = SparseTarget(torch.from_numpy(top.astype(np.int64)), torch.from_numpy(top_p), torch.from_numpy(tail))
+    dense = dense_distribution(top, stored, values, num_classes)
+    assert torch.equal(sparse.dense(num_classes), torch.from_numpy(dense))
+    logits = torch.randn(n, num_classes)
+    for settings in LOSSES:
+        criterion = DistillationLoss("kd", **settings)
+        assert torch.equal(criterion(logits, sparse, torch.zeros(n, dtype=torch.long)),
+                           criterion(logits, torch.from_numpy(dense), torch.zeros(n, dtype=torch.long)))
+
+
+def test_logits_epochs_beyond_the_store_is_refused(store_path, cifar_root, tmp_path):
+    from test_train_student import train_args
+
+    out = tmp_path / "run"
+    proc = run_tool("distill/train_student.py", *train_args(cifar_root, store_path, out, "logits.epochs=3",
+                                                            "wandb.enabled=false"), check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "logits.epochs: 3" in proc.stderr and "1 to 2" in proc.stderr and not out.exists()
