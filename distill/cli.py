@@ -1,17 +1,48 @@
-"""How the programs end on bad input: one line naming the input and the fix, exit 2.
+"""What the programs share: the data flags, and how they end on bad input.
 
+`add_data_args` is the one definition of --dataset / --data-root / --skip-md5 / --img-size.
+On bad input a program prints one line naming the input and the fix and exits 2.
 Errors of the types below are the user's to fix; anything else is our bug and
 keeps its traceback. TVD_DEBUG=1 shows the traceback for every error.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
-from distill.datasets import DatasetError
+from distill.datasets import DATASETS, DatasetError
 from teacher_logits.manifest import StoreError
 
 USER_ERRORS = (ValueError, OSError, DatasetError, StoreError)
+
+
+def add_data_args(parser: argparse.ArgumentParser, dataset: bool = True, required: bool = True,
+                  img_size: bool = False) -> None:
+    """--dataset (unless the data is named elsewhere, e.g. by a store), --data-root, --skip-md5
+    and, with img_size=True, --img-size."""
+    if dataset:
+        parser.add_argument("--dataset", required=required, choices=DATASETS,
+                            help="cifar10, cifar100, stl10 (torchvision), digits (built in, no download) or "
+                                 "folder: your images in DATA_ROOT/train/<class>/<image> and "
+                                 "DATA_ROOT/val/<class>/<image> (any format Pillow opens, classes sorted by name)")
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="dataset directory: torchvision's layout, or the image folder for --dataset folder")
+    parser.add_argument("--skip-md5", action="store_true",
+                        help="accept a local re-created copy of a torchvision dataset that fails its md5 check")
+    if img_size:
+        parser.add_argument("--img-size", type=int, metavar="N",
+                            help="view resolution in pixels (default: the recipe's own: 224 for imagenet, 96 for "
+                                 "stl10, else 32); stored in the store, students read views at it")
+
+
+def _one_line(e: BaseException) -> str:
+    """The error's message; for an error re-raised from a DataLoader worker, the original
+    error's last line instead of the worker's traceback."""
+    text = str(e)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
 
 
 def run_main(main) -> None:
@@ -20,6 +51,6 @@ def run_main(main) -> None:
     except USER_ERRORS as e:
         if os.environ.get("TVD_DEBUG"):
             raise
-        message = " ".join(str(e).split()) or type(e).__name__
+        message = _one_line(e) or type(e).__name__
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

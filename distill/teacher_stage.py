@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from distill import distributed
 from distill.augment import Mixing, ViewMaker
-from distill.datasets import NUM_CLASSES, build_dataset, fingerprint, labels_of
+from distill.datasets import DatasetError, build_dataset, fingerprint, labels_of, num_classes_of
 from distill.models import create_teachers
 from distill.models.teachers import ensemble_spec
 from distill.replay import TeacherViews
@@ -189,12 +189,15 @@ def run(args) -> dict:
         raise BadInput(f"--limit {args.limit} exceeds the {len(dataset)} samples of {args.dataset} {args.split}: "
                        "lower it, or leave it out to label them all")
     size = args.limit or len(dataset)
-    teacher = create_teachers(names, checkpoints, args.pretrained, NUM_CLASSES[args.dataset], weights).to(device)
+    classes = num_classes_of(args.dataset, dataset)
+    teacher = create_teachers(names, checkpoints, args.pretrained, classes, weights).to(device)
     if args.topk > teacher.num_classes:
         raise BadInput(f"--topk {args.topk} exceeds the teacher's {teacher.num_classes} classes: "
                        f"pass --topk {teacher.num_classes} or less")
     mixing = Mixing(args.mixup, args.cutmix, args.mix_prob)
-    maker = ViewMaker(dataset, args.aug, mixing, num_samples=size)
+    if getattr(args, "img_size", None) is not None and args.img_size <= 0:
+        raise BadInput(f"--img-size must be positive, got {args.img_size}")
+    maker = ViewMaker(dataset, args.aug, mixing, resolution=getattr(args, "img_size", None), num_samples=size)
     settings = store_settings(args, fingerprint(args.dataset, dataset, args.split == "train", size), maker,
                               teacher.num_classes)
     out = Path(args.out)
@@ -236,7 +239,7 @@ def run(args) -> dict:
                     raise BadInput(f"--out {out}: cannot write shard {todo[shard].name} ({e.strerror}): free space "
                                    "or fix the directory, then re-run the same command to resume") from e
                 pending, buffered, shard = [{k: v[n:] for k, v in cols.items()}], buffered - n, shard + 1
-    except (ValueError, OSError):
+    except (ValueError, OSError, DatasetError):  # DatasetError: an image that cannot be decoded
         bar.close()
         # A store this run created and wrote nothing into would only block the corrected re-run
         # (its settings, e.g. the checkpoint's sha256, differ): remove it.

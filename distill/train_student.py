@@ -45,7 +45,7 @@ from tqdm import tqdm  # noqa: E402
 from distill.augment import Mixing, ViewMaker, derive_seed, native_resolution  # noqa: E402
 from distill.cli import run_main  # noqa: E402
 from distill.config import check_runnable, load_config, resolved_config  # noqa: E402
-from distill.datasets import NUM_CLASSES, STATS, build_dataset, fingerprint, labels_of  # noqa: E402
+from distill.datasets import STATS, DatasetError, build_dataset, fingerprint, labels_of, num_classes_of  # noqa: E402
 from distill.distributed import set_single_process_env  # noqa: E402
 from distill.evaluation import test_views_loader  # noqa: E402
 from distill.loss import DistillationLoss  # noqa: E402
@@ -65,8 +65,11 @@ def check_store(store: LogitStore, cfg, dataset) -> int:
     if size > len(dataset):
         raise StoreError(f"logits.store {store.path} covers {size} samples, but {cfg.data.dataset} train has "
                          f"only {len(dataset)}: was it made on another dataset?")
+    # fixed-size recipes have one resolution; an `imagenet` store's views are read at the size it was made at
+    resolution = made["augmentation"]["resolution"] if cfg.data.recipe == "imagenet" \
+        else native_resolution(cfg.data.recipe)
     expected = {"dataset": fingerprint(cfg.data.dataset, dataset, True, size),
-                "augmentation": {"recipe": cfg.data.recipe, "resolution": native_resolution(cfg.data.recipe)}}
+                "augmentation": {"recipe": cfg.data.recipe, "resolution": resolution}}
     actual = {"dataset": made["dataset"],
               "augmentation": {k: made["augmentation"][k] for k in ("recipe", "resolution")}}
     diff = differences(actual, expected)
@@ -93,12 +96,21 @@ def lr_factor(step, warmup_steps, total_steps, min_ratio):
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
 
 
+def test_views(cfg) -> tuple[str, int]:
+    """(recipe, resolution) of the test views: photographs get timm's eval crop at the student's
+    resolution; the fixed-size datasets are seen as they are."""
+    if cfg.data.dataset == "folder" or cfg.data.recipe == "imagenet":
+        return "center-crop", cfg.data.img_size
+    return "none", native_resolution(cfg.data.recipe)
+
+
 @torch.no_grad()
-def evaluate(engine, test_set, cfg, rank, world, dtype):
+def evaluate(engine, test_set, num_classes, cfg, rank, world, dtype):
     """top1/top5/loss on the unaugmented test views; ranks take disjoint slices, then all-reduce."""
-    loader = test_views_loader(test_set, native_resolution(cfg.data.recipe), 2 * cfg.train.batch_size,
-                               cfg.data.workers, cfg.data.test_limit, rank, world)
-    acc = MetricAccumulator(NUM_CLASSES[cfg.data.dataset])
+    recipe, resolution = test_views(cfg)
+    loader = test_views_loader(test_set, resolution, 2 * cfg.train.batch_size, cfg.data.workers,
+                               cfg.data.test_limit, rank, world, recipe)
+    acc = MetricAccumulator(num_classes)
     engine.eval()
     for batch in loader:
         acc.update(engine(batch["view"].to(engine.device, dtype)), batch["label"])
@@ -127,7 +139,7 @@ def build_model(cfg, num_classes: int):
     """(model taking [0, 1] views, kind). Our students by name, normalised with the dataset's
     statistics; any other timm name is a teacher being trained or fine-tuned
     (tools/train_teacher.py), with its own normalisation and input size."""
-    from distill.models import Preprocessed, create_student, create_teacher, load_weights
+    from distill.models import Preprocessed, create_student, create_teacher, init_student
     from distill.models.students import STUDENTS
 
     if cfg.model.name not in STUDENTS:
@@ -139,8 +151,10 @@ def build_model(cfg, num_classes: int):
         teacher = create_teacher(cfg.model.name, cfg.model.init, cfg.model.pretrained, num_classes)
         return teacher.train(), "teacher"
     inner = create_student(cfg.model.name, num_classes, cfg.data.img_size, **cfg.model.kwargs)
-    if cfg.model.init:
-        load_weights(inner, cfg.model.init)
+    if cfg.model.init:  # transfer: a distilled student, fine-tuned or distilled again here
+        remade = init_student(inner, cfg.model.init)
+        if remade:
+            print(f"model.init {cfg.model.init}: {remade}")
     mean, std = STATS[cfg.data.dataset]
     return Preprocessed(inner, mean, std, (cfg.data.img_size, cfg.data.img_size)), "student"
 
@@ -186,7 +200,10 @@ def main(argv=None):
     # ---- data: training views from the store (or seeded, without one) and the test split
     train_set = build_dataset(cfg.data.dataset, cfg.data.root, train=True, skip_md5=cfg.data.skip_md5)
     test_set = build_dataset(cfg.data.dataset, cfg.data.root, train=False, skip_md5=cfg.data.skip_md5)
-    num_classes = NUM_CLASSES[cfg.data.dataset]
+    num_classes = num_classes_of(cfg.data.dataset, train_set)
+    if cfg.data.dataset == "folder" and test_set.classes != train_set.classes:
+        raise DatasetError(f"image folder {cfg.data.root}: train/ and val/ have other class folders "
+                           f"({len(train_set.classes)} vs {len(test_set.classes)}): give both the same classes")
     store = LogitStore(cfg.logits.store) if cfg.logits.store else None
     if store is not None:
         size = check_store(store, cfg, train_set)
@@ -197,7 +214,8 @@ def main(argv=None):
         micro_per_epoch = len(train_views)
     else:
         size = cfg.data.limit or len(train_set)
-        maker = ViewMaker(train_set, cfg.data.recipe, num_samples=size)
+        resolution = cfg.data.img_size if cfg.data.recipe == "imagenet" else None  # others: their own size
+        maker = ViewMaker(train_set, cfg.data.recipe, resolution=resolution, num_samples=size)
         micro_per_epoch = -(-(size // world) // cfg.train.batch_size)
     labels = labels_of(train_set)[:size]
     steps_per_epoch = micro_per_epoch // cfg.train.grad_accum  # a tail shorter than grad_accum is dropped
@@ -330,7 +348,7 @@ def main(argv=None):
             raise RuntimeError(f"epoch {epoch} ended after {step_in_epoch} of {steps_per_epoch} steps")
         epoch, step_in_epoch = epoch + 1, 0
         if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
-            last_eval, evaluated_at = evaluate(engine, test_set, cfg, rank, world, dtype), global_step
+            last_eval, evaluated_at = evaluate(engine, test_set, num_classes, cfg, rank, world, dtype), global_step
             tracker.log({f"eval/{k}": v for k, v in last_eval.items()}, step=global_step)
             if rank == 0:
                 bar.write(f"epoch {epoch}: test top1 {last_eval['top1']:.2f}% top5 {last_eval['top5']:.2f}% "
@@ -347,7 +365,7 @@ def main(argv=None):
     if saved_at != global_step:
         save_checkpoint(engine, ckpt_dir, epoch, step_in_epoch, global_step, rank)
     if evaluated_at != global_step:
-        last_eval = evaluate(engine, test_set, cfg, rank, world, dtype)
+        last_eval = evaluate(engine, test_set, num_classes, cfg, rank, world, dtype)
         tracker.log({f"eval/{k}": v for k, v in last_eval.items()}, step=global_step)
     torch.distributed.barrier()  # every rank's checkpoint files are written
     if rank == 0:
