@@ -105,10 +105,11 @@ class ImageFolderSplit(tvd.ImageFolder):
     folder to fix instead of a traceback from deep inside a DataLoader worker."""
 
     def __init__(self, root: str, train: bool):
+        for name in FOLDER_SPLITS.values():  # both, whichever is read: every stage sees the same layout
+            if not os.path.isdir(os.path.join(root, name)):
+                raise DatasetError(f"image folder {root} has no {name}/ sub-folder: lay it out as "
+                                   f"{root}/train/<class>/<image> and {root}/val/<class>/<image>")
         split = os.path.join(root, FOLDER_SPLITS[train])
-        if not os.path.isdir(split):
-            raise DatasetError(f"image folder {root} has no {FOLDER_SPLITS[train]}/ sub-folder: lay it out as "
-                               f"{root}/train/<class>/<image> and {root}/val/<class>/<image>")
         try:
             super().__init__(split, loader=self._load_rgb)
         except FileNotFoundError as e:
@@ -178,7 +179,7 @@ def _missing(name: str, where: str, skip_md5: bool) -> str:
 
 def _image_folder(root: str, train: bool) -> ImageFolderSplit:
     if root.startswith(STREAMING_PREFIXES) or "://" in root:
-        raise DatasetError(f"--data-root {root}: streaming sources cannot be replayed (a record's Mixup partner "
+        raise DatasetError(f"--data-root {root}: streaming sources cannot be replayed, which needs random access (a record's Mixup partner "
                            "and a resumed epoch need any image on demand): export it to an image folder "
                            "DIR/train/<class>/<image>, DIR/val/<class>/<image>")
     if not os.path.isdir(root):

@@ -239,12 +239,13 @@ def run(args) -> dict:
                     raise BadInput(f"--out {out}: cannot write shard {todo[shard].name} ({e.strerror}): free space "
                                    "or fix the directory, then re-run the same command to resume") from e
                 pending, buffered, shard = [{k: v[n:] for k, v in cols.items()}], buffered - n, shard + 1
-    except (ValueError, OSError, DatasetError):  # DatasetError: an image that cannot be decoded
+    except (ValueError, OSError, DatasetError) as e:
         bar.close()
         # A store this run created and wrote nothing into would only block the corrected re-run
-        # (its settings, e.g. the checkpoint's sha256, differ): remove it.
-        if fresh and world == 1 and shard == 0:
-            _discard_unstarted(out, remove_dir=not out_existed)
+        # (its settings, e.g. the checkpoint's sha256, differ): remove it. An image that cannot be
+        # decoded voids the shards written before it too: fixing the folder changes its fingerprint.
+        if fresh and world == 1 and (shard == 0 or isinstance(e, DatasetError)):
+            _discard_unstarted(out, remove_dir=not out_existed, shards=[p.name for p in todo[:shard]])
         raise
     bar.close()
     labelled_count, correct = distributed.all_reduce_sum([len(views), correct], device)
@@ -256,9 +257,9 @@ def run(args) -> dict:
             "shards_written": len(todo), "store": str(out)}
 
 
-def _discard_unstarted(out: Path, remove_dir: bool) -> None:
-    """Remove the manifest and temp files of a store that holds no shard yet."""
-    for f in [out / MANIFEST, *out.glob(".*.tmp-*")]:
+def _discard_unstarted(out: Path, remove_dir: bool, shards: list[str] = ()) -> None:
+    """Remove the manifest, temp files and the given shards of a store this run started."""
+    for f in [out / MANIFEST, *out.glob(".*.tmp-*"), *(out / name for name in shards)]:
         f.unlink(missing_ok=True)
     if remove_dir:
         try:

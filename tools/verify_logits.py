@@ -75,7 +75,7 @@ def check_with_teacher(args) -> dict:
     device = resolve_device(args.device)
     train = data["split"] == "train"
     dataset = build_dataset(data["name"], args.data_root, train=train, skip_md5=args.skip_md5)
-    diff = differences(data, fingerprint(data["name"], dataset, train, data["size"]))
+    diff = differences({"dataset": data}, {"dataset": fingerprint(data["name"], dataset, train, data["size"])})
     if diff:
         raise StoreError(f"{args.store} was made from other data than --data-root {args.data_root} "
                          f"({'; '.join(diff)} [store != data]): pass the data the store was made from")
