@@ -8,8 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import call_tool
-from image_folder import CLASSES, write_image_folder, write_teacher
+from image_folder import CLASSES, call_quietly, write_image_folder, write_teacher
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -39,26 +38,9 @@ def label(root, ckpt, out, *extra):
 @pytest.fixture(scope="module")
 def folder_store(folder, teacher3, tmp_path_factory):
     out = tmp_path_factory.mktemp("stores") / "pets"
-    code, _, err = _call("save_logits", label(folder, teacher3, out, "--epochs", "2", "--shard-records", "10", *MIX))
+    code, _, err = call_quietly("save_logits", label(folder, teacher3, out, "--epochs", "2", "--shard-records", "10", *MIX))
     assert code == 0, err
     return out
-
-
-def _call(name, argv):
-    """call_tool without pytest's capsys: module fixtures cannot take it."""
-    import contextlib
-    import io
-
-    from distill.cli import run_main
-    from conftest import tool
-
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_main(lambda: tool(name).main([str(a) for a in argv]))
-        except SystemExit as e:
-            code = e.code or 0
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_folder_dataset_reads_imagefolder_layout(folder):
@@ -129,7 +111,7 @@ def test_test_views_use_timm_eval_crop(folder):
 # ---------------------------------------------------------------- bad input: one line, exit 2, no store
 
 def refused(argv, out, *needles):
-    code, stdout, err = _call("save_logits", argv)
+    code, stdout, err = call_quietly("save_logits", argv)
     assert code == 2, (stdout, err)
     errors = [line for line in err.splitlines() if "error" in line.lower()]  # progress bars aside
     assert len(errors) == 1 and errors[0].startswith("error: ") and err.strip().endswith(errors[0]), err
@@ -192,10 +174,10 @@ def test_store_refused_for_changed_folder_or_other_classes(folder, folder_store,
     shutil.copytree(folder, changed)
     Image.new("RGB", (30, 30)).save(changed / "train" / "cat" / "extra.png")
     check = ["--teacher", "cifar10_resnet20", "--checkpoint", teacher3, "--check", "4", "--device", "cpu"]
-    code, _, err = _call("verify_logits", [folder_store, *check, "--data-root", changed])
+    code, _, err = call_quietly("verify_logits", [folder_store, *check, "--data-root", changed])
     assert code == 2 and "dataset.files_sha256" in err and "pass the data the store was made from" in err
     renamed = tmp_path / "renamed"
     shutil.copytree(folder, renamed)
     (renamed / "train" / "cat").rename(renamed / "train" / "cow")
-    code, _, err = _call("verify_logits", [folder_store, *check, "--data-root", renamed])
+    code, _, err = call_quietly("verify_logits", [folder_store, *check, "--data-root", renamed])
     assert code == 2 and "dataset.classes" in err and "'cow'" in err

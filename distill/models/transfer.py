@@ -28,6 +28,14 @@ def init_student(model, spec: str) -> str | None:
         raise FileNotFoundError(f"model.init {spec}: no such file or export directory; pass a run's final/ "
                                 "directory (or its model.pt)")
     state = _read_state_dict(path)
+    try:
+        return _load_with_head(model, state, path)
+    except ValueError as e:
+        raise ValueError(f"{e} (model.init: keep the export's model.name, model.kwargs and data.img_size, "
+                         f"as in {path.parent / 'config.yaml'})") from None
+
+
+def _load_with_head(model, state: dict, path: Path) -> str | None:
     own = model.state_dict()
     heads = [k for k in state if k in own and state[k].shape != own[k].shape
              and any(k.startswith(prefix + ".") for prefix in classifier_prefixes(model))]
