@@ -5,7 +5,8 @@ rebuilds the same view from the seed stored in the record. Rather than copying
 timm/torchvision transforms to route their randomness (as TinyViT does), each
 sample runs the ordinary transforms inside `scoped_rng(seed)`, which seeds the
 three global generators they draw from (torch: crop, flip, erasing; numpy: timm
-RandAugment's op choice; random: its magnitudes) and restores them afterwards.
+RandAugment's op choice; random: its magnitudes and timm's crops) and restores them
+afterwards (torch's alone for the recipes that draw from nothing else).
 
 Mixup/CutMix are per pair, not per batch: a record's partner j, lambda and box
 come from the record's seed, so replay is independent of batching and topology.
@@ -54,22 +55,31 @@ def record_seed(run_seed: int, epoch: int, index) -> np.ndarray:
     return derive_seed(run_seed, epoch, index)
 
 
+# Recipes whose transforms draw from torch's generator only (torchvision's crops, flips, colour
+# jitter): their scope need not save, seed and restore numpy's and random's, which costs more
+# than a 32 px view. Recipes with timm's RandAugment (numpy, random) or crops (random) scope all three.
+TORCH_ONLY = ("none", "crop", "cifar", "stl10", "center-crop")
+
+
 @contextmanager
-def scoped_rng(seed: int):
-    """Seed torch (CPU), numpy and random from `seed`; restore all three after."""
+def scoped_rng(seed: int, torch_only: bool = False):
+    """Seed torch (CPU), numpy and random from `seed` (torch only: just torch); restore them after."""
     seed = int(seed)
-    py_state, np_state = random.getstate(), np.random.get_state()
+    if not torch_only:
+        py_state, np_state = random.getstate(), np.random.get_state()
     # fork_rng(devices=[]) restores the CPU generator only; seeding the CPU
     # generator directly (not torch.manual_seed) leaves CUDA RNG state untouched.
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed)
+        if not torch_only:
+            random.seed(seed)
+            np.random.seed(seed)
         try:
             yield
         finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+            if not torch_only:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
 
 
 def native_resolution(recipe: str) -> int:
@@ -174,7 +184,7 @@ class ViewMaker:
 
     def _augment(self, index: int, seed: int) -> torch.Tensor:
         image = self.dataset[index][0]
-        with scoped_rng(seed):
+        with scoped_rng(seed, torch_only=self.recipe in TORCH_ONLY):
             return self.transform(image)
 
     def __call__(self, index: int, seed: int) -> tuple[torch.Tensor, MixParams]:

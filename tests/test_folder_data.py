@@ -181,3 +181,24 @@ def test_store_refused_for_changed_folder_or_other_classes(folder, folder_store,
     (renamed / "train" / "cat").rename(renamed / "train" / "cow")
     code, _, err = call_quietly("verify_logits", [folder_store, *check, "--data-root", renamed])
     assert code == 2 and "dataset.classes" in err and "'cow'" in err
+
+
+@pytest.mark.parametrize("recipe", ["crop", "cifar", "stl10"])
+def test_torch_only_recipes_ignore_numpy_and_random(recipe):
+    """ViewMaker scopes only torch's generator for these recipes (a 32 px view costs less than
+    saving numpy's state): their views must not depend on numpy's or random's state at all."""
+    import random
+
+    from distill.augment import build_transform, scoped_rng
+
+    rng = np.random.default_rng(0)
+    size = 96 if recipe == "stl10" else 32
+    images = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(8)]
+    transform = build_transform(recipe)
+    for n, image in enumerate(images):
+        with scoped_rng(n):  # numpy and random seeded too
+            full = transform(image)
+        np.random.seed(1000 + n)
+        random.seed(2000 + n)
+        with scoped_rng(n, torch_only=True):
+            assert torch.equal(transform(image), full)

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from distill.augment import build_transform, record_seed, scoped_rng  # noqa: E402
+from distill.augment import TORCH_ONLY, build_transform, record_seed, scoped_rng  # noqa: E402
 from distill.cli import run_main  # noqa: E402
 from distill.datasets import build_dataset  # noqa: E402
 
@@ -61,12 +61,12 @@ def write_photo_folder(root: Path, images, labels) -> Path:
     return root
 
 
-def views_per_s(dataset, transform, seeds, scoped: bool) -> float:
+def views_per_s(dataset, transform, seeds, scoped: bool, torch_only: bool = False) -> float:
     start = time.perf_counter()
     for i, seed in enumerate(seeds):
         image = dataset[i][0]
-        if scoped:
-            with scoped_rng(int(seed)):
+        if scoped:  # as ViewMaker scopes it
+            with scoped_rng(int(seed), torch_only):
                 transform(image)
         else:
             transform(image)
@@ -77,12 +77,13 @@ def compare(dataset, recipe: str, size: int | None, repeats: int) -> dict:
     """Scoped and unscoped views/s on one core, alternated `repeats` times; the ratio per repeat."""
     transform = build_transform(recipe, size)
     seeds = record_seed(0, 0, np.arange(len(dataset)))
+    torch_only = recipe in TORCH_ONLY
     for scoped in (True, False):  # warm-up: imports, the page cache, allocator
-        views_per_s(dataset, transform, seeds, scoped)
+        views_per_s(dataset, transform, seeds, scoped, torch_only)
     scoped, unscoped = [], []
     for r in range(repeats):  # which side goes first alternates, so drift hits both
         for side in ((False, True) if r % 2 == 0 else (True, False)):
-            (scoped if side else unscoped).append(views_per_s(dataset, transform, seeds, side))
+            (scoped if side else unscoped).append(views_per_s(dataset, transform, seeds, side, torch_only))
     ratios = [s / u for s, u in zip(scoped, unscoped)]
     return {"recipe": recipe, "resolution": size, "images": len(dataset), "repeats": repeats,
             "scoped_views_per_s": float(np.median(scoped)), "unscoped_views_per_s": float(np.median(unscoped)),
