@@ -3,11 +3,14 @@ folder, replay exactness across DataLoader workers (Mixup/CutMix included), timm
 crop for test views, and each bad input refused in one line with no partial store."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from conftest import run_tool
 from image_folder import CLASSES, call_quietly, write_image_folder, write_teacher
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -32,13 +35,15 @@ def teacher3(tmp_path_factory):
 
 def label(root, ckpt, out, *extra):
     return ["--teacher", "cifar10_resnet20", "--checkpoint", ckpt, "--dataset", "folder", "--data-root", root,
-            "--out", out, "--workers", "0", "--batch-size", "16", "--aug", "imagenet", "--img-size", "40", "--topk", "3", *extra]
+            "--out", out, "--workers", "0", "--batch-size", "16", "--aug", "imagenet", "--img-size", "40",
+            "--topk", "3", *extra]
 
 
 @pytest.fixture(scope="module")
 def folder_store(folder, teacher3, tmp_path_factory):
     out = tmp_path_factory.mktemp("stores") / "pets"
-    code, _, err = call_quietly("save_logits", label(folder, teacher3, out, "--epochs", "2", "--shard-records", "10", *MIX))
+    argv = label(folder, teacher3, out, "--epochs", "2", "--shard-records", "10", *MIX)
+    code, _, err = call_quietly("save_logits", argv)
     assert code == 0, err
     return out
 
@@ -202,3 +207,17 @@ def test_torch_only_recipes_ignore_numpy_and_random(recipe):
         random.seed(2000 + n)
         with scoped_rng(n, torch_only=True):
             assert torch.equal(transform(image), full)
+
+
+def test_inspect_and_train_teacher_take_a_folder(folder, folder_store, tmp_path):
+    code, out, err = call_quietly("inspect_logits", [folder_store, "--json"])
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["dataset"] == "folder" and summary["num_classes"] == len(CLASSES)
+    run = tmp_path / "teacher"
+    run_tool("tools/train_teacher.py", "--teacher", "cifar10_resnet20", "--dataset", "folder", "--data-root", folder,
+             "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--out", run,
+             "wandb.enabled=false", timeout=300, env={"DS_ACCELERATOR": "cpu"})
+    exported = yaml.safe_load((run / "final" / "config.yaml").read_text())
+    assert exported["data"]["recipe"] == "imagenet" and exported["student"]["num_classes"] == len(CLASSES)
+    assert (run / "final" / "model.pt").is_file()

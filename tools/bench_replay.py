@@ -7,7 +7,8 @@ the same transform run unscoped, alternating the two so machine noise hits both.
 CIFAR-10 test images of ../shared/data, upscaled to photograph size (500x375, bicubic) and
 written as JPEG files of an image folder, read through the `folder` dataset (decode included).
 `cifar` at 32 px from the same images in memory. Both sides decode and transform the same
-images; the scoped side also saves, seeds and restores the three global generators.
+images, timed back to back per image in alternating order; the scoped side also saves,
+seeds and restores the global generators (torch's only, for the torch-only `cifar` recipe).
 Goal: scoped / unscoped >= 0.9.
 
   python tools/bench_replay.py --images 256 --repeats 5 --json docs/results/bench_replay.json
@@ -29,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from distill.augment import TORCH_ONLY, build_transform, record_seed, scoped_rng  # noqa: E402
+from distill.augment import TORCH_ONLY, build_transform, native_resolution, record_seed, scoped_rng  # noqa: E402
 from distill.cli import run_main  # noqa: E402
 from distill.datasets import build_dataset  # noqa: E402
 
@@ -61,33 +62,42 @@ def write_photo_folder(root: Path, images, labels) -> Path:
     return root
 
 
-def views_per_s(dataset, transform, seeds, scoped: bool, torch_only: bool = False) -> float:
+def one_view(dataset, transform, index: int, seed: int, scoped: bool, torch_only: bool) -> float:
+    """Seconds to decode and transform one image, inside the scope (as ViewMaker does) or not."""
     start = time.perf_counter()
-    for i, seed in enumerate(seeds):
-        image = dataset[i][0]
-        if scoped:  # as ViewMaker scopes it
-            with scoped_rng(int(seed), torch_only):
-                transform(image)
-        else:
+    image = dataset[index][0]
+    if scoped:
+        with scoped_rng(seed, torch_only):
             transform(image)
-    return len(seeds) / (time.perf_counter() - start)
+    else:
+        transform(image)
+    return time.perf_counter() - start
+
+
+def paired_pass(dataset, transform, seeds, torch_only: bool, flip: bool) -> tuple[float, float]:
+    """(scoped, unscoped) views/s over every image, the two sides timed back to back per image
+    in alternating order: on a shared machine, noise then hits both sides alike."""
+    spent = {True: 0.0, False: 0.0}
+    for i, seed in enumerate(seeds):
+        for scoped in ((True, False) if (i + flip) % 2 else (False, True)):
+            spent[scoped] += one_view(dataset, transform, i, int(seed), scoped, torch_only)
+    return len(seeds) / spent[True], len(seeds) / spent[False]
 
 
 def compare(dataset, recipe: str, size: int | None, repeats: int) -> dict:
-    """Scoped and unscoped views/s on one core, alternated `repeats` times; the ratio per repeat."""
+    """Scoped and unscoped views/s on one core over `repeats` paired passes; medians and the
+    ratio's spread over the passes."""
     transform = build_transform(recipe, size)
     seeds = record_seed(0, 0, np.arange(len(dataset)))
-    torch_only = recipe in TORCH_ONLY
-    for scoped in (True, False):  # warm-up: imports, the page cache, allocator
-        views_per_s(dataset, transform, seeds, scoped, torch_only)
-    scoped, unscoped = [], []
-    for r in range(repeats):  # which side goes first alternates, so drift hits both
-        for side in ((False, True) if r % 2 == 0 else (True, False)):
-            (scoped if side else unscoped).append(views_per_s(dataset, transform, seeds, side, torch_only))
-    ratios = [s / u for s, u in zip(scoped, unscoped)]
-    return {"recipe": recipe, "resolution": size, "images": len(dataset), "repeats": repeats,
-            "scoped_views_per_s": float(np.median(scoped)), "unscoped_views_per_s": float(np.median(unscoped)),
-            "ratio": float(np.median(ratios)), "ratio_min": float(min(ratios)), "ratio_max": float(max(ratios))}
+    torch_only = recipe in TORCH_ONLY  # as ViewMaker scopes this recipe
+    paired_pass(dataset, transform, seeds, torch_only, False)  # warm-up: imports, page cache, allocator
+    passes = [paired_pass(dataset, transform, seeds, torch_only, bool(r % 2)) for r in range(repeats)]
+    scoped, unscoped = [p[0] for p in passes], [p[1] for p in passes]
+    ratios = [s / u for s, u in passes]
+    return {"recipe": recipe, "resolution": size or native_resolution(recipe), "images": len(dataset),
+            "repeats": repeats, "scoped_views_per_s": float(np.median(scoped)),
+            "unscoped_views_per_s": float(np.median(unscoped)), "ratio": float(np.median(ratios)),
+            "ratio_min": float(min(ratios)), "ratio_max": float(max(ratios))}
 
 
 class InMemory:
@@ -122,7 +132,7 @@ def main(argv=None):
     result = {"command": "python tools/bench_replay.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "threads": 1, "imagenet": imagenet, "cifar": cifar}
     for r in (imagenet, cifar):
-        print(f"{r['recipe']:>8} @ {r['resolution'] or 32} px: scoped {r['scoped_views_per_s']:.1f} views/s/core, "
+        print(f"{r['recipe']:>8} @ {r['resolution']} px: scoped {r['scoped_views_per_s']:.1f} views/s/core, "
               f"unscoped {r['unscoped_views_per_s']:.1f}, ratio {r['ratio']:.3f} "
               f"(min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f}, {r['repeats']} repeats)")
     if args.json:
