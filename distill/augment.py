@@ -65,21 +65,22 @@ TORCH_ONLY = ("none", "crop", "cifar", "stl10", "center-crop")
 def scoped_rng(seed: int, torch_only: bool = False):
     """Seed torch (CPU), numpy and random from `seed` (torch only: just torch); restore them after."""
     seed = int(seed)
+    # the CPU generator only, seeded directly (not torch.manual_seed): CUDA RNG state stays
+    # untouched; saved and restored by hand, as fork_rng(devices=[]) does at twice the cost
+    cpu = torch.random.default_generator
+    torch_state = cpu.get_state()
     if not torch_only:
         py_state, np_state = random.getstate(), np.random.get_state()
-    # fork_rng(devices=[]) restores the CPU generator only; seeding the CPU
-    # generator directly (not torch.manual_seed) leaves CUDA RNG state untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+    cpu.manual_seed(seed)
+    try:
+        yield
+    finally:
+        cpu.set_state(torch_state)
         if not torch_only:
-            random.seed(seed)
-            np.random.seed(seed)
-        try:
-            yield
-        finally:
-            if not torch_only:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def native_resolution(recipe: str) -> int:
