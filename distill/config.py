@@ -31,8 +31,9 @@ class Data:
     root: str | None = None  # torchvision layout, or the image folder; not needed for `digits`
     skip_md5: bool = False  # accept a local re-created copy (see distill.datasets)
     recipe: str = "cifar"  # augmentation of the training views; a store must have been made with it
-    img_size: int = 32  # student input resolution (views are resized to it inside the model); with recipe
-    # imagenet also the view size without a store (a store's views keep the size it was made at)
+    img_size: int | None = None  # student input resolution (views are resized to it inside the model); with
+    # recipe imagenet also the view size without a store (a store's views keep their size). None: 224 for
+    # recipe imagenet, else 32
     limit: int | None = None  # first N training samples; None: what the store covers, or all
     test_limit: int | None = None  # evaluate on a fixed random N of the test split; None: all
     workers: int = 0  # DataLoader processes building views
@@ -163,7 +164,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ValueError(f"override {item!r}: the value of config key {key.strip()} is not valid YAML "
                              "(quote it, or check brackets: e.g. optim.betas=[0.9,0.99])") from None
         _set_dotted(tree, key.strip(), value)
-    return _build(Config, tree, "")
+    cfg = _build(Config, tree, "")
+    if cfg.data.img_size is None:
+        cfg.data.img_size = 224 if cfg.data.recipe == "imagenet" else 32
+    return cfg
 
 
 def resolved_config(cfg: Config) -> dict:

@@ -153,7 +153,7 @@ def build_model(cfg, num_classes: int):
     inner = create_student(cfg.model.name, num_classes, cfg.data.img_size, **cfg.model.kwargs)
     if cfg.model.init:  # transfer: a distilled student, fine-tuned or distilled again here
         remade = init_student(inner, cfg.model.init)
-        if remade:
+        if remade and torch.distributed.get_rank() == 0:
             print(f"model.init {cfg.model.init}: {remade}")
     mean, std = STATS[cfg.data.dataset]
     return Preprocessed(inner, mean, std, (cfg.data.img_size, cfg.data.img_size)), "student"
