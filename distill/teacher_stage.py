@@ -148,6 +148,22 @@ def open_store(out: Path, settings: dict, rank: int) -> dict:
     return manifest
 
 
+def check_pretrained_heads(names, checkpoints, pretrained: bool, classes: int, dataset: str) -> None:
+    """Refuse a hub teacher whose pretrained head has another class count than the data: timm
+    would silently give it a random head, and the store would hold noise."""
+    import timm
+
+    for name, checkpoint in zip(names, checkpoints):
+        if not pretrained or checkpoint is not None or not timm.is_model(name):
+            continue
+        cfg = timm.models.get_pretrained_cfg(name)
+        head = getattr(cfg, "num_classes", None)
+        if head and head != classes:
+            raise BadInput(f"--teacher {name}: its pretrained head has {head} classes, --dataset {dataset} has "
+                           f"{classes}: fine-tune it first (tools/train_teacher.py --teacher {name} --pretrained "
+                           f"--dataset {dataset} ...) and pass --checkpoint RUN/final/model.pt")
+
+
 @torch.no_grad()
 def label_batch(teacher, batch: dict, settings: dict, device, precision: str) -> Labelled:
     view = batch["view"].to(device, non_blocking=True)
@@ -190,6 +206,7 @@ def run(args) -> dict:
                        "lower it, or leave it out to label them all")
     size = args.limit or len(dataset)
     classes = num_classes_of(args.dataset, dataset)
+    check_pretrained_heads(names, checkpoints, args.pretrained, classes, args.dataset)
     teacher = create_teachers(names, checkpoints, args.pretrained, classes, weights).to(device)
     if args.topk > teacher.num_classes:
         raise BadInput(f"--topk {args.topk} exceeds the teacher's {teacher.num_classes} classes: "

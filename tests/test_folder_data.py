@@ -221,3 +221,11 @@ def test_inspect_and_train_teacher_take_a_folder(folder, folder_store, tmp_path)
     exported = yaml.safe_load((run / "final" / "config.yaml").read_text())
     assert exported["data"]["recipe"] == "imagenet" and exported["student"]["num_classes"] == len(CLASSES)
     assert (run / "final" / "model.pt").is_file()
+
+
+def test_pretrained_hub_teacher_with_another_head_refused(folder, tmp_path):
+    """A 1000-class hub teacher on a 3-class folder would get a random head: refused before any
+    download, pointing at train_teacher.py."""
+    argv = ["--teacher", "resnet18.a1_in1k", "--pretrained", "--dataset", "folder", "--data-root", folder,
+            "--out", tmp_path / "store", "--aug", "imagenet", "--topk", "3"]
+    refused(argv, tmp_path / "store", "1000 classes", "has 3", "tools/train_teacher.py")
