@@ -181,8 +181,7 @@ def _image_folder(root: str, train: bool) -> ImageFolderSplit:
     if root.startswith(STREAMING_PREFIXES) or "://" in root:
         raise DatasetError(f"--data-root {root}: streaming sources cannot be replayed, which needs random access "
                            "(a record's Mixup partner and a resumed epoch need any image on demand): export it to an "
-                           "image folder "
-                           "DIR/train/<class>/<image>, DIR/val/<class>/<image>")
+                           "image folder DIR/train/<class>/<image>, DIR/val/<class>/<image>")
     if not os.path.isdir(root):
         raise DatasetError(f"--data-root {root}: no such directory; pass a folder holding train/<class>/<image> "
                            "and val/<class>/<image>")

@@ -96,7 +96,7 @@ def lr_factor(step, warmup_steps, total_steps, min_ratio):
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
 
 
-def test_views(cfg) -> tuple[str, int]:
+def eval_views(cfg) -> tuple[str, int]:
     """(recipe, resolution) of the test views: photographs get timm's eval crop at the student's
     resolution; the fixed-size datasets are seen as they are."""
     if cfg.data.dataset == "folder" or cfg.data.recipe == "imagenet":
@@ -107,7 +107,7 @@ def test_views(cfg) -> tuple[str, int]:
 @torch.no_grad()
 def evaluate(engine, test_set, num_classes, cfg, rank, world, dtype):
     """top1/top5/loss on the unaugmented test views; ranks take disjoint slices, then all-reduce."""
-    recipe, resolution = test_views(cfg)
+    recipe, resolution = eval_views(cfg)
     loader = test_views_loader(test_set, resolution, 2 * cfg.train.batch_size, cfg.data.workers,
                                cfg.data.test_limit, rank, world, recipe)
     acc = MetricAccumulator(num_classes)
@@ -202,8 +202,9 @@ def main(argv=None):
     test_set = build_dataset(cfg.data.dataset, cfg.data.root, train=False, skip_md5=cfg.data.skip_md5)
     num_classes = num_classes_of(cfg.data.dataset, train_set)
     if cfg.data.dataset == "folder" and test_set.classes != train_set.classes:
-        raise DatasetError(f"image folder {cfg.data.root}: train/ and val/ have other class folders "
-                           f"({len(train_set.classes)} vs {len(test_set.classes)}): give both the same classes")
+        odd = sorted(set(train_set.classes) ^ set(test_set.classes)) or "the same names"
+        raise DatasetError(f"image folder {cfg.data.root}: train/ and val/ have other class folders ({odd}): "
+                           "give both the same classes")
     store = LogitStore(cfg.logits.store) if cfg.logits.store else None
     if store is not None:
         size = check_store(store, cfg, train_set)

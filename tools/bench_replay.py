@@ -52,8 +52,8 @@ def cifar_images(count: int) -> tuple[list[Image.Image], list[int]]:
 
 
 def write_photo_folder(root: Path, images, labels) -> Path:
-    """An image folder of photograph-sized JPEGs (the CIFAR images upscaled); val/ holds one copy
-    per class only because the layout needs it."""
+    """An image folder of photograph-sized JPEGs (the CIFAR images upscaled); val/ holds the first
+    ten too, only because the layout needs a val/."""
     for n, (image, label) in enumerate(zip(images, labels)):
         for split in ("train",) + (("val",) if n < 10 else ()):
             folder = root / split / f"class{label}"
