@@ -17,10 +17,14 @@ from teacher_logits.manifest import StoreError
 USER_ERRORS = (ValueError, OSError, DatasetError, StoreError)
 
 
+VIEW_SIZE_HELP = ("view resolution in pixels (default: the recipe's own: 224 for imagenet, 96 for stl10, else 32); "
+                  "the store records it and students read views at it")
+
+
 def add_data_args(parser: argparse.ArgumentParser, dataset: bool = True, required: bool = True,
-                  img_size: bool = False) -> None:
+                  img_size: str | None = None) -> None:
     """--dataset (unless the data is named elsewhere, e.g. by a store), --data-root, --skip-md5
-    and, with img_size=True, --img-size."""
+    and, given its help text (e.g. VIEW_SIZE_HELP), --img-size."""
     if dataset:
         parser.add_argument("--dataset", required=required, choices=DATASETS,
                             help="cifar10, cifar100, stl10 (torchvision), digits (built in, no download) or "
@@ -31,9 +35,7 @@ def add_data_args(parser: argparse.ArgumentParser, dataset: bool = True, require
     parser.add_argument("--skip-md5", action="store_true",
                         help="accept a local re-created copy of a torchvision dataset that fails its md5 check")
     if img_size:
-        parser.add_argument("--img-size", type=int, metavar="N",
-                            help="view resolution in pixels (default: the recipe's own: 224 for imagenet, 96 for "
-                                 "stl10, else 32); stored in the store, students read views at it")
+        parser.add_argument("--img-size", type=int, metavar="N", help=img_size)
 
 
 def _one_line(e: BaseException) -> str:

@@ -28,7 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distill.augment import RECIPES  # noqa: E402
-from distill.cli import add_data_args, run_main  # noqa: E402
+from distill.cli import VIEW_SIZE_HELP, add_data_args, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--teacher-weights", type=float, nargs="+", metavar="W",
                    help="ensemble weights, one positive number per --teacher, normalised to sum 1 "
                         "(default: equal)")
-    add_data_args(p, img_size=True)
+    add_data_args(p, img_size=VIEW_SIZE_HELP)
     p.add_argument("--split", default="train", choices=["train", "test"], help="dataset split (default train)")
     p.add_argument("--epochs", type=int, default=1,
                    help="augmented passes to store (students reuse them cyclically); a larger value on an existing "

@@ -30,7 +30,8 @@ def main(argv=None):
     p.add_argument("--teacher", required=True, help="timm model name, e.g. cifar10_resnet56 or a hub name")
     p.add_argument("--checkpoint", help="weights to start from (omit, with no --pretrained, to train from scratch)")
     p.add_argument("--pretrained", action="store_true", help="start from timm's pretrained weights (network)")
-    add_data_args(p, img_size=True)
+    add_data_args(p, img_size="the model's training resolution, data.img_size (default: the config's; 224 for "
+                               "the imagenet recipe, whose views are made at it)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
     p.add_argument("--batch-size", type=int, help="batch size per rank (default: the config's)")
