@@ -5,12 +5,19 @@ rebuilds the same view from the seed stored in the record. Rather than copying
 timm/torchvision transforms to route their randomness (as TinyViT does), each
 sample runs the ordinary transforms inside `scoped_rng(seed)`, which seeds the
 three global generators they draw from (torch: crop, flip, erasing; numpy: timm
-RandAugment's op choice; random: its magnitudes) and restores them afterwards.
+RandAugment's op choice; random: its magnitudes and timm's crops) and restores them
+afterwards (torch's alone for the recipes that draw from nothing else).
 
 Mixup/CutMix are per pair, not per batch: a record's partner j, lambda and box
 come from the record's seed, so replay is independent of batching and topology.
 A view is a float32 tensor (3, H, W) in [0, 1] at the recipe's resolution;
 normalisation and resizing belong to each model (see distill.models.Preprocessed).
+
+`imagenet` is DeiT's / TinyViT's training recipe at any resolution, built by timm's own
+`create_transform` (RandomResizedCrop 0.08-1 bicubic, flip, RandAugment rand-m9-mstd0.5,
+RandomErasing 0.25 on the normalised image, as DeiT erases); its normalisation is then
+undone, so the view is in pixel space like every other recipe's. `center-crop` is timm's
+matching evaluation transform (resize, centre crop 0.875), for test views of photographs.
 """
 from __future__ import annotations
 
@@ -22,7 +29,8 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
-RECIPES = ("none", "crop", "cifar", "cifar-strong", "stl10")
+RECIPES = ("none", "crop", "cifar", "cifar-strong", "stl10", "imagenet")  # training recipes
+EVAL_RECIPES = ("none", "center-crop")  # test views: as stored, or timm's eval crop
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -47,32 +55,60 @@ def record_seed(run_seed: int, epoch: int, index) -> np.ndarray:
     return derive_seed(run_seed, epoch, index)
 
 
+# Recipes whose transforms draw from torch's generator only (torchvision's crops, flips, colour
+# jitter): their scope need not save, seed and restore numpy's and random's, which costs more
+# than a 32 px view. Recipes with timm's RandAugment (numpy, random) or crops (random) scope all three.
+TORCH_ONLY = ("none", "crop", "cifar", "stl10", "center-crop")
+
+
 @contextmanager
-def scoped_rng(seed: int):
-    """Seed torch (CPU), numpy and random from `seed`; restore all three after."""
+def scoped_rng(seed: int, torch_only: bool = False):
+    """Seed torch (CPU), numpy and random from `seed` (torch only: just torch); restore them after."""
     seed = int(seed)
-    py_state, np_state = random.getstate(), np.random.get_state()
-    # fork_rng(devices=[]) restores the CPU generator only; seeding the CPU
-    # generator directly (not torch.manual_seed) leaves CUDA RNG state untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
+    # the CPU generator only, seeded directly (not torch.manual_seed): CUDA RNG state stays
+    # untouched; saved and restored by hand, as fork_rng(devices=[]) does at twice the cost
+    cpu = torch.random.default_generator
+    torch_state = cpu.get_state()
+    if not torch_only:
+        py_state, np_state = random.getstate(), np.random.get_state()
         random.seed(seed)
         np.random.seed(seed)
-        try:
-            yield
-        finally:
+    cpu.manual_seed(seed)
+    try:
+        yield
+    finally:
+        cpu.set_state(torch_state)
+        if not torch_only:
             random.setstate(py_state)
             np.random.set_state(np_state)
 
 
 def native_resolution(recipe: str) -> int:
-    return 96 if recipe == "stl10" else 32
+    """The view size of a recipe when none is asked for (photograph recipes: timm's 224)."""
+    return {"stl10": 96, "imagenet": 224, "center-crop": 224}.get(recipe, 32)
+
+
+def timm_transform(recipe: str, size: int):
+    """timm's own ImageNet train (`imagenet`) or eval (`center-crop`) transform at `size`,
+    followed by the inverse of its normalisation: PIL image -> [0, 1] tensor."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+
+    if recipe == "imagenet":
+        steps = create_transform(size, is_training=True, scale=(0.08, 1.0), hflip=0.5,
+                                 auto_augment="rand-m9-mstd0.5", interpolation="bicubic", re_prob=0.25,
+                                 re_mode="pixel", re_count=1)
+    else:
+        steps = create_transform(size, is_training=False, crop_pct=0.875, interpolation="bicubic")
+    mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
+    return T.Compose([steps, T.Normalize((-mean / std).tolist(), (1 / std).tolist())])
 
 
 def build_transform(recipe: str, resolution: int | None = None):
     """The ordinary torchvision/timm pipeline for a recipe: PIL image -> [0,1] tensor."""
-    if recipe not in RECIPES:
+    if recipe not in RECIPES + EVAL_RECIPES:
         raise ValueError(f"unknown augmentation recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    if recipe in ("imagenet", "center-crop"):
+        return timm_transform(recipe, resolution or native_resolution(recipe))
     size = native_resolution(recipe)
     steps = []
     if recipe in ("crop", "cifar", "cifar-strong"):
@@ -149,7 +185,7 @@ class ViewMaker:
 
     def _augment(self, index: int, seed: int) -> torch.Tensor:
         image = self.dataset[index][0]
-        with scoped_rng(seed):
+        with scoped_rng(seed, torch_only=self.recipe in TORCH_ONLY):
             return self.transform(image)
 
     def __call__(self, index: int, seed: int) -> tuple[torch.Tensor, MixParams]:

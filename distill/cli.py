@@ -1,17 +1,41 @@
-"""How the programs end on bad input: one line naming the input and the fix, exit 2.
+"""What the programs share: the data flags, and how they end on bad input.
 
+`add_data_args` is the one definition of --dataset / --data-root / --skip-md5 / --img-size.
+On bad input a program prints one line naming the input and the fix and exits 2.
 Errors of the types below are the user's to fix; anything else is our bug and
 keeps its traceback. TVD_DEBUG=1 shows the traceback for every error.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
-from distill.datasets import DatasetError
+from distill.datasets import DATASETS, DatasetError
 from teacher_logits.manifest import StoreError
 
 USER_ERRORS = (ValueError, OSError, DatasetError, StoreError)
+
+
+VIEW_SIZE_HELP = ("view resolution in pixels (default: the recipe's own: 224 for imagenet, 96 for stl10, else 32); "
+                  "the store records it and students read views at it")
+
+
+def add_data_args(parser: argparse.ArgumentParser, dataset: bool = True, required: bool = True,
+                  img_size: str | None = None) -> None:
+    """--dataset (unless the data is named elsewhere, e.g. by a store), --data-root, --skip-md5
+    and, given its help text (e.g. VIEW_SIZE_HELP), --img-size."""
+    if dataset:
+        parser.add_argument("--dataset", required=required, choices=DATASETS,
+                            help="cifar10, cifar100, stl10 (torchvision), digits (built in, no download) or "
+                                 "folder: your images in DATA_ROOT/train/<class>/<image> and "
+                                 "DATA_ROOT/val/<class>/<image> (any format Pillow opens, classes sorted by name)")
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="dataset directory: torchvision's layout, or the image folder for --dataset folder")
+    parser.add_argument("--skip-md5", action="store_true",
+                        help="accept a local re-created copy of a torchvision dataset that fails its md5 check")
+    if img_size:
+        parser.add_argument("--img-size", type=int, metavar="N", help=img_size)
 
 
 def run_main(main) -> None:

@@ -22,16 +22,18 @@ from pathlib import Path
 import yaml
 
 from distill.augment import RECIPES
-from distill.datasets import NUM_CLASSES
+from distill.datasets import DATASETS
 
 
 @dataclass
 class Data:
-    dataset: str = "cifar10"
-    root: str | None = None  # torchvision layout; not needed for `digits`
+    dataset: str = "cifar10"  # or digits, cifar100, stl10, folder (root/train/<class>/<image>, root/val/...)
+    root: str | None = None  # torchvision layout, or the image folder; not needed for `digits`
     skip_md5: bool = False  # accept a local re-created copy (see distill.datasets)
     recipe: str = "cifar"  # augmentation of the training views; a store must have been made with it
-    img_size: int = 32  # student input resolution (views are resized to it inside the model)
+    img_size: int | None = None  # student input resolution (views are resized to it inside the model); with
+    # recipe imagenet also the view size without a store (a store's views keep their size). None: 224 for
+    # recipe imagenet, else 32
     limit: int | None = None  # first N training samples; None: what the store covers, or all
     test_limit: int | None = None  # evaluate on a fixed random N of the test split; None: all
     workers: int = 0  # DataLoader processes building views
@@ -47,7 +49,8 @@ class Logits:
 class Model:
     name: str = "cifar_vit"
     kwargs: dict = field(default_factory=dict)  # extra arguments for timm.create_model, e.g. {depth: 2}
-    init: str | None = None  # weights to start from (a checkpoint file), e.g. a teacher to fine-tune
+    init: str | None = None  # weights to start from: a student export (RUN/final or its model.pt; a head for
+    # another class count is re-made) or a teacher's checkpoint file to fine-tune
     pretrained: bool = False  # start from timm's pretrained weights (downloads; teachers only)
 
 
@@ -127,7 +130,7 @@ class Config:
 
 
 CHOICES = {
-    "data.dataset": tuple(NUM_CLASSES),
+    "data.dataset": DATASETS,
     "data.recipe": RECIPES,
     "loss.mode": ("kd", "scratch", "online"),
     "loss.teacher_target": ("soft", "hard"),
@@ -162,7 +165,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ValueError(f"override {item!r}: the value of config key {key.strip()} is not valid YAML "
                              "(quote it, or check brackets: e.g. optim.betas=[0.9,0.99])") from None
         _set_dotted(tree, key.strip(), value)
-    return _build(Config, tree, "")
+    cfg = _build(Config, tree, "")
+    if cfg.data.img_size is None:
+        cfg.data.img_size = 224 if cfg.data.recipe == "imagenet" else 32
+    return cfg
 
 
 def resolved_config(cfg: Config) -> dict:

@@ -1,4 +1,4 @@
-"""The labelled datasets both stages read: torchvision's own classes, plus `digits`.
+"""The labelled datasets both stages read: torchvision's own classes, `digits`, and `folder`.
 
 `digits` is scikit-learn's bundled 8x8 handwritten digits (1,797 real images,
 shipped inside the package), upsampled to 32x32 RGB: the embedded default that
@@ -7,6 +7,9 @@ lets the whole pipeline run with no download.
 `skip_md5=True` accepts a local re-created copy (e.g. the one written by
 shared/data/materialize.py), which torchvision's md5 check would reject: the
 subclasses below differ from torchvision's only in having no md5 to compare.
+
+`folder` is your own images in torchvision's ImageFolder layout, DIR/train/<class>/*
+and DIR/val/<class>/* (see `ImageFolderSplit`). Its class count comes from the folder.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import os
 import pickle
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import datasets as tvd
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10, "digits": 10}
@@ -25,7 +29,12 @@ STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
     "digits": ((0.3055,) * 3, (0.3232,) * 3),
+    "folder": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),  # photographs: ImageNet's, as timm's models
 }
+DATASETS = (*NUM_CLASSES, "folder")
+FOLDER_SPLITS = {True: "train", False: "val"}
+# timm create_dataset sources that only stream: replay needs any sample on demand
+STREAMING_PREFIXES = ("tfds/", "wds/", "hfids/", "hfds/")
 _FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
 _TV = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "stl10": tvd.STL10}
 
@@ -90,14 +99,57 @@ class Digits:
         return Image.fromarray(self.data[i]).convert("RGB"), self.targets[i]
 
 
+class ImageFolderSplit(tvd.ImageFolder):
+    """One split of an image folder: torchvision's ImageFolder (classes are the sorted
+    sub-folder names) with every image RGB-converted, and errors that name the file or
+    folder to fix instead of a traceback from deep inside a DataLoader worker."""
+
+    def __init__(self, root: str, train: bool):
+        for name in FOLDER_SPLITS.values():  # both, whichever is read: every stage sees the same layout
+            if not os.path.isdir(os.path.join(root, name)):
+                raise DatasetError(f"image folder {root} has no {name}/ sub-folder: lay it out as "
+                                   f"{root}/train/<class>/<image> and {root}/val/<class>/<image>")
+        split = os.path.join(root, FOLDER_SPLITS[train])
+        try:
+            super().__init__(split, loader=self._load_rgb)
+        except FileNotFoundError as e:
+            empty = [c for c in self.find_classes(split)[0] if not any(self._images_in(os.path.join(split, c)))]
+            where = os.path.join(split, empty[0]) if empty else split
+            raise DatasetError(f"{where} holds no images ({' '.join(str(e).split())[:100]}): add images to it "
+                               "or remove the folder") from None
+
+    @staticmethod
+    def _images_in(folder: str):
+        return (f for _, _, files in os.walk(folder) for f in files if f.lower().endswith(tvd.folder.IMG_EXTENSIONS))
+
+    @staticmethod
+    def _load_rgb(path: str) -> Image.Image:
+        try:
+            with open(path, "rb") as f:
+                return Image.open(f).convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            raise DatasetError(f"image {path} cannot be decoded ({type(e).__name__}: {' '.join(str(e).split())[:80]}):"
+                               " replace or delete the file") from None
+
+    def files_sha256(self) -> str:
+        """A digest of every (relative path, byte size, label): changes when files are added,
+        removed, renamed, moved between classes or rewritten at another size."""
+        h = hashlib.sha256()
+        for path, label in self.samples:
+            h.update(f"{os.path.relpath(path, self.root)}\0{os.path.getsize(path)}\0{label}\n".encode())
+        return h.hexdigest()
+
+
 def build_dataset(name: str, root: str | None, train: bool, skip_md5: bool = False, download: bool = True):
     """The labelled train or test split of `name`, items (PIL image, int label)."""
     if name == "digits":
         return Digits(train)
-    if name not in _TV:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(NUM_CLASSES)}")
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if not root:
         raise DatasetError(f"--data-root is required for {name}")
+    if name == "folder":
+        return _image_folder(root, train)
     cls = _without_md5(_TV[name]) if skip_md5 else _TV[name]
     split = {"split": "train" if train else "test"} if name == "stl10" else {"train": train}
     where = os.path.join(root, _FOLDERS[name])
@@ -125,6 +177,22 @@ def _missing(name: str, where: str, skip_md5: bool) -> str:
             f"or for a local re-created copy pass --skip-md5 (config: data.skip_md5=true)")
 
 
+def _image_folder(root: str, train: bool) -> ImageFolderSplit:
+    if root.startswith(STREAMING_PREFIXES) or "://" in root:
+        raise DatasetError(f"--data-root {root}: streaming sources cannot be replayed, which needs random access "
+                           "(a record's Mixup partner and a resumed epoch need any image on demand): export it to an "
+                           "image folder DIR/train/<class>/<image>, DIR/val/<class>/<image>")
+    if not os.path.isdir(root):
+        raise DatasetError(f"--data-root {root}: no such directory; pass a folder holding train/<class>/<image> "
+                           "and val/<class>/<image>")
+    return ImageFolderSplit(root, train)
+
+
+def num_classes_of(name: str, dataset) -> int:
+    """Classes of a built dataset: fixed for the built-in ones, the sub-folders of a folder."""
+    return len(dataset.classes) if name == "folder" else NUM_CLASSES[name]
+
+
 def labels_of(dataset) -> np.ndarray:
     labels = getattr(dataset, "targets", None)
     if labels is None:
@@ -135,5 +203,9 @@ def labels_of(dataset) -> np.ndarray:
 def fingerprint(name: str, dataset, train: bool, limit: int | None = None) -> dict:
     """What a logit store must agree on with the data a student reads."""
     labels = labels_of(dataset)[:limit]
-    return {"name": name, "split": "train" if train else "test", "size": int(len(labels)),
-            "num_classes": NUM_CLASSES[name], "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}
+    found = {"name": name, "split": "train" if train else "test", "size": int(len(labels)),
+             "num_classes": num_classes_of(name, dataset),
+             "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}
+    if name == "folder":  # other classes, or changed files, are other data
+        found |= {"classes": list(dataset.classes), "files_sha256": dataset.files_sha256()}
+    return found

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from distill.augment import ViewMaker, native_resolution
-from distill.datasets import NUM_CLASSES, labels_of
+from distill.datasets import labels_of, num_classes_of
 from distill.metrics import MetricAccumulator
 from distill.model_cost import count_flops, count_params, measure_throughput
 from distill.models import Preprocessed, create_student, create_teacher, load_weights
@@ -69,31 +69,40 @@ def load_model(spec: str, num_classes: int) -> tuple[str, Preprocessed]:
 
 
 def test_views_loader(dataset, resolution: int, batch_size: int, workers: int = 0, limit: int | None = None,
-                      rank: int = 0, world: int = 1) -> DataLoader:
-    """Unaugmented test views in batches. `limit` takes a fixed random subset (test sets may be
-    sorted by class, so the first N can be one class); ranks take disjoint slices of it."""
+                      rank: int = 0, world: int = 1, recipe: str = "none") -> DataLoader:
+    """Unaugmented test views in batches (`recipe` none, or center-crop for photographs). `limit`
+    takes a fixed random subset (test sets may be sorted by class, so the first N can be one
+    class); ranks take disjoint slices of it."""
     labels = labels_of(dataset)
     indices = np.arange(len(labels))
     if limit is not None and limit < len(labels):
         indices = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
     indices = indices[rank::world]
-    views = TeacherViews(ViewMaker(dataset, "none", resolution=resolution), 0, np.zeros(len(indices), int),
+    views = TeacherViews(ViewMaker(dataset, recipe, resolution=resolution), 0, np.zeros(len(indices), int),
                          indices, labels)
     return DataLoader(views, batch_size=batch_size, num_workers=workers)
+
+
+def test_view_spec(dataset_name: str, model: Preprocessed) -> tuple[str, int]:
+    """(recipe, resolution) of a dataset's test views for `model`: an image folder gets timm's
+    eval crop at the model's input size; the fixed-size datasets are seen as they are."""
+    if dataset_name == "folder":
+        return "center-crop", model.input_size[-1]
+    return "none", native_resolution("stl10" if dataset_name == "stl10" else "none")
 
 
 @torch.no_grad()
 def evaluate_model(model: Preprocessed, dataset, dataset_name: str, device, batch_size: int = 256,
                    workers: int = 0, limit: int | None = None, throughput_iters: int = 3) -> dict:
     """All metrics of one model: accuracy family, per-class, confusion, size, cost, speed."""
-    num_classes = NUM_CLASSES[dataset_name]
+    num_classes = num_classes_of(dataset_name, dataset)
     if model.num_classes != num_classes:
         raise ValueError(f"model has {model.num_classes} classes, {dataset_name} has {num_classes}: "
                          "evaluate it on the dataset it was trained for")
-    size = native_resolution("stl10" if dataset_name == "stl10" else "none")
+    recipe, size = test_view_spec(dataset_name, model)
     acc = MetricAccumulator(num_classes, list(getattr(dataset, "classes", None) or range(num_classes)))
     model = model.to(device).eval()
-    for batch in tqdm(test_views_loader(dataset, size, batch_size, workers, limit), desc="evaluating",
+    for batch in tqdm(test_views_loader(dataset, size, batch_size, workers, limit, recipe=recipe), desc="evaluating",
                       leave=False, unit="batch"):
         acc.update(model(batch["view"].to(device)), batch["label"])
     metrics = acc.compute()

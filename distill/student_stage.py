@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from distill.augment import Mixing, ViewMaker, derive_seed, native_resolution
 from distill.config import TEACHER_KEYS, check_runnable, load_config, resolved_config
-from distill.datasets import NUM_CLASSES, STATS, build_dataset, fingerprint, labels_of
+from distill.datasets import STATS, DatasetError, build_dataset, fingerprint, labels_of, num_classes_of
 from distill.distributed import set_single_process_env
 from distill.engine import Checkpoints, Position, build_engine, export_state_dict
 from distill.evaluation import test_views_loader
@@ -79,6 +79,10 @@ class TrainingData:
 def load_data(cfg, rank: int, world: int) -> TrainingData:
     train_set = build_dataset(cfg.data.dataset, cfg.data.root, train=True, skip_md5=cfg.data.skip_md5)
     test_set = build_dataset(cfg.data.dataset, cfg.data.root, train=False, skip_md5=cfg.data.skip_md5)
+    if cfg.data.dataset == "folder" and test_set.classes != train_set.classes:
+        odd = sorted(set(train_set.classes) ^ set(test_set.classes)) or "the same names"
+        raise DatasetError(f"image folder {cfg.data.root}: train/ and val/ have other class folders ({odd}): "
+                           "give both the same classes")
     store_views = None
     if cfg.logits.store:
         store = LogitStore(cfg.logits.store)
@@ -94,9 +98,10 @@ def load_data(cfg, rank: int, world: int) -> TrainingData:
                   "shards differ in size); a store whose shards split evenly over the ranks loses none")
     else:
         size = cfg.data.limit or len(train_set)
-        maker = ViewMaker(train_set, cfg.data.recipe, num_samples=size)
+        resolution = cfg.data.img_size if cfg.data.recipe == "imagenet" else None  # others: their own size
+        maker = ViewMaker(train_set, cfg.data.recipe, resolution=resolution, num_samples=size)
         micro_per_epoch = -(-(size // world) // cfg.train.batch_size)
-    return TrainingData(train_set, test_set, NUM_CLASSES[cfg.data.dataset], size, labels_of(train_set)[:size],
+    return TrainingData(train_set, test_set, num_classes_of(cfg.data.dataset, train_set), size, labels_of(train_set)[:size],
                         maker, store_views, micro_per_epoch, cfg.train.batch_size)
 
 
@@ -107,8 +112,11 @@ def check_store(store: LogitStore, cfg, dataset) -> int:
     if size > len(dataset):
         raise StoreError(f"logits.store {store.path} covers {size} samples, but {cfg.data.dataset} train has "
                          f"only {len(dataset)}: was it made on another dataset?")
+    # fixed-size recipes have one resolution; an `imagenet` store's views are read at the size it was made at
+    resolution = made["augmentation"]["resolution"] if cfg.data.recipe == "imagenet" \
+        else native_resolution(cfg.data.recipe)
     expected = {"dataset": fingerprint(cfg.data.dataset, dataset, True, size),
-                "augmentation": {"recipe": cfg.data.recipe, "resolution": native_resolution(cfg.data.recipe)}}
+                "augmentation": {"recipe": cfg.data.recipe, "resolution": resolution}}
     actual = {"dataset": made["dataset"],
               "augmentation": {k: made["augmentation"][k] for k in ("recipe", "resolution")}}
     diff = differences(actual, expected)
@@ -141,7 +149,7 @@ def build_model(cfg, num_classes: int):
     """(model taking [0, 1] views, kind). Our students by name, normalised with the dataset's
     statistics; any other timm name is a teacher being trained or fine-tuned
     (tools/train_teacher.py), with its own normalisation and input size."""
-    from distill.models import Preprocessed, create_student, create_teacher, load_weights
+    from distill.models import Preprocessed, create_student, create_teacher, init_student
     from distill.models.students import STUDENTS
 
     if cfg.model.name not in STUDENTS:
@@ -153,8 +161,10 @@ def build_model(cfg, num_classes: int):
         teacher = create_teacher(cfg.model.name, cfg.model.init, cfg.model.pretrained, num_classes)
         return teacher.train(), "teacher"
     inner = create_student(cfg.model.name, num_classes, cfg.data.img_size, **cfg.model.kwargs)
-    if cfg.model.init:
-        load_weights(inner, cfg.model.init)
+    if cfg.model.init:  # transfer: a distilled student, fine-tuned or distilled again here
+        remade = init_student(inner, cfg.model.init)
+        if remade and torch.distributed.get_rank() == 0:
+            print(f"model.init {cfg.model.init}: {remade}")
     mean, std = STATS[cfg.data.dataset]
     return Preprocessed(inner, mean, std, (cfg.data.img_size, cfg.data.img_size)), "student"
 
@@ -175,12 +185,21 @@ def online_teacher(cfg, num_classes: int):
                            cfg.teacher.weights, TEACHER_KEYS, require_weights=False)
 
 
+def eval_views(cfg) -> tuple[str, int]:
+    """(recipe, resolution) of the test views: photographs get timm's eval crop at the student's
+    resolution; the fixed-size datasets are seen as they are."""
+    if cfg.data.dataset == "folder" or cfg.data.recipe == "imagenet":
+        return "center-crop", cfg.data.img_size
+    return "none", native_resolution(cfg.data.recipe)
+
+
 @torch.no_grad()
-def evaluate(engine, test_set, cfg, rank, world, dtype):
+def evaluate(engine, test_set, num_classes, cfg, rank, world, dtype):
     """top1/top5/loss on the unaugmented test views; ranks take disjoint slices, then all-reduce."""
-    loader = test_views_loader(test_set, native_resolution(cfg.data.recipe), 2 * cfg.train.batch_size,
-                               cfg.data.workers, cfg.data.test_limit, rank, world)
-    acc = MetricAccumulator(NUM_CLASSES[cfg.data.dataset])
+    recipe, resolution = eval_views(cfg)
+    loader = test_views_loader(test_set, resolution, 2 * cfg.train.batch_size, cfg.data.workers,
+                               cfg.data.test_limit, rank, world, recipe)
+    acc = MetricAccumulator(num_classes)
     engine.eval()
     for batch in loader:
         acc.update(engine(batch["view"].to(engine.device, dtype)), batch["label"])
@@ -278,7 +297,7 @@ def train(cfg) -> None:
             raise RuntimeError(f"epoch {at.epoch} ended after {at.step_in_epoch} of {steps_per_epoch} steps")
         at.next_epoch()
         if at.epoch % cfg.train.eval_every == 0 or at.epoch == cfg.train.epochs:
-            log.evaluation(at, evaluate(engine, data.test_set, cfg, rank, world, dtype))
+            log.evaluation(at, evaluate(engine, data.test_set, data.num_classes, cfg, rank, world, dtype))
         checkpoints.save(at)
 
     # finish: a checkpoint of the final state, a last evaluation, the export
@@ -286,7 +305,7 @@ def train(cfg) -> None:
     if checkpoints.saved_at != at.global_step:
         checkpoints.save(at)
     if log.evaluated_at != at.global_step:
-        log.evaluation(at, evaluate(engine, data.test_set, cfg, rank, world, dtype))
+        log.evaluation(at, evaluate(engine, data.test_set, data.num_classes, cfg, rank, world, dtype))
     torch.distributed.barrier()  # every rank's checkpoint files are written
     if rank == 0:
         export(engine, cfg, config, export_info, out_dir)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from distill import distributed
 from distill.augment import Mixing, ViewMaker
-from distill.datasets import NUM_CLASSES, build_dataset, fingerprint, labels_of
+from distill.datasets import DatasetError, build_dataset, fingerprint, labels_of, num_classes_of
 from distill.models import create_teachers
 from distill.models.teachers import ensemble_spec
 from distill.replay import TeacherViews
@@ -149,6 +149,22 @@ def open_store(out: StoreLocation, settings: dict, rank: int) -> dict:
     return manifest
 
 
+def check_pretrained_heads(names, checkpoints, pretrained: bool, classes: int, dataset: str) -> None:
+    """Refuse a hub teacher whose pretrained head has another class count than the data: timm
+    would silently give it a random head, and the store would hold noise."""
+    import timm
+
+    for name, checkpoint in zip(names, checkpoints):
+        if not pretrained or checkpoint is not None or not timm.is_model(name):
+            continue
+        cfg = timm.models.get_pretrained_cfg(name)
+        head = getattr(cfg, "num_classes", None)
+        if head and head != classes:
+            raise BadInput(f"--teacher {name}: its pretrained head has {head} classes, --dataset {dataset} has "
+                           f"{classes}: fine-tune it first (tools/train_teacher.py --teacher {name} --pretrained "
+                           f"--dataset {dataset} ...) and pass --checkpoint RUN/final/model.pt")
+
+
 @torch.no_grad()
 def label_batch(teacher, batch: dict, settings: dict, device, precision: str) -> Labelled:
     view = batch["view"].to(device, non_blocking=True)
@@ -193,7 +209,9 @@ def run(args) -> dict:
         raise BadInput(f"--limit {args.limit} exceeds the {len(dataset)} samples of {args.dataset} {args.split}: "
                        "lower it, or leave it out to label them all")
     size = args.limit or len(dataset)
-    teacher = create_teachers(names, checkpoints, args.pretrained, NUM_CLASSES[args.dataset], weights).to(device)
+    classes = num_classes_of(args.dataset, dataset)
+    check_pretrained_heads(names, checkpoints, args.pretrained, classes, args.dataset)
+    teacher = create_teachers(names, checkpoints, args.pretrained, classes, weights).to(device)
     if teacher.num_classes > MAX_CLASSES:
         raise BadInput(f"--teacher {' '.join(names)} has {teacher.num_classes} classes; the store holds at most "
                        f"{MAX_CLASSES} (uint16 class indices): use a teacher with fewer classes")
@@ -201,7 +219,9 @@ def run(args) -> dict:
         raise BadInput(f"--topk {args.topk} exceeds the teacher's {teacher.num_classes} classes: "
                        f"pass --topk {teacher.num_classes} or less")
     mixing = Mixing(args.mixup, args.cutmix, args.mix_prob)
-    maker = ViewMaker(dataset, args.aug, mixing, num_samples=size)
+    if getattr(args, "img_size", None) is not None and args.img_size <= 0:
+        raise BadInput(f"--img-size must be positive, got {args.img_size}")
+    maker = ViewMaker(dataset, args.aug, mixing, resolution=getattr(args, "img_size", None), num_samples=size)
     settings = store_settings(args, fingerprint(args.dataset, dataset, args.split == "train", size), maker,
                               teacher.num_classes)
     manifest = open_store(out, settings, rank)
@@ -242,12 +262,13 @@ def run(args) -> dict:
                     raise BadInput(f"--out {out}: cannot write shard {todo[shard].name} ({e.strerror}): free space "
                                    "or fix the directory, then re-run the same command to resume") from e
                 pending, buffered, shard = [{k: v[n:] for k, v in cols.items()}], buffered - n, shard + 1
-    except (ValueError, OSError):
+    except (ValueError, OSError, DatasetError) as e:
         bar.close()
         # A store this run created and wrote nothing into would only block the corrected re-run
-        # (its settings, e.g. the checkpoint's sha256, differ): remove it.
-        if fresh and world == 1 and shard == 0:
-            _discard_unstarted(out, remove_dir=not out_existed)
+        # (its settings, e.g. the checkpoint's sha256, differ): remove it. An image that cannot be
+        # decoded voids the shards written before it too: fixing the folder changes its fingerprint.
+        if fresh and world == 1 and (shard == 0 or isinstance(e, DatasetError)):
+            _discard_unstarted(out, remove_dir=not out_existed, shards=[p.name for p in todo[:shard]])
         raise
     bar.close()
     labelled_count, correct = distributed.all_reduce_sum([len(views), correct], device)
@@ -259,9 +280,10 @@ def run(args) -> dict:
             "shards_written": len(todo), "store": str(out)}
 
 
-def _discard_unstarted(out: StoreLocation, remove_dir: bool) -> None:
-    """Remove the manifest and temp files of a store that holds no shard yet."""
-    out.remove(MANIFEST)
+def _discard_unstarted(out: StoreLocation, remove_dir: bool, shards: list[str] = ()) -> None:
+    """Remove the manifest, temp files and the given shards of a store this run started."""
+    for name in [MANIFEST, *shards]:
+        out.remove(name)
     out.sweep_temp_files()
     if remove_dir:
         out.remove_dir()

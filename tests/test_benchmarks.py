@@ -64,3 +64,17 @@ def test_bench_distill_quick(tmp_path):
     assert result["best_scratch_top1"] == max(result["scratch_top1"].values())
     assert result["kd_top1"] == result["runs"]["kd"]["test_top1"]
     assert result["command"].startswith("python tools/bench_distill.py") and "--quick" in result["command"]
+
+
+def test_bench_replay_quick():
+    from conftest import needs_shared
+    from tools import bench_replay
+
+    needs_shared(bench_replay.CIFAR_TEST)  # real JPEGs
+    result = bench_replay.main(["--quick"])
+    for recipe, size in (("imagenet", 224), ("cifar", 32)):
+        r = result[recipe]
+        assert r["recipe"] == recipe and r["resolution"] == size and r["images"] == 16
+        assert finite_positive(r["scoped_views_per_s"], r["unscoped_views_per_s"], r["ratio"])
+        assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
+    assert result["command"].startswith("python tools/bench_replay.py") and "--quick" in result["command"]

@@ -20,8 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.cli import run_main  # noqa: E402
-from distill.datasets import NUM_CLASSES  # noqa: E402
+from distill.cli import add_data_args, run_main  # noqa: E402
 
 COLUMNS = ["model", "top1", "top5", "precision_macro", "recall_macro", "f1_macro", "mcc", "params", "flops",
            "images_per_s"]
@@ -34,9 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrained", action="store_true", help="with --teacher: timm pretrained weights (network)")
     p.add_argument("--compare", nargs="+", default=[], metavar="SPEC",
                    help="several models in one table: student export dirs and/or teacher NAME=CHECKPOINT")
-    p.add_argument("--dataset", required=True, choices=sorted(NUM_CLASSES), help="dataset whose test split to use")
-    p.add_argument("--data-root", help="dataset directory (torchvision layout)")
-    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    add_data_args(p)  # the test split (val/ of an image folder, seen through timm's eval crop)
     p.add_argument("--limit", type=int, help="evaluate on a fixed random subset of N test images")
     p.add_argument("--out", default="eval", help="directory for metrics.json, metrics.md and confusion PNGs")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
@@ -64,7 +61,7 @@ def model_specs(args) -> list[str]:
 
 
 def main(argv=None):
-    from distill.datasets import build_dataset
+    from distill.datasets import build_dataset, num_classes_of
     from distill.distributed import resolve_device
     from distill.evaluation import evaluate_model, load_model
     from distill.report import markdown_table, plot_confusion
@@ -83,7 +80,7 @@ def main(argv=None):
         resolve_mode(None)
     device = resolve_device(args.device)
     dataset = build_dataset(args.dataset, args.data_root, train=False, skip_md5=args.skip_md5)
-    models = [load_model(spec, NUM_CLASSES[args.dataset]) for spec in specs]  # fail early on a bad spec
+    models = [load_model(spec, num_classes_of(args.dataset, dataset)) for spec in specs]  # fail early on a bad spec
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -114,8 +111,8 @@ def write_attention(args, models, dataset, device, out):
     import torch
 
     from distill.attention import class_token_maps, plot_attention, rollout_unsupported
-    from distill.augment import native_resolution
-    from distill.evaluation import test_views_loader
+    from distill.datasets import num_classes_of
+    from distill.evaluation import test_view_spec, test_views_loader
 
     usable = []
     for name, model in models:
@@ -127,14 +124,14 @@ def write_attention(args, models, dataset, device, out):
     if not usable:
         print("attention: no model has a class token and global attention (a ViT): attention.png not written")
         return
-    size = native_resolution("stl10" if args.dataset == "stl10" else "none")  # as evaluate_model's views
-    batch = next(iter(test_views_loader(dataset, size, args.attention, args.workers, args.limit)))
+    recipe, size = test_view_spec(args.dataset, usable[0][1])  # as evaluate_model's views
+    batch = next(iter(test_views_loader(dataset, size, args.attention, args.workers, args.limit, recipe=recipe)))
     images = batch["view"].to(device)
     columns = []
     for name, model in usable:
         maps, logits = class_token_maps(model.to(device).eval(), images)
         columns.append((name, maps.cpu(), torch.argmax(logits, dim=1).cpu()))
-    class_names = [str(c) for c in (getattr(dataset, "classes", None) or range(NUM_CLASSES[args.dataset]))]
+    class_names = [str(c) for c in (getattr(dataset, "classes", None) or range(num_classes_of(args.dataset, dataset)))]
     path = plot_attention(images.cpu(), batch["label"], columns, class_names, out / "attention.png")
     print(f"attention: {len(images)} images x {len(columns)} models in {path}")
 

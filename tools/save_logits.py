@@ -15,6 +15,9 @@ same order; or no checkpoint and --pretrained). Every teacher labels the same vi
 with its own normalisation, and the stored target is the weighted mean of their
 probabilities (--teacher-weights, default equal, normalised to sum 1).
 
+Your own images: --dataset folder --data-root DIR (DIR/train/<class>/<image>, DIR/val/...)
+with --aug imagenet --img-size 224 (DeiT/TinyViT's recipe, at any resolution).
+
 Growing: the same command with a larger --epochs on an existing store labels only the
 new epochs; the existing shards stay byte-identical. A kill while growing resumes like
 any other (run the same command again). A smaller --epochs is refused: stores only grow,
@@ -27,8 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distill.augment import RECIPES  # noqa: E402
-from distill.cli import run_main  # noqa: E402
-from distill.datasets import NUM_CLASSES  # noqa: E402
+from distill.cli import VIEW_SIZE_HELP, add_data_args, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -45,10 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--teacher-weights", type=float, nargs="+", metavar="W",
                    help="ensemble weights, one positive number per --teacher, normalised to sum 1 "
                         "(default: equal)")
-    p.add_argument("--dataset", required=True, choices=sorted(NUM_CLASSES), help="dataset to label")
-    p.add_argument("--data-root", help="directory holding the dataset in torchvision's layout")
-    p.add_argument("--skip-md5", action="store_true",
-                   help="accept a local re-created dataset copy that fails torchvision's md5 check")
+    add_data_args(p, img_size=VIEW_SIZE_HELP)
     p.add_argument("--split", default="train", choices=["train", "test"], help="dataset split (default train)")
     p.add_argument("--epochs", type=int, default=1,
                    help="augmented passes to store (students reuse them cyclically); a larger value on an existing "
@@ -63,7 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=256, help="teacher batch size")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes building views")
     p.add_argument("--seed", type=int, default=0, help="run seed: every view's seed derives from it")
-    p.add_argument("--aug", default="cifar", choices=RECIPES, help="augmentation recipe of the stored views")
+    p.add_argument("--aug", default="cifar", choices=RECIPES,
+                   help="augmentation recipe of the stored views; imagenet: DeiT/TinyViT's (timm's create_transform "
+                        "with RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5, RandomErasing 0.25), at --img-size")
     p.add_argument("--mixup", type=float, default=0.0, help="pairwise Mixup alpha (0: off; timm default 0.8)")
     p.add_argument("--cutmix", type=float, default=0.0, help="pairwise CutMix alpha (0: off; timm default 1.0)")
     p.add_argument("--mix-prob", type=float, default=1.0, help="chance that a view is mixed when mixing is on")

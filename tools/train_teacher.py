@@ -20,8 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.cli import run_main  # noqa: E402
-from distill.datasets import NUM_CLASSES  # noqa: E402
+from distill.cli import add_data_args, run_main  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "teacher_finetune.yaml")
 
@@ -31,13 +30,13 @@ def main(argv=None):
     p.add_argument("--teacher", required=True, help="timm model name, e.g. cifar10_resnet56 or a hub name")
     p.add_argument("--checkpoint", help="weights to start from (omit, with no --pretrained, to train from scratch)")
     p.add_argument("--pretrained", action="store_true", help="start from timm's pretrained weights (network)")
-    p.add_argument("--dataset", required=True, choices=sorted(NUM_CLASSES), help="dataset to train on")
-    p.add_argument("--data-root", help="dataset directory (torchvision layout)")
-    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    add_data_args(p, img_size="the model's training resolution, data.img_size (default: the config's; 224 for "
+                               "the imagenet recipe, whose views are made at it)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
     p.add_argument("--batch-size", type=int, help="batch size per rank (default: the config's)")
-    p.add_argument("--aug", help="augmentation recipe (default: the config's, cifar; stl10 for STL-10)")
+    p.add_argument("--aug", help="augmentation recipe (default: cifar; stl10 for STL-10, crop for digits, "
+                                 "imagenet for an image folder)")
     p.add_argument("--limit", type=int, help="train on the first N samples only")
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     p.add_argument("--out", required=True, help="output directory; the weights land in OUT/final/model.pt")
@@ -47,7 +46,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
-    aug = args.aug or ("stl10" if args.dataset == "stl10" else "crop" if args.dataset == "digits" else "cifar")
+    aug = args.aug or {"stl10": "stl10", "digits": "crop", "folder": "imagenet"}.get(args.dataset, "cifar")
     overrides = [f"model.name={args.teacher}", f"model.pretrained={str(args.pretrained).lower()}",
                  f"data.dataset={args.dataset}", f"data.skip_md5={str(args.skip_md5).lower()}", f"data.recipe={aug}",
                  f"data.workers={args.workers}", f"train.epochs={args.epochs}", f"output.dir={args.out}",
@@ -55,6 +54,7 @@ def main(argv=None):
     overrides += [f"model.init={args.checkpoint}"] if args.checkpoint else []
     overrides += [f"data.root={args.data_root}"] if args.data_root else []
     overrides += [f"data.limit={args.limit}"] if args.limit else []
+    overrides += [f"data.img_size={args.img_size}"] if args.img_size else []
     overrides += [f"optim.lr={args.lr}"] if args.lr else []
     overrides += [f"train.batch_size={args.batch_size}"] if args.batch_size else []
     from distill.student_stage import run

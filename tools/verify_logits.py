@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.cli import run_main  # noqa: E402
+from distill.cli import add_data_args, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,8 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", action="append", metavar="FILE",
                    help="the teacher's weights file; one per --teacher, in the same order")
     p.add_argument("--pretrained", action="store_true", help="use timm pretrained weights (needs network)")
-    p.add_argument("--data-root", help="dataset directory (the store's dataset, torchvision layout)")
-    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    add_data_args(p, dataset=False)  # the dataset is the store's; an image folder must be unchanged
     p.add_argument("--check", type=int, default=0, help="number of replayed views to re-label (0: none)")
     p.add_argument("--min-agreement", type=float, default=99.0, help="fail below this top-1 agreement, percent")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -63,10 +62,11 @@ def main(argv=None):
 
 def check_with_teacher(args) -> dict:
     from distill.augment import Mixing, ViewMaker
-    from distill.datasets import build_dataset
+    from distill.datasets import build_dataset, fingerprint
     from distill.distributed import resolve_device
     from distill.models import create_teachers
     from distill.teacher_stage import check_teacher, store_teachers
+    from teacher_logits.manifest import StoreError, differences
     from teacher_logits.reader import LogitStore
 
     store = LogitStore(args.store)
@@ -74,8 +74,13 @@ def check_with_teacher(args) -> dict:
                                                  args.pretrained)  # refuses teachers the store was not made with
     data, aug = store.settings["dataset"], store.settings["augmentation"]
     device = resolve_device(args.device)
-    dataset = build_dataset(data["name"], args.data_root, train=data["split"] == "train", skip_md5=args.skip_md5)
-    maker = ViewMaker(dataset, aug["recipe"], Mixing(**aug["mixing"]), num_samples=data["size"])
+    train = data["split"] == "train"
+    dataset = build_dataset(data["name"], args.data_root, train=train, skip_md5=args.skip_md5)
+    diff = differences({"dataset": data}, {"dataset": fingerprint(data["name"], dataset, train, data["size"])})
+    if diff:
+        raise StoreError(f"{args.store} was made from other data than --data-root {args.data_root} "
+                         f"({'; '.join(diff)} [store != data]): pass the data the store was made from")
+    maker = ViewMaker(dataset, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], num_samples=data["size"])
     teacher = create_teachers(names, checkpoints, args.pretrained, store.num_classes, weights).to(device)
     return check_teacher(store, teacher, maker, args.check, device)
 

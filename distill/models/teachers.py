@@ -94,8 +94,13 @@ def load_weights(model, path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    target = model.model if isinstance(model, Preprocessed) else model
-    state_dict = _read_state_dict(path)
+    load_checked(model.model if isinstance(model, Preprocessed) else model, _read_state_dict(path), path)
+    return model
+
+
+def load_checked(target, state_dict, path) -> None:
+    """`state_dict` (read from `path`) into `target`, refused naming the key unless every key
+    and shape matches."""
     expected = target.state_dict()
 
     def relevant(keys):
@@ -122,7 +127,6 @@ def load_weights(model, path):
         raise ValueError(f"{path}: {key} has shape {got} in the checkpoint but {want} in the model; {fix}")
 
     target.load_state_dict(state_dict, strict=False)  # keys and shapes were checked above
-    return model
 
 
 def create_teacher(name, checkpoint=None, pretrained=False, num_classes=None):
