@@ -40,7 +40,7 @@ class TeacherViews(Dataset):
         index, seed = int(self.indices[n]), int(self.seeds[n])
         view, mix = self.maker(index, seed)
         partner_label = self.labels[mix.partner] if mix.partner >= 0 else -1
-        return {"view": view, "index": index, "seed": seed, "partner": mix.partner, "lam": mix.lam,
+        return {"view": view, "index": index, "seed": seed, "mix_partner": mix.partner, "lam": mix.lam,
                 "label": int(self.labels[index]), "partner_label": int(partner_label)}
 
 
@@ -94,8 +94,8 @@ class StoreViews(IterableDataset):
         targets = itertools.islice(iter(self._stream(decode=True)), self.skip_batches, None)
         for batch, stored in zip(views, targets):
             self._check(batch, stored)
-            batch["target"] = SparseTarget(torch.from_numpy(stored["topk_idx"]),
-                                           torch.from_numpy(stored["topk_prob"]), torch.from_numpy(stored["tail"]))
+            batch["target"] = SparseTarget(torch.from_numpy(stored.top_classes), torch.from_numpy(stored.top_probs),
+                                           torch.from_numpy(stored.tail))
             yield batch
 
     def _views(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
@@ -111,16 +111,18 @@ class StoreViews(IterableDataset):
         return {"view": torch.stack(views), "label": torch.as_tensor(self.labels[indices]),
                 "partner_label": torch.as_tensor(mixed_labels), "lam": torch.as_tensor(lams, dtype=torch.float32),
                 "index": torch.as_tensor(indices), "seed": torch.as_tensor(seeds.astype(np.int64)),
-                "partner": torch.as_tensor(partners)}
+                "mix_partner": torch.as_tensor(partners)}
 
     def _check(self, batch, stored) -> None:
         """The views were built for the records whose targets are joined to them."""
-        if not np.array_equal(batch["index"].numpy(), stored["index"]) or \
-                not np.array_equal(batch["seed"].numpy(), stored["seed"]):
+        if not np.array_equal(batch["index"].numpy(), stored.index) or \
+                not np.array_equal(batch["seed"].numpy(), stored.seed):
             raise RuntimeError(f"{self.store.path}: stored records differ from the manifest's plan (index or "
                                "seed): the store was edited or made by another version; re-create it")
-        bad = np.flatnonzero(batch["partner"].numpy() != stored["partner"])
+        replayed_partner, replayed_lam = batch["mix_partner"].numpy(), batch["lam"].numpy().astype(np.float16)
+        bad = np.flatnonzero((replayed_partner != stored.partner) | (replayed_lam != stored.lam.astype(np.float16)))
         if len(bad):
-            raise RuntimeError(f"record for sample {stored['index'][bad[0]]} names partner "
-                               f"{stored['partner'][bad[0]]}, its seed gives {int(batch['partner'][bad[0]])}: "
-                               "the store was made with other mixing settings")
+            r = bad[0]
+            raise RuntimeError(f"record for sample {stored.index[r]} names mix partner {stored.partner[r]} at "
+                               f"weight {stored.lam[r]:.3f}, its seed gives {replayed_partner[r]} at "
+                               f"{replayed_lam[r]:.3f}: the store was made with other mixing settings")

@@ -8,8 +8,8 @@ The chain runs twice per rank, on the same steps and seeds, with one step swappe
   The rank's DataLoader workers run this chain, keep the batches numbered w, w + W, ...
   and build their views (seeds are a pure function of the run seed, epoch and index).
 - decoded_records: each shard fetched, size/sha256-verified and decoded by the rank's
-  main process, once: the records' stored seeds and sparse targets (top-k class indices,
-  top-k probabilities, tail mass). distill/replay.py joins them to the views batch by batch
+  main process, once: the records' stored seeds and sparse targets (teacher_logits.schema's
+  StoredRecords: top-k classes and probabilities, tail mass). distill/replay.py joins them to the views batch by batch
   and checks that index, seed and partner agree.
 
 Guarantees (tests/test_store_stream.py proves each):
@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import fields
 from functools import partial
 
 import numpy as np
 import webdataset as wds
 
-from .codec import decode_values
 from .manifest import epoch_order
+from .schema import StoredRecords
 
 
 def epoch_shards(store, stored_epoch: int, order_seed: int | None) -> list[dict]:
@@ -87,18 +88,15 @@ def planned_records(entries, settings: dict):
 
 
 def decoded_records(entries, store):
-    """Each shard read, verified and decoded once: index, stored seed and partner, sparse target."""
-    mode, num_classes = store.settings["values"], store.num_classes
+    """Each shard read, verified and decoded once, then its records one by one (StoredRecords fields)."""
     for entry in entries:
         cols = store.read(entry)
         if cols is None:  # a skipped bad shard would desynchronise the planned views
             raise RuntimeError(f"shard {entry['name']} is unreadable; the student cannot skip shards")
-        probs, tail = decode_values(cols["topk_val"], mode, num_classes)
-        topk_idx = cols["topk_idx"].astype(np.int64)
-        partner = cols["partner"] if "partner" in cols else np.full(len(tail), -1, np.int32)
-        for r in range(len(tail)):
-            yield {"index": int(cols["index"][r]), "seed": int(cols["seed"][r]), "partner": int(partner[r]),
-                   "topk_idx": topk_idx[r], "topk_prob": probs[r], "tail": tail[r]}
+        records = StoredRecords.from_columns(cols, store.settings)
+        names = [f.name for f in fields(StoredRecords)]
+        for r in range(len(records)):
+            yield {name: getattr(records, name)[r] for name in names}
 
 
 def first(records, count: int):
@@ -107,6 +105,10 @@ def first(records, count: int):
 
 def stack_records(rows: list[dict]) -> dict[str, np.ndarray]:
     return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+
+
+def stack_stored(rows: list[dict]) -> StoredRecords:
+    return StoredRecords(**stack_records(rows))
 
 
 def rank_stream(store, stored_epoch: int, rank: int, world: int, batch_size: int, seed: int | list[int] | None,
@@ -121,5 +123,5 @@ def rank_stream(store, stored_epoch: int, rank: int, world: int, batch_size: int
     if seed is not None:
         bufsize = shuffle_buffer or 2 * store.settings["shard_records"]
         steps.append(wds.shuffle(bufsize, bufsize, rng=random.Random(shuffle_seed ^ rank)))
-    steps.append(wds.batched(batch_size, collation_fn=stack_records, partial=True))
+    steps.append(wds.batched(batch_size, collation_fn=stack_stored if decode else stack_records, partial=True))
     return wds.DataPipeline(*steps)

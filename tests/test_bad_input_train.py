@@ -109,7 +109,7 @@ def test_train_incomplete_store(incomplete_store):
 def test_train_store_for_other_data(store, cifar_root, tmp_path, case, field):
     from distill.config import load_config
     from distill.datasets import build_dataset
-    from distill.student_stage import check_store
+    from distill.student_data import check_store
     from teacher_logits.manifest import StoreError
     from teacher_logits.reader import LogitStore
 

@@ -275,7 +275,7 @@ def test_inspect_figures_match_manifest(log8_store, spread_teacher, capsys):
     assert shown["values"] == settings["values"] == "log8"
     assert int(shown["bytes"]) == total
     assert float(shown["bytes/record"]) == pytest.approx(total / manifest["records"], abs=0.006)
-    from distill.teacher_stage import file_sha256
+    from distill.store_teachers import file_sha256
 
     assert shown["teacher"] == f"{R20} (checkpoint sha256 {file_sha256(str(spread_teacher))})"
     histogram = dict(item.split(":") for item in shown["top-1 classes"].split(", "))

@@ -63,7 +63,7 @@ def test_top_k_from_the_device_encodes_like_the_dense_probabilities():
         teacher[1].weight.mul_(8)  # peaked, yet with a real tail outside the top-k
     batch = {"view": torch.randn(n, 3, 8, 8), "index": torch.arange(n), "seed": torch.arange(n),
              "label": torch.zeros(n, dtype=torch.long), "partner_label": torch.zeros(n, dtype=torch.long),
-             "lam": torch.ones(n), "partner": torch.full((n,), -1)}
+             "lam": torch.ones(n), "mix_partner": torch.full((n,), -1)}
     settings = {"k": k, "num_classes": num_classes, "values": "log8", "teacher": {"name": "linear"},
                 "augmentation": {"mixing": dataclasses.asdict(Mixing())}}  # no mixing
     columns = label_batch(teacher, batch, settings, torch.device("cpu"), "fp32").columns

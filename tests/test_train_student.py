@@ -175,7 +175,7 @@ def test_online_teacher_ensemble_on_digits(teacher_ckpt, tmp_path):
 def test_store_made_for_other_data_is_refused(cifar_root, store, tmp_path):
     from distill.config import load_config
     from distill.datasets import build_dataset
-    from distill.student_stage import check_store
+    from distill.student_data import check_store
     from teacher_logits.manifest import StoreError
     from teacher_logits.reader import LogitStore
 

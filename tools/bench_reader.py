@@ -53,7 +53,8 @@ def synthetic_store(path: str, num_classes: int, k: int, records: int, shard_rec
     """A one-epoch log8 store of random teacher distributions, written with the real shard writer."""
     from distill.augment import record_seed
     from distill.teacher_stage import seal
-    from teacher_logits.codec import encode_values, index_dtype
+    from teacher_logits.codec import encode_values
+    from teacher_logits.schema import pack_coded
     from teacher_logits.manifest import new_manifest, shard_indices, shard_plans, write_manifest
     from teacher_logits.shards import write_shard
 
@@ -73,10 +74,10 @@ def synthetic_store(path: str, num_classes: int, k: int, records: int, shard_rec
             probs = np.exp(logits - logits.max(1, keepdims=True))
             probs /= probs.sum(1, keepdims=True)
             idx = np.argsort(-probs, axis=1)[:, :k]
-            top_idx.append(idx.astype(index_dtype(num_classes)))
+            top_idx.append(idx)
             top_val.append(encode_values(probs, idx, "log8"))
-        columns = {"index": index, "seed": record_seed(0, 0, index).astype("<u4"),
-                   "topk_idx": np.concatenate(top_idx), "topk_val": np.concatenate(top_val)}
+        columns = pack_coded(index, record_seed(0, 0, index), np.concatenate(top_idx), np.concatenate(top_val),
+                             num_classes)
         write_shard(path, plan, columns, header, 4096)
     seal(Path(path), manifest, {p.name for p in shard_plans(manifest)})
     return path
@@ -91,8 +92,8 @@ def reader_records_per_s(path: str, batch_size: int, repeats: int) -> list[float
     for r in range(repeats):
         started, n = time.perf_counter(), 0
         for b in rank_stream(store, 0, 0, 1, batch_size, [0, r], decode=True):
-            target = SparseTarget(torch.from_numpy(b["topk_idx"]), torch.from_numpy(b["topk_prob"]),
-                                  torch.from_numpy(b["tail"]))
+            target = SparseTarget(torch.from_numpy(b.top_classes), torch.from_numpy(b.top_probs),
+                                  torch.from_numpy(b.tail))
             n += len(target.tail)
         rates.append(n / (time.perf_counter() - started))
     return rates

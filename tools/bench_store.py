@@ -27,8 +27,9 @@ from distill.augment import ViewMaker, record_seed  # noqa: E402
 from distill.cli import run_main  # noqa: E402
 from distill.datasets import build_dataset  # noqa: E402
 from distill.models import create_teacher  # noqa: E402
-from teacher_logits.codec import dense_distribution, encode_topk, encode_values, index_dtype  # noqa: E402
+from teacher_logits.codec import dense_distribution, encode_topk, encode_values  # noqa: E402
 from teacher_logits.manifest import ShardPlan  # noqa: E402
+from teacher_logits.schema import pack_coded  # noqa: E402
 from teacher_logits.shards import shard_bytes  # noqa: E402
 
 KS = (1, 3, 5, 10, 20, "all")
@@ -53,8 +54,7 @@ def bytes_per_record(idx: np.ndarray, values: np.ndarray, num_classes: int, shar
     """Store bytes per record of these top-k columns: real shards (tar headers, padding, zstd)
     plus their manifest entries."""
     n = len(idx)
-    columns = {"index": np.arange(n), "seed": record_seed(0, 0, np.arange(n)).astype("<u4"),
-               "topk_idx": idx.astype(index_dtype(num_classes)), "topk_val": values}
+    columns = pack_coded(np.arange(n), record_seed(0, 0, np.arange(n)), idx, values, num_classes)
     size = 0
     for a in range(0, n, shard_records):
         plan = ShardPlan(f"e0000-{a:09d}.tar", 0, a, min(a + shard_records, n))

@@ -65,7 +65,7 @@ def check_with_teacher(args) -> dict:
     from distill.datasets import build_dataset, fingerprint
     from distill.distributed import resolve_device
     from distill.models import create_teachers
-    from distill.teacher_stage import check_teacher, store_teachers
+    from distill.store_teachers import check_teacher, store_teachers
     from teacher_logits.manifest import StoreError, differences
     from teacher_logits.reader import LogitStore
 

@@ -1,0 +1,127 @@
+"""A student run's data: the training views (from a store, or seeded without one), the test
+split, and the checks that a store was made for this config's data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from distill.augment import Mixing, ViewMaker, native_resolution
+from distill.datasets import (
+    DatasetError,
+    build_dataset,
+    fingerprint,
+    labels_of,
+    num_classes_of,
+)
+from distill.replay import StoreViews, TeacherViews
+from teacher_logits.manifest import StoreError, differences
+from teacher_logits.reader import LogitStore
+
+
+@dataclass
+class TrainingData:
+    """A run's training and test data, and the batches of one epoch on this rank."""
+    train_set: object
+    test_set: object
+    num_classes: int
+    size: int  # training samples used (a store may cover a --limit prefix)
+    labels: np.ndarray
+    maker: ViewMaker
+    store_views: StoreViews | None  # None: seeded views of the config's recipe, no store
+    micro_per_epoch: int  # micro-batches per epoch on this rank
+    batch_size: int
+
+    def steps_per_epoch(self, grad_accum: int, world: int) -> int:
+        """Optimizer steps in an epoch; a tail shorter than grad_accum is dropped."""
+        steps = self.micro_per_epoch // grad_accum
+        if steps == 0:
+            raise ValueError(f"train.batch_size x train.grad_accum = {self.batch_size * grad_accum} exceeds the "
+                             f"{self.size // world} samples per rank: lower them")
+        return steps
+
+    def batches(self, cfg, epoch: int, rank: int, world: int, skip: int):
+        """This rank's batches of `epoch`, leaving out its first `skip` (a resumed run)."""
+        if self.store_views is not None:
+            self.store_views.set_epoch(epoch, skip_batches=skip)  # a resumed run replays the rest of the epoch
+            return self.store_views.batches(cfg.data.workers)
+        return seeded_batches(self.maker, self.labels, cfg, epoch, rank, world, skip)
+
+
+def load_data(cfg, rank: int, world: int) -> TrainingData:
+    train_set = build_dataset(cfg.data.dataset, cfg.data.root, train=True, skip_md5=cfg.data.skip_md5)
+    test_set = build_dataset(cfg.data.dataset, cfg.data.root, train=False, skip_md5=cfg.data.skip_md5)
+    if cfg.data.dataset == "folder" and test_set.classes != train_set.classes:
+        odd = sorted(set(train_set.classes) ^ set(test_set.classes)) or "the same names"
+        raise DatasetError(f"image folder {cfg.data.root}: train/ and val/ have other class folders ({odd}): "
+                           "give both the same classes")
+    store_views = None
+    if cfg.logits.store:
+        store = LogitStore(cfg.logits.store)
+        size = check_store(store, cfg, train_set)
+        aug = store.settings["augmentation"]
+        maker = ViewMaker(train_set, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], num_samples=size)
+        store_views = StoreViews(store, maker, labels_of(train_set)[:size], cfg.train.batch_size, rank, world,
+                                 shuffle_seed=cfg.train.seed, stored_epochs=stored_epochs(store, cfg))
+        micro_per_epoch = len(store_views)
+        left_out = store.manifest["records"] // store.epochs - store_views.records_per_rank() * world
+        if left_out and rank == 0:
+            print(f"warning: {left_out} records per epoch left out to give the {world} ranks equal steps (their "
+                  "shards differ in size); a store whose shards split evenly over the ranks loses none")
+    else:
+        size = cfg.data.limit or len(train_set)
+        resolution = cfg.data.img_size if cfg.data.recipe == "imagenet" else None  # others: their own size
+        maker = ViewMaker(train_set, cfg.data.recipe, resolution=resolution, num_samples=size)
+        micro_per_epoch = -(-(size // world) // cfg.train.batch_size)
+    return TrainingData(train_set, test_set, num_classes_of(cfg.data.dataset, train_set), size, labels_of(train_set)[:size],
+                        maker, store_views, micro_per_epoch, cfg.train.batch_size)
+
+
+def check_store(store: LogitStore, cfg, dataset) -> int:
+    """Refuse a store made for other data; return the number of samples it covers."""
+    made = store.settings
+    size = cfg.data.limit or made["dataset"]["size"]  # the store may cover a --limit prefix
+    if size > len(dataset):
+        raise StoreError(f"logits.store {store.path} covers {size} samples, but {cfg.data.dataset} train has "
+                         f"only {len(dataset)}: was it made on another dataset?")
+    # fixed-size recipes have one resolution; an `imagenet` store's views are read at the size it was made at
+    resolution = made["augmentation"]["resolution"] if cfg.data.recipe == "imagenet" \
+        else native_resolution(cfg.data.recipe)
+    expected = {"dataset": fingerprint(cfg.data.dataset, dataset, True, size),
+                "augmentation": {"recipe": cfg.data.recipe, "resolution": resolution}}
+    actual = {"dataset": made["dataset"],
+              "augmentation": {k: made["augmentation"][k] for k in ("recipe", "resolution")}}
+    diff = differences(actual, expected)
+    if diff:
+        raise StoreError(f"logits.store {store.path} was made for other data than this config "
+                         f"({'; '.join(diff)} [store != config]): use a store made for this config")
+    return size
+
+
+def stored_epochs(store: LogitStore, cfg) -> int:
+    """How many of the store's epochs the student cycles through (logits.epochs: the first N)."""
+    if cfg.logits.epochs is None:
+        return store.epochs
+    if not 0 < cfg.logits.epochs <= store.epochs:
+        raise ValueError(f"config key logits.epochs: {cfg.logits.epochs} asked of {store.path}, which holds "
+                         f"{store.epochs} epochs: use 1 to {store.epochs}, or null for all")
+    return cfg.logits.epochs
+
+
+def seeded_batches(maker, labels, cfg, epoch, rank, world, skip):
+    """No store: one epoch of this rank's batches over a seeded permutation."""
+    order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(labels))
+    order = order[: len(order) // world * world][rank::world]  # equal step counts on every rank
+    order = order[skip * cfg.train.batch_size:]  # resuming: never build the skipped views
+    views = TeacherViews(maker, cfg.train.seed, np.full(len(order), epoch), order, labels)
+    return DataLoader(views, batch_size=cfg.train.batch_size, num_workers=cfg.data.workers)
+
+
+def eval_views(cfg) -> tuple[str, int]:
+    """(recipe, resolution) of the test views: photographs get timm's eval crop at the student's
+    resolution; the fixed-size datasets are seen as they are."""
+    if cfg.data.dataset == "folder" or cfg.data.recipe == "imagenet":
+        return "center-crop", cfg.data.img_size
+    return "none", native_resolution(cfg.data.recipe)

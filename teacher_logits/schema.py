@@ -1,0 +1,70 @@
+"""What a store's records hold: the one place that names the columns and their dtypes.
+
+A record is one (sample, epoch) view. The codec (codec.py) stores records column-wise:
+
+    index     int64           sample index in the dataset (delta-coded by the codec)
+    seed      uint32          the view's augmentation seed: replays it bit-exactly
+    topk_idx  uint8 / uint16  the teacher's k most probable classes, most probable first
+                              (uint8 when C <= 256, else uint16: codec.index_dtype)
+    topk_val  uint8 / float16 their probabilities, coded by codec.encode_topk (log8 or fp16)
+    partner   int32           Mixup/CutMix partner's sample index, -1 unmixed (mixed stores only)
+    lam       float16         the mixing weight of the view's own image (mixed stores only)
+
+The rest of the code builds records with `pack_records` and reads them as `StoredRecords`,
+never by column name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from .codec import decode_values, encode_topk, index_dtype
+
+
+def pack_records(index, seed, top_classes, top_probs, settings: dict, partner=None, lam=None) -> dict:
+    """Columns for the codec from labelled views: top_classes/top_probs are the teacher's (N, k)
+    most probable classes and their probabilities; partner and lam only for mixed stores."""
+    coded = encode_topk(np.asarray(top_probs), settings["num_classes"], settings["values"])
+    columns = pack_coded(index, seed, top_classes, coded, settings["num_classes"])
+    if partner is not None:
+        columns["partner"] = np.asarray(partner).astype("<i4")
+        columns["lam"] = np.asarray(lam).astype("<f2")
+    return columns
+
+
+def pack_coded(index, seed, top_classes, coded_values, num_classes: int) -> dict:
+    """Columns for the codec from top-k values already coded (codec.encode_topk/encode_values)."""
+    return {"index": np.asarray(index).astype(np.int64), "seed": np.asarray(seed).astype("<u4"),
+            "topk_idx": np.asarray(top_classes).astype(index_dtype(num_classes)), "topk_val": coded_values}
+
+
+@dataclass
+class StoredRecords:
+    """Decoded records, row-aligned arrays: what a reader needs of a shard."""
+    index: np.ndarray        # (N,) int64
+    seed: np.ndarray         # (N,) uint32
+    top_classes: np.ndarray  # (N, k) int64, most probable first
+    top_probs: np.ndarray    # (N, k) float32
+    tail: np.ndarray         # (N,) float32: probability mass outside the top-k
+    partner: np.ndarray      # (N,) int32, -1 where the view is not mixed
+    lam: np.ndarray          # (N,) float32, 1 where the view is not mixed
+
+    @classmethod
+    def from_columns(cls, columns: dict, settings: dict) -> StoredRecords:
+        probs, tail = decode_values(columns["topk_val"], settings["values"], settings["num_classes"])
+        n = len(columns["index"])
+        return cls(columns["index"], columns["seed"], columns["topk_idx"].astype(np.int64), probs, tail,
+                   columns.get("partner", np.full(n, -1, np.int32)),
+                   columns.get("lam", np.ones(n, np.float16)).astype(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, rows) -> StoredRecords:
+        """The records at `rows` (indices or a mask), in that order."""
+        return StoredRecords(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @classmethod
+    def concatenate(cls, parts: list[StoredRecords]) -> StoredRecords:
+        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
