@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torchvision import transforms as T
+from teacher_logits.errors import UserError
 
 RECIPES = ("none", "crop", "cifar", "cifar-strong", "stl10", "imagenet")  # training recipes
 EVAL_RECIPES = ("none", "center-crop")  # test views: as stored, or timm's eval crop
@@ -106,7 +107,7 @@ def timm_transform(recipe: str, size: int):
 def build_transform(recipe: str, resolution: int | None = None):
     """The ordinary torchvision/timm pipeline for a recipe: PIL image -> [0,1] tensor."""
     if recipe not in RECIPES + EVAL_RECIPES:
-        raise ValueError(f"unknown augmentation recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+        raise UserError(f"unknown augmentation recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     if recipe in ("imagenet", "center-crop"):
         return timm_transform(recipe, resolution or native_resolution(recipe))
     size = native_resolution(recipe)

@@ -2,8 +2,9 @@
 
 `add_data_args` is the one definition of --dataset / --data-root / --skip-md5 / --img-size.
 On bad input a program prints one line naming the input and the fix and exits 2.
-Errors of the types below are the user's to fix; anything else is our bug and
-keeps its traceback. TVD_DEBUG=1 shows the traceback for every error.
+A UserError (a bad flag, file, store or config; DatasetError and StoreError are ones) or an
+OSError (a path that cannot be read or written) is the user's to fix; anything else is our
+bug and keeps its traceback. TVD_DEBUG=1 shows the traceback for every error.
 """
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import argparse
 import os
 import sys
 
-from distill.datasets import DATASETS, DatasetError
-from teacher_logits.manifest import StoreError
+from distill.datasets import DATASETS
+from teacher_logits.errors import UserError
 
-USER_ERRORS = (ValueError, OSError, DatasetError, StoreError)
+USER_ERRORS = (UserError, OSError)
 
 
 VIEW_SIZE_HELP = ("view resolution in pixels (default: the recipe's own: 224 for imagenet, 96 for stl10, else 32); "

@@ -23,6 +23,7 @@ import yaml
 
 from distill.augment import RECIPES
 from distill.datasets import DATASETS
+from teacher_logits.errors import UserError
 
 
 @dataclass
@@ -152,17 +153,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         try:
             tree = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"config {path}: not valid YAML ({' '.join(str(e).split())})") from None
+            raise UserError(f"config {path}: not valid YAML ({' '.join(str(e).split())})") from None
         if not isinstance(tree, dict):
-            raise ValueError(f"config {path}: expected a mapping of sections, got {type(tree).__name__}")
+            raise UserError(f"config {path}: expected a mapping of sections, got {type(tree).__name__}")
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r}: expected dotted key=value, e.g. optim.lr=1e-3")
+            raise UserError(f"override {item!r}: expected dotted key=value, e.g. optim.lr=1e-3")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
-            raise ValueError(f"override {item!r}: the value of config key {key.strip()} is not valid YAML "
+            raise UserError(f"override {item!r}: the value of config key {key.strip()} is not valid YAML "
                              "(quote it, or check brackets: e.g. optim.betas=[0.9,0.99])") from None
         _set_dotted(tree, key.strip(), value)
     cfg = _build(Config, tree, "")
@@ -178,32 +179,32 @@ def resolved_config(cfg: Config) -> dict:
 def check_runnable(cfg: Config) -> None:
     """Requirements between keys, checked by the trainer (a config file may leave paths unset)."""
     if cfg.output.dir is None:
-        raise ValueError("config key output.dir is required: where checkpoints and the final model go")
+        raise UserError("config key output.dir is required: where checkpoints and the final model go")
     if cfg.loss.mode == "kd" and cfg.logits.store is None:
-        raise ValueError("config key logits.store is required for loss.mode kd (or use loss.mode scratch)")
+        raise UserError("config key logits.store is required for loss.mode kd (or use loss.mode scratch)")
     if cfg.loss.mode == "online" and cfg.teacher.name is None:
-        raise ValueError("config key teacher.name is required for loss.mode online")
+        raise UserError("config key teacher.name is required for loss.mode online")
     if cfg.loss.mode == "online":
         from distill.models.teachers import ensemble_spec
 
         ensemble_spec(cfg.teacher.name, cfg.teacher.checkpoint, cfg.teacher.pretrained, cfg.teacher.weights,
                       TEACHER_KEYS, require_weights=False)  # counts and weights; a random teacher only warns
     if cfg.data.dataset != "digits" and cfg.data.root is None:
-        raise ValueError(f"config key data.root is required for dataset {cfg.data.dataset}")
+        raise UserError(f"config key data.root is required for dataset {cfg.data.dataset}")
     for key in ("data.img_size", "train.epochs", "train.batch_size", "train.grad_accum", "train.eval_every"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) <= 0:
-            raise ValueError(f"config key {key}: must be positive")
+            raise UserError(f"config key {key}: must be positive")
     if cfg.loss.temperature <= 0:
-        raise ValueError(f"config key loss.temperature: must be positive, got {cfg.loss.temperature}")
+        raise UserError(f"config key loss.temperature: must be positive, got {cfg.loss.temperature}")
     if not 0 <= cfg.loss.alpha <= 1:
-        raise ValueError(f"config key loss.alpha: must lie in [0, 1], got {cfg.loss.alpha}")
+        raise UserError(f"config key loss.alpha: must lie in [0, 1], got {cfg.loss.alpha}")
     for name in cfg.model.kwargs:
         if not str(name).isidentifier():  # `{depth:2}` is YAML for {"depth:2": None}
-            raise ValueError(f"config key model.kwargs: {name!r} is not an argument name "
+            raise UserError(f"config key model.kwargs: {name!r} is not an argument name "
                              "(YAML needs a space after each colon: model.kwargs={depth: 2})")
     if len(cfg.optim.betas) != 2:
-        raise ValueError(f"config key optim.betas: expected two numbers, got {cfg.optim.betas}")
+        raise UserError(f"config key optim.betas: expected two numbers, got {cfg.optim.betas}")
 
 
 def _set_dotted(tree: dict, key: str, value) -> None:
@@ -212,21 +213,21 @@ def _set_dotted(tree: dict, key: str, value) -> None:
     for depth, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ValueError(f"config key {'.'.join(parents[:depth + 1])} is a value, not a section: cannot set {key}")
+            raise UserError(f"config key {'.'.join(parents[:depth + 1])} is a value, not a section: cannot set {key}")
         node = child
     node[last] = value
 
 
 def _build(cls, tree, prefix: str):
     if not isinstance(tree, dict):
-        raise ValueError(f"config key {prefix.rstrip('.')}: expected a section (mapping), got {tree!r}")
+        raise UserError(f"config key {prefix.rstrip('.')}: expected a section (mapping), got {tree!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key in tree:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (valid: {', '.join(names)})"
-            raise ValueError(f"unknown config key {prefix}{key}{hint}")
+            raise UserError(f"unknown config key {prefix}{key}{hint}")
     values = {}
     for name in tree:
         dotted, kind = prefix + name, hints[name]
@@ -235,7 +236,7 @@ def _build(cls, tree, prefix: str):
         else:
             values[name] = _coerce(tree[name], kind, dotted)
         if dotted in CHOICES and values[name] not in CHOICES[dotted]:
-            raise ValueError(f"config key {dotted}: expected one of {', '.join(map(str, CHOICES[dotted]))}, "
+            raise UserError(f"config key {dotted}: expected one of {', '.join(map(str, CHOICES[dotted]))}, "
                              f"got {values[name]!r}")
     return cls(**values)
 
@@ -257,10 +258,10 @@ def _coerce(value, kind, key: str):
         except ValueError:
             if len(options) == 1:
                 raise
-        raise ValueError(f"config key {key}: expected {' or '.join(map(_type_name, options))}, got {value!r}")
+        raise UserError(f"config key {key}: expected {' or '.join(map(_type_name, options))}, got {value!r}")
     if typing.get_origin(kind) is list:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key {key}: expected a list, got {value!r}")
+            raise UserError(f"config key {key}: expected a list, got {value!r}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if kind is dict and isinstance(value, dict):
         return value
@@ -276,7 +277,7 @@ def _coerce(value, kind, key: str):
             pass
     if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
-    raise ValueError(f"config key {key}: expected {_type_name(kind)}, got {value!r}")
+    raise UserError(f"config key {key}: expected {_type_name(kind)}, got {value!r}")
 
 
 def _type_name(kind) -> str:

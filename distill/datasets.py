@@ -22,6 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import datasets as tvd
 
+from teacher_logits.errors import UserError
+
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10, "digits": 10}
 # Per-channel (mean, std) of each training set: the students' input normalisation.
 STATS = {
@@ -39,7 +41,7 @@ _FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "s
 _TV = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "stl10": tvd.STL10}
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError):
     """A dataset that cannot be loaded; the message names the path and the fix."""
 
 

@@ -21,6 +21,7 @@ from distill.metrics import MetricAccumulator
 from distill.model_cost import count_flops, count_params, measure_throughput
 from distill.models import Preprocessed, create_student, create_teacher, load_weights
 from distill.replay import TeacherViews
+from teacher_logits.errors import UserError
 
 
 def student_export_dir(spec: str) -> Path | None:
@@ -37,7 +38,7 @@ def load_student(folder: Path) -> Preprocessed:
     except (yaml.YAMLError, KeyError, TypeError):
         complete = False
     if not complete:
-        raise ValueError(f"{folder / 'config.yaml'}: no complete `student` section (name, num_classes, img_size, "
+        raise UserError(f"{folder / 'config.yaml'}: no complete `student` section (name, num_classes, img_size, "
                          "mean, std); pass the final/ directory that train_student.py wrote")
     if info.get("kind") == "teacher":  # a teacher trained by tools/train_teacher.py
         return create_teacher(info["name"], checkpoint=folder / "model.pt", num_classes=info["num_classes"])
@@ -52,18 +53,18 @@ def load_model(spec: str, num_classes: int) -> tuple[str, Preprocessed]:
     if folder is not None:
         model = load_student(folder)
         if model.num_classes != num_classes:
-            raise ValueError(f"{spec}: the student has {model.num_classes} classes, --dataset has {num_classes}: "
+            raise UserError(f"{spec}: the student has {model.num_classes} classes, --dataset has {num_classes}: "
                              "evaluate it on the dataset it was trained for")
         return folder.parent.name if folder.name == "final" else folder.name, model.eval()
     if Path(spec).exists():
-        raise ValueError(f"{spec}: not a student export (needs config.yaml and model.pt); for a teacher "
+        raise UserError(f"{spec}: not a student export (needs config.yaml and model.pt); for a teacher "
                          "checkpoint pass --teacher NAME --checkpoint FILE or NAME=FILE")
     name, _, checkpoint = spec.partition("=")
     if "/" in name and not timm.is_model(name):
-        raise ValueError(f"{spec}: no such path, and not a timm model name: pass a student export (the final/ "
+        raise UserError(f"{spec}: no such path, and not a timm model name: pass a student export (the final/ "
                          "directory train_student.py wrote) or a teacher NAME=CHECKPOINT")
     if checkpoint and not Path(checkpoint).is_file():
-        raise ValueError(f"checkpoint {checkpoint} of teacher {name} not found: pass the teacher's weights file")
+        raise UserError(f"checkpoint {checkpoint} of teacher {name} not found: pass the teacher's weights file")
     teacher = create_teacher(name, checkpoint=checkpoint or None, pretrained=not checkpoint, num_classes=num_classes)
     return name, teacher.eval()
 
@@ -97,7 +98,7 @@ def evaluate_model(model: Preprocessed, dataset, dataset_name: str, device, batc
     """All metrics of one model: accuracy family, per-class, confusion, size, cost, speed."""
     num_classes = num_classes_of(dataset_name, dataset)
     if model.num_classes != num_classes:
-        raise ValueError(f"model has {model.num_classes} classes, {dataset_name} has {num_classes}: "
+        raise UserError(f"model has {model.num_classes} classes, {dataset_name} has {num_classes}: "
                          "evaluate it on the dataset it was trained for")
     recipe, size = test_view_spec(dataset_name, model)
     acc = MetricAccumulator(num_classes, list(getattr(dataset, "classes", None) or range(num_classes)))

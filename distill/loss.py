@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from teacher_logits.errors import UserError
 
 MODES = ("kd", "scratch", "online")
 TEACHER_TARGETS = ("soft", "hard")
@@ -99,9 +100,9 @@ class DistillationLoss(nn.Module):
                  teacher_target: str = "soft", standardize: bool = False):
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"loss mode {mode!r}: expected one of {', '.join(MODES)}")
+            raise UserError(f"loss mode {mode!r}: expected one of {', '.join(MODES)}")
         if teacher_target not in TEACHER_TARGETS:
-            raise ValueError(f"loss teacher_target {teacher_target!r}: expected one of {', '.join(TEACHER_TARGETS)}")
+            raise UserError(f"loss teacher_target {teacher_target!r}: expected one of {', '.join(TEACHER_TARGETS)}")
         self.mode, self.temperature, self.alpha, self.label_smoothing = mode, temperature, alpha, label_smoothing
         self.teacher_target, self.standardize = teacher_target, standardize
 

@@ -20,9 +20,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from distill.augment import ViewMaker, record_seed
+from distill.augment import Mixing, ViewMaker, record_seed
 from distill.loss import SparseTarget
 from teacher_logits.stream import rank_stream, records_per_rank
+from teacher_logits.errors import UserError
+
+
+def store_view_maker(dataset, store, num_samples: int | None = None) -> ViewMaker:
+    """The ViewMaker that rebuilds a store's views: its recipe, mixing and resolution. Every
+    consumer of a store (trainer, verify, benchmarks) gets its maker here, so none can drift."""
+    aug = store.settings["augmentation"]
+    size = store.settings["dataset"]["size"] if num_samples is None else num_samples
+    return ViewMaker(dataset, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], num_samples=size)
 
 
 class TeacherViews(Dataset):
@@ -58,7 +67,7 @@ class StoreViews(IterableDataset):
         self.batch_size, self.rank, self.world, self.shuffle_seed = batch_size, rank, world, shuffle_seed
         self.stored_epochs = stored_epochs or store.epochs
         if len(store.shards(0)) < world:
-            raise ValueError(f"{store.path} has {len(store.shards(0))} shard(s) per epoch and each is read by "
+            raise UserError(f"{store.path} has {len(store.shards(0))} shard(s) per epoch and each is read by "
                              f"one of the {world} ranks: re-create it with a smaller --shard-records "
                              f"(at most {store.manifest['records'] // store.epochs // world})")
         self.epoch, self.skip_batches = 0, 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import DataLoader
 
-from distill.augment import Mixing, ViewMaker, native_resolution
+from distill.augment import ViewMaker, native_resolution
 from distill.datasets import (
     DatasetError,
     build_dataset,
@@ -16,9 +16,10 @@ from distill.datasets import (
     labels_of,
     num_classes_of,
 )
-from distill.replay import StoreViews, TeacherViews
+from distill.replay import StoreViews, TeacherViews, store_view_maker
 from teacher_logits.manifest import StoreError, differences
 from teacher_logits.reader import LogitStore
+from teacher_logits.errors import UserError
 
 
 @dataclass
@@ -38,7 +39,7 @@ class TrainingData:
         """Optimizer steps in an epoch; a tail shorter than grad_accum is dropped."""
         steps = self.micro_per_epoch // grad_accum
         if steps == 0:
-            raise ValueError(f"train.batch_size x train.grad_accum = {self.batch_size * grad_accum} exceeds the "
+            raise UserError(f"train.batch_size x train.grad_accum = {self.batch_size * grad_accum} exceeds the "
                              f"{self.size // world} samples per rank: lower them")
         return steps
 
@@ -61,8 +62,7 @@ def load_data(cfg, rank: int, world: int) -> TrainingData:
     if cfg.logits.store:
         store = LogitStore(cfg.logits.store)
         size = check_store(store, cfg, train_set)
-        aug = store.settings["augmentation"]
-        maker = ViewMaker(train_set, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], num_samples=size)
+        maker = store_view_maker(train_set, store, size)
         store_views = StoreViews(store, maker, labels_of(train_set)[:size], cfg.train.batch_size, rank, world,
                                  shuffle_seed=cfg.train.seed, stored_epochs=stored_epochs(store, cfg))
         micro_per_epoch = len(store_views)
@@ -105,7 +105,7 @@ def stored_epochs(store: LogitStore, cfg) -> int:
     if cfg.logits.epochs is None:
         return store.epochs
     if not 0 < cfg.logits.epochs <= store.epochs:
-        raise ValueError(f"config key logits.epochs: {cfg.logits.epochs} asked of {store.path}, which holds "
+        raise UserError(f"config key logits.epochs: {cfg.logits.epochs} asked of {store.path}, which holds "
                          f"{store.epochs} epochs: use 1 to {store.epochs}, or null for all")
     return cfg.logits.epochs
 

@@ -40,6 +40,7 @@ from distill.metrics import MetricAccumulator
 from distill.run_log import RunLog
 from distill.student_data import eval_views, load_data
 from distill.tracking import resolve_mode
+from teacher_logits.errors import UserError
 
 
 def build_model(cfg, num_classes: int):
@@ -58,7 +59,7 @@ def build_model(cfg, num_classes: int):
         import timm
 
         if not timm.is_model(cfg.model.name):
-            raise ValueError(f"config key model.name: unknown model {cfg.model.name!r}; students: "
+            raise UserError(f"config key model.name: unknown model {cfg.model.name!r}; students: "
                              f"{', '.join(STUDENTS)} (or any timm model name, trained as a teacher)")
         teacher = create_teacher(cfg.model.name, cfg.model.init, cfg.model.pretrained, num_classes)
         return teacher.train(), "teacher"

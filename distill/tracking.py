@@ -17,6 +17,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+from teacher_logits.errors import UserError
+
 MODES = ("online", "offline", "disabled")
 
 
@@ -39,7 +41,7 @@ def resolve_mode(configured: str | None) -> str:
     if mode == "dryrun":  # wandb's old name for offline
         mode = "offline"
     if mode not in MODES:
-        raise ValueError(f"config key wandb.mode ({source}): expected one of {', '.join(MODES)}, got {mode!r}")
+        raise UserError(f"config key wandb.mode ({source}): expected one of {', '.join(MODES)}, got {mode!r}")
     return mode
 
 

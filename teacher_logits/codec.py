@@ -32,6 +32,8 @@ import struct
 import numpy as np
 import zstandard
 
+from .errors import UserError
+
 CODEC_VERSION = 1
 MAGIC = b"TLR1"
 LOG_RANGE = 20.0
@@ -49,7 +51,7 @@ class CorruptChunk(ValueError):
 def index_dtype(num_classes: int) -> np.dtype:
     """Class indices: uint8 up to 256 classes, little-endian uint16 up to MAX_CLASSES."""
     if not 0 < num_classes <= MAX_CLASSES:
-        raise ValueError(f"{num_classes} classes: the store holds class indices as uint16, so at most {MAX_CLASSES}")
+        raise UserError(f"{num_classes} classes: the store holds class indices as uint16, so at most {MAX_CLASSES}")
     return np.dtype(np.uint8) if num_classes <= 256 else np.dtype("<u2")
 
 

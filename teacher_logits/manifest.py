@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from .codec import CODEC_VERSION
+from .errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT = "tinyvit-distill logit store"
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError):
     """A store that cannot be used as asked; the message names the file and the fix."""
 
 

@@ -12,14 +12,13 @@ import torch
 from conftest import REPO
 from image_folder import CLASSES, call_quietly, write_image_folder, write_teacher
 from timm.optim import param_groups_weight_decay
-from torch.utils.data import DataLoader
 
-from distill.augment import Mixing, ViewMaker
 from distill.config import load_config
 from distill.datasets import build_dataset, labels_of
 from distill.loss import DistillationLoss
-from distill.replay import StoreViews
-from distill.train_student import build_model, check_store
+from distill.replay import StoreViews, store_view_maker
+from distill.student_data import check_store
+from distill.student_stage import build_model
 from teacher_logits.reader import LogitStore
 
 
@@ -48,8 +47,7 @@ def test_imagenet_config_trains_two_steps_at_64px(size, folder_store, one_thread
     train_set = build_dataset("folder", cfg.data.root, train=True)
     store = LogitStore(store_path)
     samples = check_store(store, cfg, train_set)
-    aug = store.settings["augmentation"]
-    maker = ViewMaker(train_set, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], num_samples=samples)
+    maker = store_view_maker(train_set, store, samples)
     batches = StoreViews(store, maker, labels_of(train_set)[:samples], cfg.train.batch_size, shuffle_seed=0)
 
     torch.manual_seed(0)
@@ -60,7 +58,7 @@ def test_imagenet_config_trains_two_steps_at_64px(size, folder_store, one_thread
     criterion = DistillationLoss(cfg.loss.mode, cfg.loss.temperature, cfg.loss.alpha, cfg.loss.label_smoothing,
                                  cfg.loss.teacher_target, cfg.loss.standardize)
     before = [p.detach().clone() for p in student.parameters()]
-    for _, batch in zip(range(2), DataLoader(batches, batch_size=None)):
+    for _, batch in zip(range(2), batches.batches(num_workers=0)):
         assert batch["view"].shape == (4, 3, 64, 64)
         loss = criterion(student(batch["view"]), batch["target"], batch["label"], batch["partner_label"],
                          batch["lam"])

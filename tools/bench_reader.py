@@ -123,16 +123,14 @@ def student_step_s(batch_size: int, steps: int, num_classes: int, k: int) -> flo
 
 def read_amplification(store_path: str, tmp: str, data: list[str], batch_size: int) -> dict:
     """All readers of 2 ranks x 2 workers over epoch 0 (ranks run one after the other here)."""
-    from distill.augment import Mixing, ViewMaker
     from distill.datasets import build_dataset, labels_of
-    from distill.replay import StoreViews
+    from distill.replay import StoreViews, store_view_maker
 
     log = os.path.join(tmp, "reads.txt")
     store = CountingStore(store_path, log)
     dataset = build_dataset(data[0], data[1], train=True, skip_md5=True)
     size = store.settings["dataset"]["size"]
-    aug = store.settings["augmentation"]
-    maker = ViewMaker(dataset, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], num_samples=size)
+    maker = store_view_maker(dataset, store, size)
     open(log, "w").close()
     for rank in range(2):
         views = StoreViews(store, maker, labels_of(dataset)[:size], batch_size, rank, 2)

@@ -33,6 +33,7 @@ from PIL import Image  # noqa: E402
 from distill.augment import TORCH_ONLY, build_transform, native_resolution, record_seed, scoped_rng  # noqa: E402
 from distill.cli import run_main  # noqa: E402
 from distill.datasets import build_dataset  # noqa: E402
+from teacher_logits.errors import UserError  # noqa: E402
 
 CIFAR_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "test.npz"
 PHOTO_SIZE = (500, 375)  # width, height: a typical ImageNet photograph
@@ -122,7 +123,7 @@ def main(argv=None):
     if args.quick:
         args.images, args.repeats = 16, 1
     if args.images <= 0 or args.repeats <= 0:
-        raise ValueError("--images and --repeats must be positive")
+        raise UserError("--images and --repeats must be positive")
     torch.set_num_threads(1)  # per core
     images, labels = cifar_images(args.images)
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distill.cli import add_data_args, run_main  # noqa: E402
+from teacher_logits.errors import UserError  # noqa: E402
 
 COLUMNS = ["model", "top1", "top5", "precision_macro", "recall_macro", "f1_macro", "mcc", "params", "flops",
            "images_per_s"]
@@ -52,11 +53,11 @@ def parse_args(argv=None):
 def model_specs(args) -> list[str]:
     if args.teacher:
         if not (args.checkpoint or args.pretrained):
-            raise ValueError("--teacher needs --checkpoint FILE or --pretrained")
+            raise UserError("--teacher needs --checkpoint FILE or --pretrained")
         return [f"{args.teacher}={args.checkpoint}" if args.checkpoint else args.teacher] + args.compare
     specs = ([args.checkpoint] if args.checkpoint else []) + args.compare
     if not specs:
-        raise ValueError("nothing to evaluate: pass --checkpoint, --teacher or --compare")
+        raise UserError("nothing to evaluate: pass --checkpoint, --teacher or --compare")
     return specs
 
 
@@ -71,9 +72,9 @@ def main(argv=None):
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit),
                         ("--attention", args.attention)):
         if value is not None and value <= 0:
-            raise ValueError(f"{flag} must be positive, got {value}")
+            raise UserError(f"{flag} must be positive, got {value}")
     if args.throughput_iters < 0:
-        raise ValueError(f"--throughput-iters must be 0 (skip) or positive, got {args.throughput_iters}")
+        raise UserError(f"--throughput-iters must be 0 (skip) or positive, got {args.throughput_iters}")
     if args.wandb:  # a bad W&B mode fails now, not after the evaluation
         from distill.tracking import resolve_mode
 
@@ -85,7 +86,7 @@ def main(argv=None):
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"--out {out}: cannot create it ({e.strerror}); choose a writable directory") from None
+        raise UserError(f"--out {out}: cannot create it ({e.strerror}); choose a writable directory") from None
     results, rows = {}, []
     for name, model in models:
         metrics = evaluate_model(model, dataset, args.dataset, device, args.batch_size, args.workers, args.limit,

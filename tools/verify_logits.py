@@ -61,7 +61,7 @@ def main(argv=None):
 
 
 def check_with_teacher(args) -> dict:
-    from distill.augment import Mixing, ViewMaker
+    from distill.replay import store_view_maker
     from distill.datasets import build_dataset, fingerprint
     from distill.distributed import resolve_device
     from distill.models import create_teachers
@@ -72,7 +72,7 @@ def check_with_teacher(args) -> dict:
     store = LogitStore(args.store)
     names, checkpoints, weights = store_teachers(store.settings["teacher"], args.teacher, args.checkpoint,
                                                  args.pretrained)  # refuses teachers the store was not made with
-    data, aug = store.settings["dataset"], store.settings["augmentation"]
+    data = store.settings["dataset"]
     device = resolve_device(args.device)
     train = data["split"] == "train"
     dataset = build_dataset(data["name"], args.data_root, train=train, skip_md5=args.skip_md5)
@@ -80,7 +80,7 @@ def check_with_teacher(args) -> dict:
     if diff:
         raise StoreError(f"{args.store} was made from other data than --data-root {args.data_root} "
                          f"({'; '.join(diff)} [store != data]): pass the data the store was made from")
-    maker = ViewMaker(dataset, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], num_samples=data["size"])
+    maker = store_view_maker(dataset, store, data["size"])
     teacher = create_teachers(names, checkpoints, args.pretrained, store.num_classes, weights).to(device)
     return check_teacher(store, teacher, maker, args.check, device)
 

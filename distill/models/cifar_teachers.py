@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from teacher_logits.errors import UserError
 
 __all__ = ["CifarResNet", "DenseNetBC"]
 
@@ -218,7 +219,7 @@ class DenseNetBC(nn.Module):
 
 def _create(cls, variant, pretrained, **kwargs):
     if pretrained:
-        raise ValueError(
+        raise UserError(
             f"{variant} has no downloadable weights; build it with pretrained=False and pass "
             f"--checkpoint FILE with its file from shared/teachers (see shared/teachers/README.md)"
         )

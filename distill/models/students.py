@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer
+from teacher_logits.errors import UserError
 
 __all__ = ["CCT", "CifarCNN", "create_student", "tiny_vit_window_sizes", "STUDENTS"]
 
@@ -146,7 +147,7 @@ class CifarCNN(nn.Module):
 
 def _create(cls, variant, pretrained, side, **kwargs):
     if pretrained:
-        raise ValueError(f"{variant} has no pretrained weights; train it or load a file with load_weights")
+        raise UserError(f"{variant} has no pretrained weights; train it or load a file with load_weights")
     # Record the real input size (side x side) in the cfg, so Preprocessed(model) resizes to it.
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {}, input_size=(3, side, side))
     return build_model_with_cfg(cls, variant, pretrained, pretrained_cfg_overlay=overlay, **kwargs)
@@ -211,4 +212,4 @@ def create_student(name, num_classes, img_size, **kwargs):
         return timm.create_model(
             arch, num_classes=num_classes, window_sizes=tiny_vit_window_sizes(img_size),
             pretrained_cfg_overlay=dict(input_size=(3, img_size, img_size)), **kwargs)
-    raise ValueError(f"unknown student {name!r}; valid students: {', '.join(STUDENTS)}")
+    raise UserError(f"unknown student {name!r}; valid students: {', '.join(STUDENTS)}")

@@ -15,6 +15,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from teacher_logits.errors import UserError
 
 __all__ = ["Preprocessed", "TeacherEnsemble", "create_teacher", "create_teachers", "ensemble_spec", "load_weights"]
 
@@ -60,7 +61,7 @@ def _read_state_dict(path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # untrusted file: any failure means "not plain tensors"; details stay chained
-        raise ValueError(
+        raise UserError(
             f"{path}: not a torch checkpoint of plain tensors ({type(e).__name__} with weights_only=True); "
             f"refusing to unpickle untrusted data - re-save just the state_dict"
         ) from e
@@ -73,7 +74,7 @@ def _read_state_dict(path):
         obj = inner
     if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
         keys = list(obj)[:6] if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(f"{path}: no state_dict of tensors found (got {keys})")
+        raise UserError(f"{path}: no state_dict of tensors found (got {keys})")
     # DataParallel / DDP prefix every key with `module.`.
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
@@ -109,7 +110,7 @@ def load_checked(target, state_dict, path) -> None:
     missing = sorted(relevant(expected) - relevant(state_dict))
     unexpected = sorted(relevant(state_dict) - relevant(expected))
     if missing or unexpected:
-        raise ValueError(f"{path} does not match {type(target).__name__}: missing keys: {_few(missing)}; "
+        raise UserError(f"{path} does not match {type(target).__name__}: missing keys: {_few(missing)}; "
                          f"unexpected keys: {_few(unexpected)}; is it a checkpoint of this architecture? "
                          "(check --teacher / model.name)")
 
@@ -124,7 +125,7 @@ def load_checked(target, state_dict, path) -> None:
                    f"{want[0]} classes (fine-tune one with tools/train_teacher.py)")
         else:
             fix = "the checkpoint is for another architecture or configuration"
-        raise ValueError(f"{path}: {key} has shape {got} in the checkpoint but {want} in the model; {fix}")
+        raise UserError(f"{path}: {key} has shape {got} in the checkpoint but {want} in the model; {fix}")
 
     target.load_state_dict(state_dict, strict=False)  # keys and shapes were checked above
 
@@ -136,7 +137,7 @@ def create_teacher(name, checkpoint=None, pretrained=False, num_classes=None):
         arch = name.split(".")[0]
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ValueError(f"unknown teacher {name!r}: {hint}search with timm.list_models('*pattern*')")
+        raise UserError(f"unknown teacher {name!r}: {hint}search with timm.list_models('*pattern*')")
     kwargs = {} if num_classes is None else dict(num_classes=num_classes)
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
@@ -172,7 +173,7 @@ class TeacherEnsemble(nn.Module):
         classes = [getattr(t, "num_classes", None) for t in teachers]
         if len(set(classes)) != 1:
             listed = ", ".join(f"{n}: {c}" for n, c in zip(names, classes))
-            raise ValueError(f"the ensemble's teachers have different class counts ({listed}): "
+            raise UserError(f"the ensemble's teachers have different class counts ({listed}): "
                              "pass teachers for the same classes")
         self.members = nn.ModuleList(teachers)
         self.names, self.weights, self.num_classes = names, weights, classes[0]
@@ -189,11 +190,11 @@ def normalised_weights(weights, count: int, flag: str = "--teacher-weights", pre
     number per teacher."""
     weights = [float(w) for w in weights]
     if len(weights) != count:
-        raise ValueError(f"{prefix}{flag}: {len(weights)} weight(s) for {count} teacher(s): "
+        raise UserError(f"{prefix}{flag}: {len(weights)} weight(s) for {count} teacher(s): "
                          "give one positive weight per teacher, in the same order")
     for w in weights:
         if not (math.isfinite(w) and w > 0):
-            raise ValueError(f"{prefix}{flag}: every weight must be a positive number, got {w:g}: "
+            raise UserError(f"{prefix}{flag}: every weight must be a positive number, got {w:g}: "
                              "leave the teacher out instead of weighting it 0")
     total = sum(weights)
     return [w / total for w in weights]
@@ -215,7 +216,7 @@ def ensemble_spec(names, checkpoints=None, pretrained=False, weights=None, flags
     names = [names] if isinstance(names, (str, os.PathLike)) else list(names or [])
     names = [str(n) for n in names]
     if not names:
-        raise ValueError(f"{prefix}{name_flag}: no teacher given: pass {name_flag} NAME")
+        raise UserError(f"{prefix}{name_flag}: no teacher given: pass {name_flag} NAME")
     if checkpoints is None:
         checkpoints = []
     elif isinstance(checkpoints, (str, os.PathLike)):
@@ -224,13 +225,13 @@ def ensemble_spec(names, checkpoints=None, pretrained=False, weights=None, flags
     if not checkpoints:
         if not pretrained and require_weights:
             if prefix:
-                raise ValueError(f"{prefix}{ckpt_flag}: teacher(s) {', '.join(names)} have no weights: set "
+                raise UserError(f"{prefix}{ckpt_flag}: teacher(s) {', '.join(names)} have no weights: set "
                                  f"{ckpt_flag} (one file per {name_flag}) or {pre_flag}")
             ask = f"{ckpt_flag} FILE" + (f" (one per {name_flag})" if len(names) > 1 else "")
-            raise ValueError(f"{name_flag} {' '.join(names)} has no weights: pass {ask} or {pre_flag}")
+            raise UserError(f"{name_flag} {' '.join(names)} has no weights: pass {ask} or {pre_flag}")
         checkpoints = [None] * len(names)
     elif len(checkpoints) != len(names):
-        raise ValueError(f"{prefix}{ckpt_flag}: {len(checkpoints)} given for {len(names)} teacher(s) "
+        raise UserError(f"{prefix}{ckpt_flag}: {len(checkpoints)} given for {len(names)} teacher(s) "
                          f"({', '.join(names)}): pass one {ckpt_flag} per {name_flag}, in the same order "
                          f"(or none, with {pre_flag})")
     weights = normalised_weights([1.0] * len(names) if weights is None else weights, len(names), f["weights"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .teachers import _read_state_dict, load_checked
+from teacher_logits.errors import UserError
 
 
 def classifier_prefixes(model) -> tuple[str, ...]:
@@ -31,7 +32,7 @@ def init_student(model, spec: str) -> str | None:
     try:
         return _load_with_head(model, state, path)
     except ValueError as e:
-        raise ValueError(f"{e} (model.init: keep the export's model.name, model.kwargs and data.img_size, "
+        raise UserError(f"{e} (model.init: keep the export's model.name, model.kwargs and data.img_size, "
                          f"as in {path.parent / 'config.yaml'})") from None
 
 
