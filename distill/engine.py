@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teacher_logits.manifest import atomic_write, failpoint
+from teacher_logits.files import atomic_write, failpoint
 
 KEEP_CHECKPOINTS = 2
 

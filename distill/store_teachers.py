@@ -12,12 +12,8 @@ import torch
 from distill.augment import ViewMaker
 from distill.models.teachers import ensemble_spec
 from teacher_logits.errors import UserError
-from teacher_logits.manifest import (
-    describe_teacher,
-    differences,
-    sha256_file,
-    teacher_members,
-)
+from teacher_logits.files import sha256_file
+from teacher_logits.manifest import describe_teacher, differences, teacher_members
 from teacher_logits.schema import StoredRecords
 
 

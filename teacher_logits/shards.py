@@ -18,7 +18,8 @@ from webdataset.tariterators import tar_file_iterator
 
 from .codec import CorruptChunk, decode_records, encode_records
 from .location import locate
-from .manifest import ShardPlan, StoreError, sha256_bytes
+from .files import sha256_bytes
+from .manifest import ShardPlan, StoreError
 
 CHUNK_SUFFIX = "rec.zst"
 

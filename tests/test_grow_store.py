@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from conftest import REPO, call_tool, tool
-from teacher_logits.manifest import sha256_bytes, shard_plans
+from teacher_logits.files import sha256_bytes
+from teacher_logits.manifest import shard_plans
 from teacher_logits.reader import LogitStore
 from teacher_logits.shards import shard_bytes
 from teacher_logits.verify import verify_store

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from teacher_logits import codec
-from teacher_logits.manifest import ShardPlan, sha256_bytes
+from teacher_logits.files import sha256_bytes
+from teacher_logits.manifest import ShardPlan
 from teacher_logits.shards import read_shard, shard_bytes, write_shard
 from tools.bench_store import synthetic_probs  # a confident teacher's distribution over C classes
 

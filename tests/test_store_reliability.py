@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 from conftest import REPO, run_tool, save_logits_args
-from teacher_logits.manifest import sha256_bytes
+from teacher_logits.files import sha256_bytes
 from teacher_logits.reader import LogitStore
 from teacher_logits.shards import CorruptShard
 from teacher_logits.verify import verify_store
