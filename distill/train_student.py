@@ -271,6 +271,8 @@ def main(argv=None):
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     tracker = start_tracking(cfg.wandb, config, out_dir, rank)
+    if global_step:  # W&B may have lost rows before the checkpoint, and may hold rows after it
+        tracker.catch_up(out_dir, global_step, cfg.train.log_every)
     # a fresh start rewrites the log; a resumed run appends (re-done steps log again)
     train_log = open(out_dir / "train_log.jsonl", "a" if global_step else "w") if rank == 0 else None
     say(f"{cfg.model.name} on {cfg.data.dataset} ({size} samples, {world} rank(s)), mode {cfg.loss.mode}: "

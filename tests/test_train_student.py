@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 
@@ -21,6 +20,8 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, run_tool, save_logits_args, write_cifar
+
+from distill.tracking import read_wandb_records
 
 TINY = ["model.name=cifar_vit", "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "train.batch_size=32",
         "data.test_limit=null", "train.max_steps=null"]
@@ -207,30 +208,6 @@ def test_store_made_for_other_data_is_refused(cifar_root, store, tmp_path):
 
 
 # ---------------------------------------------------------------------------- W&B
-
-
-def read_wandb_records(path):
-    """Records of an offline .wandb file: a LevelDB-style log of 32 KiB blocks, each record a
-    7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) and a protobuf
-    Record. wandb 0.31 ships no reader for it, so the test reads it directly."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, block, pos, pending, records = open(path, "rb").read(), 32768, 7, b"", []  # 7: file header
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a header is padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
-            break
-        pending += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
 
 
 def test_wandb_offline_run_logs_the_training_loss(kd_run):
