@@ -253,16 +253,19 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
         start_tracking(cfg, {}, tmp_path, rank=1)
 
 
-@pytest.mark.parametrize("student", ["tiny_vit_5m", "cifar_cnn"])
-def test_bf16_step_matches_fp32(cifar_root, store, tmp_path, student):
-    """deepspeed.bf16=true trains students with BatchNorm (TinyViT, cifar_cnn): DeepSpeed casts
-    their running statistics with the weights, and the first step's loss (same weights, same
-    batch) is the fp32 one within bf16's precision."""
+@pytest.mark.parametrize("student,zero_stage", [("tiny_vit_5m", 0), ("cifar_cnn", 0), ("cifar_vit", 0),
+                                                ("cct_7_3x1", 0), ("tiny_vit_5m", 1), ("tiny_vit_5m", 2),
+                                                ("tiny_vit_5m", 3)])
+def test_bf16_step_matches_fp32(cifar_root, store, tmp_path, student, zero_stage):
+    """deepspeed.bf16=true trains every student, at every ZeRO stage: DeepSpeed casts the
+    running statistics of students with BatchNorm (TinyViT, cifar_cnn) with the weights, and
+    the first step's loss (same weights, same batch) is the fp32 one within bf16's precision."""
     first = {}
     for bf16 in (False, True):
         out = tmp_path / f"bf16_{bf16}"
         train(*train_args(cifar_root, store, out, f"model.name={student}", "model.kwargs={}",
-                          f"deepspeed.bf16={str(bf16).lower()}", "train.max_steps=2", "train.epochs=1",
-                          "data.test_limit=32", "loss.mode=kd", "data.workers=0"))
+                          f"deepspeed.bf16={str(bf16).lower()}", f"deepspeed.zero_stage={zero_stage}",
+                          "train.max_steps=2", "train.epochs=1", "data.test_limit=32", "loss.mode=kd",
+                          "data.workers=0"))
         first[bf16] = losses(out)[1][0]
     assert np.isfinite(first[True]) and abs(first[True] - first[False]) < 0.02 * abs(first[False]) + 1e-3

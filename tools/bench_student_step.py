@@ -84,7 +84,7 @@ def main(argv=None):
         for (mode, teacher), key in zip(runs, results):
             results[key].append(train(args, mode, os.path.join(tmp, f"{key}-{r}".replace(":", "_")), 1, teacher))
             print(f"{key:>32}: {results[key][-1]:8.1f} img/s", flush=True)
-    summary = {"command": command_line("bench_student_step.py", argv), "repeats": args.repeats,
+    summary = {"command": command_line("bench_student_step.py", argv), "repeats": args.repeats, "steps": args.steps,
                **{k: float(sum(v) / len(v)) for k, v in results.items()}}
     # each round's ratios pair runs made back to back; the headline is their median
     ratios = {"kd_over_scratch": ("kd", "scratch")}
