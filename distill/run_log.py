@@ -25,6 +25,8 @@ class RunLog:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.tracker = start_tracking(cfg.wandb, config, self.out_dir, rank)
+        if at.global_step:  # W&B may have lost rows before the checkpoint, and may hold rows after it
+            self.tracker.catch_up(self.out_dir, at.global_step, cfg.train.log_every)
         # a fresh start rewrites the log; a resumed run appends (re-done steps log again)
         self.train_log = (open(self.out_dir / "train_log.jsonl", "a" if at.global_step else "w")
                           if rank == 0 else None)

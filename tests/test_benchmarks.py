@@ -1,6 +1,7 @@
 """Every benchmark's --quick mode runs, so the benchmarks cannot rot. These tests
 check the structure of what is measured (all modes present, ratios finite and
 positive), never the speed: speed targets live in docs/benchmarks.md."""
+import json
 import math
 
 import pytest
@@ -23,9 +24,11 @@ def test_bench_store_quick():
     assert [r["k"] for r in many] == [100] and many[0]["bytes_log8"] < many[0]["tinyvit"]
 
 
-def test_bench_teacher_stage_quick():
-    result = bench_teacher_stage.main(["--quick"])
-    assert finite_positive(result["bare_img_s"], result["save_logits_img_s"], result["ratio"])
+def test_bench_teacher_stage_quick(tmp_path):
+    result = bench_teacher_stage.main(["--quick", "--json", str(tmp_path / "r.json")])
+    assert finite_positive(result["bare_img_s"]["median"], result["save_logits_img_s"]["median"], result["ratio"])
+    assert json.loads((tmp_path / "r.json").read_text()) == result
+    assert result["command"] == f"python tools/bench_teacher_stage.py --quick --json {tmp_path / 'r.json'}"
 
 
 def test_bench_reader_quick():
@@ -37,9 +40,11 @@ def test_bench_reader_quick():
     assert result["read_ratio"] == 1.0 and result["bytes_read"] == result["epoch_bytes"]  # one reader per shard
 
 
-def test_bench_memory_quick():
-    result = bench_memory.main(["--quick"])
+def test_bench_memory_quick(tmp_path):
+    result = bench_memory.main(["--quick", "--json", str(tmp_path / "r.json")])
     assert finite_positive(result["save_logits_ratio"], result["reader_ratio"])
+    assert result["save_logits_ratio_spread"]["n"] == result["reader_ratio_spread"]["n"] == 1
+    assert json.loads((tmp_path / "r.json").read_text()) == result
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 
@@ -21,6 +20,8 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, run_tool, save_logits_args, write_cifar
+
+from distill.tracking import read_wandb_records
 
 TINY = ["model.name=cifar_vit", "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "train.batch_size=32",
         "data.test_limit=null", "train.max_steps=null"]
@@ -210,30 +211,6 @@ def test_store_made_for_other_data_is_refused(cifar_root, store, tmp_path):
 # ---------------------------------------------------------------------------- W&B
 
 
-def read_wandb_records(path):
-    """Records of an offline .wandb file: a LevelDB-style log of 32 KiB blocks, each record a
-    7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) and a protobuf
-    Record. wandb 0.31 ships no reader for it, so the test reads it directly."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, block, pos, pending, records = open(path, "rb").read(), 32768, 7, b"", []  # 7: file header
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a header is padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
-            break
-        pending += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
-
-
 def test_wandb_offline_run_logs_the_training_loss(kd_run):
     runs = glob.glob(str(kd_run / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(runs) == 1
@@ -277,16 +254,19 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
         start_tracking(cfg, {}, tmp_path, rank=1)
 
 
-@pytest.mark.parametrize("student", ["tiny_vit_5m", "cifar_cnn"])
-def test_bf16_step_matches_fp32(cifar_root, store, tmp_path, student):
-    """deepspeed.bf16=true trains students with BatchNorm (TinyViT, cifar_cnn): DeepSpeed casts
-    their running statistics with the weights, and the first step's loss (same weights, same
-    batch) is the fp32 one within bf16's precision."""
+@pytest.mark.parametrize("student,zero_stage", [("tiny_vit_5m", 0), ("cifar_cnn", 0), ("cifar_vit", 0),
+                                                ("cct_7_3x1", 0), ("tiny_vit_5m", 1), ("tiny_vit_5m", 2),
+                                                ("tiny_vit_5m", 3)])
+def test_bf16_step_matches_fp32(cifar_root, store, tmp_path, student, zero_stage):
+    """deepspeed.bf16=true trains every student, at every ZeRO stage: DeepSpeed casts the
+    running statistics of students with BatchNorm (TinyViT, cifar_cnn) with the weights, and
+    the first step's loss (same weights, same batch) is the fp32 one within bf16's precision."""
     first = {}
     for bf16 in (False, True):
         out = tmp_path / f"bf16_{bf16}"
         train(*train_args(cifar_root, store, out, f"model.name={student}", "model.kwargs={}",
-                          f"deepspeed.bf16={str(bf16).lower()}", "train.max_steps=2", "train.epochs=1",
-                          "data.test_limit=32", "loss.mode=kd", "data.workers=0"))
+                          f"deepspeed.bf16={str(bf16).lower()}", f"deepspeed.zero_stage={zero_stage}",
+                          "train.max_steps=2", "train.epochs=1", "data.test_limit=32", "loss.mode=kd",
+                          "data.workers=0"))
         first[bf16] = losses(out)[1][0]
     assert np.isfinite(first[True]) and abs(first[True] - first[False]) < 0.02 * abs(first[False]) + 1e-3

@@ -5,11 +5,13 @@ Peak RSS of save_logits writing a 1-epoch and an E-epoch store of the same data,
 and of the reader streaming each whole store (every epoch's records and rebuilt
 soft targets), each in a fresh process. Goal: large/small ratio at most 1.1.
 
-  python tools/bench_memory.py --dataset cifar10 --data-root DATA --skip-md5 --limit 5000 --epochs 8
+  python tools/bench_memory.py --dataset cifar10 --data-root DATA --skip-md5 --limit 3000 --epochs 8 \\
+      --repeats 3 --json docs/results/bench_memory.json
   python tools/bench_memory.py --quick    # digits, 1 vs 4 epochs, under a minute
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ sys.path.insert(0, REPO)
 import psutil  # noqa: E402
 
 from distill.cli import run_main  # noqa: E402
+from tools.bench_report import command_line, describe, spread, write_json  # noqa: E402
 
 READ_STORE = """
 import sys
@@ -50,6 +53,22 @@ def peak_rss_mb(cmd: list[str]) -> float:
     return peak / 2**20
 
 
+def measure_round(args, tmp: str) -> dict:
+    """Peak RSS of writing and of reading a 1-epoch and an E-epoch store, each in a fresh process."""
+    result = {}
+    for epochs in (1, args.epochs):
+        out = os.path.join(tmp, f"store{epochs}")
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [sys.executable, os.path.join(REPO, "tools/save_logits.py"), "--teacher", args.teacher,
+               "--checkpoint", args.checkpoint, "--dataset", args.dataset, "--epochs", str(epochs), "--limit",
+               str(args.limit), "--shard-records", str(args.shard_records), "--workers", "0", "--out", out,
+               "--aug", "crop"] + (["--data-root", args.data_root] if args.data_root else []) \
+            + (["--skip-md5"] if args.skip_md5 else [])
+        result[f"save_logits_{epochs}ep_mb"] = peak_rss_mb(cmd)
+        result[f"reader_{epochs}ep_mb"] = peak_rss_mb([sys.executable, "-c", READ_STORE, out])
+    return result
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default="cifar10_resnet20", help="timm teacher (memory does not depend on weights)")
@@ -60,10 +79,12 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=5000, help="samples per epoch")
     p.add_argument("--epochs", type=int, default=8, help="epochs of the large store (the small one has 1)")
     p.add_argument("--shard-records", type=int, default=2000, help="records per shard")
-    p.add_argument("--quick", action="store_true", help="digits, 512 samples, 1 vs 4 epochs")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of the four measurements")
+    p.add_argument("--quick", action="store_true", help="digits, 512 samples, 1 vs 4 epochs, 1 round")
+    p.add_argument("--json", help="also write the results (and the command) to this JSON file")
     args = p.parse_args(argv)
     if args.quick:
-        args.dataset, args.limit, args.epochs, args.shard_records = "digits", 512, 4, 128
+        args.dataset, args.limit, args.epochs, args.shard_records, args.repeats = "digits", 512, 4, 128, 1
     tmp = tempfile.mkdtemp(prefix="bench_memory_")
     if not args.checkpoint:
         import torch
@@ -73,23 +94,18 @@ def main(argv=None):
         torch.manual_seed(0)
         args.checkpoint = os.path.join(tmp, "teacher.pt")
         torch.save(create_teacher(args.teacher).model.state_dict(), args.checkpoint)
-    result = {}
-    for epochs in (1, args.epochs):
-        out = os.path.join(tmp, f"store{epochs}")
-        cmd = [sys.executable, os.path.join(REPO, "tools/save_logits.py"), "--teacher", args.teacher,
-               "--checkpoint", args.checkpoint, "--dataset", args.dataset, "--epochs", str(epochs), "--limit",
-               str(args.limit), "--shard-records", str(args.shard_records), "--workers", "0", "--out", out,
-               "--aug", "crop"] + (["--data-root", args.data_root] if args.data_root else []) \
-            + (["--skip-md5"] if args.skip_md5 else [])
-        result[f"save_logits_{epochs}ep_mb"] = peak_rss_mb(cmd)
-        result[f"reader_{epochs}ep_mb"] = peak_rss_mb([sys.executable, "-c", READ_STORE, out])
+    rounds = [measure_round(args, tmp) for _ in range(args.repeats)]
+    shutil.rmtree(tmp, ignore_errors=True)
     e = args.epochs
-    result["save_logits_ratio"] = result[f"save_logits_{e}ep_mb"] / result["save_logits_1ep_mb"]
-    result["reader_ratio"] = result[f"reader_{e}ep_mb"] / result["reader_1ep_mb"]
-    print(f"save_logits peak RSS: 1 epoch {result['save_logits_1ep_mb']:.0f} MB, {e} epochs "
-          f"{result[f'save_logits_{e}ep_mb']:.0f} MB, ratio {result['save_logits_ratio']:.3f}")
-    print(f"reader peak RSS:      1 epoch {result['reader_1ep_mb']:.0f} MB, {e} epochs "
-          f"{result[f'reader_{e}ep_mb']:.0f} MB, ratio {result['reader_ratio']:.3f}")
+    result = {"command": command_line("bench_memory.py", argv), "epochs": e, "samples": args.limit}
+    for program in ("save_logits", "reader"):
+        for epochs in (1, e):
+            result[f"{program}_{epochs}ep_mb"] = spread([r[f"{program}_{epochs}ep_mb"] for r in rounds])
+        ratios = spread([r[f"{program}_{e}ep_mb"] / r[f"{program}_1ep_mb"] for r in rounds])
+        result[f"{program}_ratio"], result[f"{program}_ratio_spread"] = ratios["median"], ratios
+        print(f"{program} peak RSS: 1 epoch {describe(result[f'{program}_1ep_mb'], 0)} MB, {e} epochs "
+              f"{describe(result[f'{program}_{e}ep_mb'], 0)} MB, ratio {describe(ratios)}")
+    write_json(args.json, result)
     return result
 
 

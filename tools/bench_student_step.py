@@ -10,7 +10,8 @@ wall time (from train_log.jsonl timestamps, after WARMUP_STEPS steps).
 
   python tools/bench_student_step.py --store STORE --data-root DATA --skip-md5 --steps 40 \\
       --teacher cifar10_resnet20=../shared/teachers/cifar10/resnet20_akamaster-12fca82f.th \\
-      --teacher cifar10_densenet_bc100=../shared/teachers/cifar10/densenet_bc100_k12_odin_cifar10_statedict.pt
+      --teacher cifar10_densenet_bc100=../shared/teachers/cifar10/densenet_bc100_k12_odin_cifar10_statedict.pt \\
+      --repeats 3 --json docs/results/bench_student_step.json
   python tools/bench_student_step.py --quick     # digits, tiny student, random teacher
 """
 import argparse
@@ -25,6 +26,7 @@ sys.path.insert(0, REPO)
 
 from distill.cli import run_main  # noqa: E402
 from distill.distributed import free_port  # noqa: E402
+from tools.bench_report import command_line, describe, spread, write_json  # noqa: E402
 
 WARMUP_STEPS = 3
 
@@ -82,19 +84,21 @@ def main(argv=None):
         for (mode, teacher), key in zip(runs, results):
             results[key].append(train(args, mode, os.path.join(tmp, f"{key}-{r}".replace(":", "_")), 1, teacher))
             print(f"{key:>32}: {results[key][-1]:8.1f} img/s", flush=True)
-    summary = {k: float(sum(v) / len(v)) for k, v in results.items()}
-    summary["kd_over_scratch"] = summary["kd"] / summary["scratch"]
-    for key in results:
-        if key.startswith("online"):
-            summary[f"kd_speedup_over_{key}"] = summary["kd"] / summary[key]
+    summary = {"command": command_line("bench_student_step.py", argv), "repeats": args.repeats, "steps": args.steps,
+               **{k: float(sum(v) / len(v)) for k, v in results.items()}}
+    # each round's ratios pair runs made back to back; the headline is their median
+    ratios = {"kd_over_scratch": ("kd", "scratch")}
+    ratios.update({f"kd_speedup_over_{key}": ("kd", key) for key in results if key.startswith("online")})
+    for name, (a, b) in ratios.items():
+        summary[f"{name}_spread"] = spread([x / y for x, y in zip(results[a], results[b])])
+        summary[name] = summary[f"{name}_spread"]["median"]
+        print(f"{name:>48}: {describe(summary[f'{name}_spread'])}", flush=True)
     if not args.no_ranks:
         summary["kd_2ranks"] = train(args, "kd", os.path.join(tmp, "kd_2ranks"), ranks=2)
         summary["kd_1rank"] = summary["kd"]
         summary["scaling_2_over_1"] = summary["kd_2ranks"] / summary["kd"]
     print(json.dumps(summary, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=1)
+    write_json(args.json, summary)
     return summary
 
 

@@ -8,7 +8,8 @@ images/s of each and their ratio (1.0: storage is free).
 
   python tools/bench_teacher_stage.py --teacher cifar10_resnet56 \\
       --checkpoint ../shared/teachers/cifar10/resnet56_akamaster-4bfd9763.th \\
-      --dataset cifar10 --data-root DATA --skip-md5 --limit 2048 --repeats 3
+      --dataset cifar10 --data-root DATA --skip-md5 --limit 2048 --repeats 3 \\
+      --json docs/results/bench_teacher_stage.json
   python tools/bench_teacher_stage.py --quick   # digits, random ResNet-20, under a minute
 """
 import argparse
@@ -30,6 +31,7 @@ from distill.datasets import NUM_CLASSES, build_dataset, labels_of  # noqa: E402
 from distill.models import create_teacher  # noqa: E402
 from distill.replay import TeacherViews  # noqa: E402
 from distill.teacher_stage import run as save_logits  # noqa: E402
+from tools.bench_report import command_line, describe, spread, write_json  # noqa: E402
 from tools.save_logits import parse_args as save_logits_args  # noqa: E402
 
 
@@ -73,6 +75,7 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (both sides)")
     p.add_argument("--repeats", type=int, default=3, help="alternating timed runs of each side")
     p.add_argument("--quick", action="store_true", help="digits, random-init ResNet-20, 256 views, 1 repeat")
+    p.add_argument("--json", help="also write the results (and the command) to this JSON file")
     args = p.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="bench_teacher_stage_")
     if args.quick:
@@ -88,12 +91,16 @@ def main(argv=None):
         bare.append(bare_teacher(args))
         store.append(stored(args, os.path.join(tmp, "store")))
     shutil.rmtree(tmp, ignore_errors=True)
-    result = {"teacher": args.teacher, "views": args.limit, "threads": torch.get_num_threads(),
-              "bare_img_s": float(np.median(bare)), "save_logits_img_s": float(np.median(store))}
-    result["ratio"] = result["save_logits_img_s"] / result["bare_img_s"]
-    print(f"{args.teacher}: bare teacher {result['bare_img_s']:.1f} img/s, save_logits "
-          f"{result['save_logits_img_s']:.1f} img/s, ratio {result['ratio']:.3f} "
-          f"(median of {args.repeats}, {result['threads']} threads, {args.workers} workers)")
+    # each repeat's ratio pairs the two runs made back to back, so the spread shows the noise
+    ratios = spread([s / b for s, b in zip(store, bare)])
+    result = {"command": command_line("bench_teacher_stage.py", argv), "teacher": args.teacher,
+              "views": args.limit, "threads": torch.get_num_threads(), "workers": args.workers,
+              "bare_img_s": spread(bare), "save_logits_img_s": spread(store), "ratio": ratios["median"],
+              "ratio_spread": ratios}
+    print(f"{args.teacher}: bare teacher {describe(result['bare_img_s'], 1)} img/s, save_logits "
+          f"{describe(result['save_logits_img_s'], 1)} img/s, ratio {describe(ratios)} "
+          f"({result['threads']} threads, {args.workers} workers)")
+    write_json(args.json, result)
     return result
 
 

@@ -1,0 +1,28 @@
+"""What every benchmark's --json file holds besides its figures: the command that made it,
+and for a ratio measured in several side-by-side rounds, its spread over the rounds."""
+import json
+import shlex
+import statistics
+import sys
+
+
+def spread(values) -> dict:
+    """min / median / max of a figure over repeats, and their number."""
+    values = [float(v) for v in values]
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def describe(s: dict, digits: int = 3) -> str:
+    return f"{s['median']:.{digits}f} (min {s['min']:.{digits}f}, max {s['max']:.{digits}f}, n={s['n']})"
+
+
+def command_line(tool: str, argv) -> str:
+    """The command as typed: `argv` of main(argv), or the process's own arguments."""
+    return f"python tools/{tool} " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+
+
+def write_json(path: str | None, result: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
