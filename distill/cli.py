@@ -1,6 +1,7 @@
 """What the programs share: the data flags, and how they end on bad input.
 
-`add_data_args` is the one definition of --dataset / --data-root / --skip-md5 / --img-size.
+`add_data_args` is the one definition of --dataset / --data-root / --skip-md5 / --img-size,
+`add_teacher_args` of --teacher / --checkpoint / --pretrained / --teacher-weights.
 On bad input a program prints one line naming the input and the fix and exits 2.
 A UserError (a bad flag, file, store or config; DatasetError and StoreError are ones) or an
 OSError (a path that cannot be read or written) is the user's to fix; anything else is our
@@ -37,6 +38,25 @@ def add_data_args(parser: argparse.ArgumentParser, dataset: bool = True, require
                         help="accept a local re-created copy of a torchvision dataset that fails its md5 check")
     if img_size:
         parser.add_argument("--img-size", type=int, metavar="N", help=img_size)
+
+
+def add_teacher_args(parser: argparse.ArgumentParser, ensemble: bool = False, required: bool = False,
+                     teacher_help: str = "timm model name, e.g. cifar10_resnet56 or a hub name",
+                     checkpoint_help: str = "the teacher's weights file (loaded with weights_only=True)") -> None:
+    """--teacher, --checkpoint and --pretrained; with `ensemble`, --teacher/--checkpoint repeat (one
+    checkpoint per teacher, in the same order) and --teacher-weights weighs the members."""
+    repeat = {"action": "append"} if ensemble else {}
+    parser.add_argument("--teacher", required=required, metavar="NAME", **repeat,
+                        help=teacher_help + ("; repeat it, each with its --checkpoint, for an ensemble" if ensemble
+                                             else ""))
+    parser.add_argument("--checkpoint", metavar="FILE", **repeat,
+                        help=checkpoint_help + ("; one per --teacher, in the same order" if ensemble else ""))
+    parser.add_argument("--pretrained", action="store_true",
+                        help="timm/HF-hub pretrained weights for every teacher (downloads: needs network)")
+    if ensemble:
+        parser.add_argument("--teacher-weights", type=float, nargs="+", metavar="W",
+                            help="ensemble weights, one positive number per --teacher, normalised to sum 1 "
+                                 "(default: equal)")
 
 
 def run_main(main) -> None:

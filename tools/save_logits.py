@@ -30,23 +30,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distill.augment import RECIPES  # noqa: E402
-from distill.cli import VIEW_SIZE_HELP, add_data_args, run_main  # noqa: E402
+from distill.cli import VIEW_SIZE_HELP, add_data_args, add_teacher_args, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", required=True, action="append", metavar="NAME",
-                   help="timm model name, e.g. cifar10_resnet56 or a hub name; repeat it (each with its "
-                        "--checkpoint) for an ensemble whose stored target is the weighted mean of the "
-                        "teachers' probabilities")
-    p.add_argument("--checkpoint", action="append", metavar="FILE",
-                   help="local weights file of the teacher (loaded with weights_only=True); one per --teacher, "
-                        "in the same order")
-    p.add_argument("--pretrained", action="store_true",
-                   help="download timm/HF-hub pretrained weights for every teacher (needs network)")
-    p.add_argument("--teacher-weights", type=float, nargs="+", metavar="W",
-                   help="ensemble weights, one positive number per --teacher, normalised to sum 1 "
-                        "(default: equal)")
+    add_teacher_args(p, ensemble=True, required=True,
+                     teacher_help="timm model name, e.g. cifar10_resnet56 or a hub name; an ensemble's stored "
+                                  "target is the weighted mean of the teachers' probabilities")
     add_data_args(p, img_size=VIEW_SIZE_HELP)
     p.add_argument("--split", default="train", choices=["train", "test"], help="dataset split (default train)")
     p.add_argument("--epochs", type=int, default=1,

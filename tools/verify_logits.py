@@ -18,19 +18,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.cli import add_data_args, run_main  # noqa: E402
+from distill.cli import add_data_args, add_teacher_args, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", help="store directory or fsspec URL (file://, s3://, gs://, az://, memory://, "
                                  "http(s)://) holding manifest.json")
-    p.add_argument("--teacher", action="append", metavar="NAME",
-                   help="teacher to re-run on replayed views (timm name); repeat it, each with its --checkpoint, "
-                        "for an ensemble store: the teachers it was made with, in the same order")
-    p.add_argument("--checkpoint", action="append", metavar="FILE",
-                   help="the teacher's weights file; one per --teacher, in the same order")
-    p.add_argument("--pretrained", action="store_true", help="use timm pretrained weights (needs network)")
+    add_teacher_args(p, ensemble=True, teacher_help="teacher to re-run on replayed views (timm name): the "
+                                                    "teacher(s) the store was made with, in the same order")
     add_data_args(p, dataset=False)  # the dataset is the store's; an image folder must be unchanged
     p.add_argument("--check", type=int, default=0, help="number of replayed views to re-label (0: none)")
     p.add_argument("--min-agreement", type=float, default=99.0, help="fail below this top-1 agreement, percent")
