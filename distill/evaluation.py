@@ -15,8 +15,8 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distill.augment import ViewMaker, native_resolution
-from distill.datasets import labels_of, num_classes_of
+from distill.augment import ViewMaker
+from distill.datasets import labels_of, num_classes_of, test_view_spec
 from distill.metrics import MetricAccumulator
 from distill.model_cost import count_flops, count_params, measure_throughput
 from distill.models import Preprocessed, create_student, create_teacher, load_weights
@@ -84,14 +84,6 @@ def test_views_loader(dataset, resolution: int, batch_size: int, workers: int = 
     return DataLoader(views, batch_size=batch_size, num_workers=workers)
 
 
-def test_view_spec(dataset_name: str, model: Preprocessed) -> tuple[str, int]:
-    """(recipe, resolution) of a dataset's test views for `model`: an image folder gets timm's
-    eval crop at the model's input size; the fixed-size datasets are seen as they are."""
-    if dataset_name == "folder":
-        return "center-crop", model.input_size[-1]
-    return "none", native_resolution("stl10" if dataset_name == "stl10" else "none")
-
-
 @torch.no_grad()
 def evaluate_model(model: Preprocessed, dataset, dataset_name: str, device, batch_size: int = 256,
                    workers: int = 0, limit: int | None = None, throughput_iters: int = 3) -> dict:
@@ -100,7 +92,7 @@ def evaluate_model(model: Preprocessed, dataset, dataset_name: str, device, batc
     if model.num_classes != num_classes:
         raise UserError(f"model has {model.num_classes} classes, {dataset_name} has {num_classes}: "
                          "evaluate it on the dataset it was trained for")
-    recipe, size = test_view_spec(dataset_name, model)
+    recipe, size = test_view_spec(dataset_name, model.input_size[-1])
     acc = MetricAccumulator(num_classes, list(getattr(dataset, "classes", None) or range(num_classes)))
     model = model.to(device).eval()
     for batch in tqdm(test_views_loader(dataset, size, batch_size, workers, limit, recipe=recipe), desc="evaluating",

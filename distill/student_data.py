@@ -117,11 +117,3 @@ def seeded_batches(maker, labels, cfg, epoch, rank, world, skip):
     order = order[skip * cfg.train.batch_size:]  # resuming: never build the skipped views
     views = TeacherViews(maker, cfg.train.seed, np.full(len(order), epoch), order, labels)
     return DataLoader(views, batch_size=cfg.train.batch_size, num_workers=cfg.data.workers)
-
-
-def eval_views(cfg) -> tuple[str, int]:
-    """(recipe, resolution) of the test views: photographs get timm's eval crop at the student's
-    resolution; the fixed-size datasets are seen as they are."""
-    if cfg.data.dataset == "folder" or cfg.data.recipe == "imagenet":
-        return "center-crop", cfg.data.img_size
-    return "none", native_resolution(cfg.data.recipe)

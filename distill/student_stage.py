@@ -31,14 +31,14 @@ import yaml
 
 from distill.augment import derive_seed
 from distill.config import TEACHER_KEYS, check_runnable, load_config, resolved_config
-from distill.datasets import STATS
+from distill.datasets import STATS, test_view_spec
 from distill.distributed import set_single_process_env
 from distill.engine import Checkpoints, Position, build_engine, export_state_dict
 from distill.evaluation import test_views_loader
 from distill.loss import DistillationLoss
 from distill.metrics import MetricAccumulator
 from distill.run_log import RunLog
-from distill.student_data import eval_views, load_data
+from distill.student_data import load_data
 from distill.tracking import resolve_mode
 from teacher_logits.errors import UserError
 
@@ -91,7 +91,7 @@ def online_teacher(cfg, num_classes: int):
 @torch.no_grad()
 def evaluate(engine, test_set, num_classes, cfg, rank, world, dtype):
     """top1/top5/loss on the unaugmented test views; ranks take disjoint slices, then all-reduce."""
-    recipe, resolution = eval_views(cfg)
+    recipe, resolution = test_view_spec(cfg.data.dataset, cfg.data.img_size)
     loader = test_views_loader(test_set, resolution, 2 * cfg.train.batch_size, cfg.data.workers,
                                cfg.data.test_limit, rank, world, recipe)
     acc = MetricAccumulator(num_classes)

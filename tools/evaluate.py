@@ -112,7 +112,8 @@ def write_attention(args, models, dataset, device, out):
 
     from distill.attention import class_token_maps, plot_attention, rollout_unsupported
     from distill.datasets import num_classes_of
-    from distill.evaluation import test_view_spec, test_views_loader
+    from distill.datasets import test_view_spec
+    from distill.evaluation import test_views_loader
 
     usable = []
     for name, model in models:
@@ -124,7 +125,7 @@ def write_attention(args, models, dataset, device, out):
     if not usable:
         print("attention: no model has a class token and global attention (a ViT): attention.png not written")
         return
-    recipe, size = test_view_spec(args.dataset, usable[0][1])  # as evaluate_model's views
+    recipe, size = test_view_spec(args.dataset, usable[0][1].input_size[-1])  # as evaluate_model's views
     batch = next(iter(test_views_loader(dataset, size, args.attention, args.workers, args.limit, recipe=recipe)))
     images = batch["view"].to(device)
     columns = []
