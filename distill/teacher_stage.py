@@ -240,11 +240,12 @@ def _discard_unstarted(out: StoreLocation, remove_dir: bool, shards: list[str] =
         out.remove_dir()
 
 
-def seal(out: StoreLocation, manifest: dict, written: set[str], digests: dict[str, tuple[int, str]]) -> None:
+def seal(out, manifest: dict, written: set[str], digests: dict[str, tuple[int, str]] | None = None) -> None:
     """Record the size and sha256 of the shards written now and mark the store complete; the
     manifest is the last file written. `digests` holds what this process wrote; other shards
     (other ranks', a killed run's) are read back. Checksums recorded by an earlier run are
     kept, so a shard damaged since is not blessed."""
+    out, digests = locate(out), digests or {}
     present = set(out.names())  # a writable location can list
     for entry in manifest["shards"]:
         name = entry["name"]

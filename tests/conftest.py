@@ -199,6 +199,12 @@ def snapshot(path: Path) -> dict[str, bytes]:
 # ------------------------------------------------------------------ bad-input catalogue: fixtures
 
 
+@pytest.fixture
+def no_tvd_debug(monkeypatch):
+    """Bad-input cases see the one-line errors users see, whatever the caller's TVD_DEBUG."""
+    monkeypatch.delenv("TVD_DEBUG", raising=False)
+
+
 @pytest.fixture(scope="module")
 def base(cifar_root, teacher_ckpt):
     """save_logits arguments without --out: 40 samples, batches of 16, no workers."""
@@ -268,3 +274,21 @@ def student_c100(tmp_path_factory):
             "kwargs": TINY_STUDENT}
     (final / "config.yaml").write_text(yaml.safe_dump({"student": info}))
     return final
+
+
+def teacher_side(store, maker, labels, workers):
+    """{(epoch, index): view} of every stored record as the teacher stage builds it, with `workers`
+    DataLoader processes: the reference the replay-exactness tests compare the student side to."""
+    from torch.utils.data import DataLoader
+
+    from distill.replay import TeacherViews
+
+    epochs = np.repeat(np.arange(store.epochs), maker.num_samples)
+    indices = np.tile(np.arange(maker.num_samples), store.epochs)
+    views = TeacherViews(maker, store.settings["seed"], epochs, indices, labels)
+    out, n = {}, 0
+    for batch in DataLoader(views, batch_size=5, num_workers=workers):
+        for r in range(len(batch["index"])):
+            out[(int(epochs[n]), int(batch["index"][r]))] = batch["view"][r]
+            n += 1
+    return out

@@ -25,14 +25,8 @@ from conftest import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    monkeypatch.delenv("TVD_DEBUG", raising=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    """In-process teacher runs on one thread, like the subprocesses (conftest.one_thread)."""
+# in-process teacher runs on one thread, like the subprocesses; the errors users see
+pytestmark = pytest.mark.usefixtures("one_thread", "no_tvd_debug")
 
 
 # ============================================================ save_logits: teacher and checkpoint

@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, call_tool, needs_shared, run_tool, tool
+from conftest import SHARED, call_tool, needs_shared, run_tool, teacher_side, tool
 from test_datasets import write_stl10
 from torch.utils.data import DataLoader
 
 from distill.augment import Mixing, ViewMaker
 from distill.datasets import build_dataset, labels_of
-from distill.replay import StoreViews, TeacherViews
+from distill.replay import StoreViews
 from teacher_logits.codec import LOG_RANGE, STEP, decode_values
 from teacher_logits.reader import LogitStore
 
@@ -94,18 +94,6 @@ def fp16_store(cifar_root, spread_teacher, tmp_path_factory):
 
 
 # ------------------------------------------------------------------ 1. replay of strong recipes
-
-def teacher_side(store, maker, labels, workers):
-    epochs = np.repeat(np.arange(store.epochs), maker.num_samples)
-    indices = np.tile(np.arange(maker.num_samples), store.epochs)
-    views = TeacherViews(maker, store.settings["seed"], epochs, indices, labels)
-    out, n = {}, 0
-    for batch in DataLoader(views, batch_size=5, num_workers=workers):
-        for r in range(len(batch["index"])):
-            out[(int(epochs[n]), int(batch["index"][r]))] = batch["view"][r]
-            n += 1
-    return out
-
 
 @pytest.mark.parametrize("recipe", ["cifar-strong", "stl10"])
 def test_strong_recipes_replay_exactly_across_workers(recipe, cifar_root, teacher_ckpt, tmp_path):

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import run_tool
+from conftest import run_tool, teacher_side
 from image_folder import CLASSES, call_quietly, write_image_folder, write_teacher
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from distill.augment import Mixing, ViewMaker
 from distill.datasets import build_dataset, fingerprint, labels_of
-from distill.replay import StoreViews, TeacherViews
+from distill.replay import StoreViews
 from teacher_logits.reader import LogitStore
 
 MIX = ["--mixup", "0.8", "--cutmix", "1.0", "--mix-prob", "0.8"]
@@ -63,18 +63,6 @@ def test_store_records_folder_and_resolution(folder_store):
     settings = LogitStore(folder_store).settings
     assert settings["dataset"]["classes"] == sorted(CLASSES) and settings["num_classes"] == 3
     assert settings["augmentation"]["recipe"] == "imagenet" and settings["augmentation"]["resolution"] == 40
-
-
-def teacher_side(store, maker, labels, workers):
-    epochs = np.repeat(np.arange(store.epochs), maker.num_samples)
-    indices = np.tile(np.arange(maker.num_samples), store.epochs)
-    views = TeacherViews(maker, store.settings["seed"], epochs, indices, labels)
-    out, n = {}, 0
-    for batch in DataLoader(views, batch_size=5, num_workers=workers):
-        for r in range(len(batch["index"])):
-            out[(int(epochs[n]), int(batch["index"][r]))] = batch["view"][r]
-            n += 1
-    return out
 
 
 def test_imagenet_recipe_replays_exactly_across_workers(folder, folder_store):

@@ -14,21 +14,9 @@ from distill.loss import DistillationLoss, SparseTarget
 from distill.replay import StoreViews
 from teacher_logits.codec import decode_values, dense_distribution, encode_values
 from teacher_logits.reader import LogitStore
+from tools.bench_reader import CountingStore
 
 SAMPLES, SHARD = 200, 50  # 4 shards per epoch: one per (rank, worker) of 2 ranks x 2 workers
-
-
-class CountingStore(LogitStore):
-    """A LogitStore that appends `pid shard` to a file on every shard read (any process)."""
-
-    def __init__(self, path, log):
-        super().__init__(path)
-        self.log = log
-
-    def read(self, entry):
-        with open(self.log, "a") as f:
-            f.write(f"{os.getpid()} {entry['name']}\n")
-        return super().read(entry)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +64,9 @@ def test_each_shard_is_read_once_per_epoch_across_two_ranks_and_two_workers(part
             batches = run_epoch(stream(parts, rank, 2, store=counting), epoch, workers=2)
             seen += [i for b in batches for i in b["index"].tolist()]
         reads = [line.split() for line in log.read_text().splitlines()]
-        names = sorted(name for _, name in reads)
+        names = sorted(name for _, name, _ in reads)
         assert names == sorted(e["name"] for e in counting.shards(epoch))  # every shard of the epoch, once
-        assert {int(pid) for pid, _ in reads} == {os.getpid()}  # by the rank's process; workers read none
+        assert {int(pid) for pid, _, _ in reads} == {os.getpid()}  # by the rank's process; workers read none
         assert sorted(seen) == list(range(SAMPLES))
 
 

@@ -37,7 +37,7 @@ from tools.bench_memory import peak_rss_mb  # noqa: E402
 
 
 class CountingStore(LogitStore):
-    """Appends the bytes of every shard read to a file (reads in any process count)."""
+    """Appends `pid shard bytes` to a file on every shard read (reads in any process count)."""
 
     def __init__(self, path, log):
         super().__init__(path)
@@ -45,7 +45,7 @@ class CountingStore(LogitStore):
 
     def read(self, entry):
         with open(self.log, "a") as f:
-            f.write(f"{entry['bytes']}\n")
+            f.write(f"{os.getpid()} {entry['name']} {entry['bytes']}\n")
         return super().read(entry)
 
 
@@ -138,7 +138,7 @@ def read_amplification(store_path: str, tmp: str, data: list[str], batch_size: i
         for _ in views.batches(num_workers=2):
             pass
     with open(log) as f:
-        read = sum(int(line) for line in f)
+        read = sum(int(line.split()[2]) for line in f)
     epoch_bytes = sum(e["bytes"] for e in store.shards(0))
     return {"bytes_read": read, "epoch_bytes": epoch_bytes, "read_ratio": read / epoch_bytes}
 
