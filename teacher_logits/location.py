@@ -124,6 +124,16 @@ class StoreLocation:
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in listed)
 
+    def has_file(self, name: str) -> bool:
+        """Whether `name` exists, without fetching it (a HEAD request over http)."""
+        if self.local or self.protocol not in READ_ONLY:
+            return self.exists(name)
+        try:
+            self._call(f"reach {name}", self.fs.info, self._remote(name))
+            return True
+        except FileNotFoundError:
+            return False
+
     def is_file(self) -> bool:
         """The location names a file, not a directory (local only: object stores have no such clash)."""
         return bool(self.local and self.local.exists() and not self.local.is_dir())

@@ -36,6 +36,19 @@ class LogitStore:
     def num_classes(self) -> int:
         return self.settings["num_classes"]
 
+    def check_present(self, epochs: int | None = None) -> None:
+        """Refuse a store with a shard missing among its first `epochs` epochs (all by default),
+        naming it: a run that would stop at that shard can refuse before it writes anything."""
+        wanted = [e["name"] for e in self.manifest["shards"] if epochs is None or e["epoch"] < epochs]
+        listed = self.location.names()  # one listing; None over http, which cannot list
+        if listed is not None:
+            missing = sorted(set(wanted) - set(listed))
+        else:
+            missing = [n for n in wanted if not self.location.has_file(n)]
+        if missing:
+            raise StoreError(f"{self.location / missing[0]}: shard missing ({len(missing)} of {len(wanted)} "
+                             "missing); re-run the save_logits command to rewrite it")
+
     def shards(self, epoch: int | None = None) -> list[dict]:
         return [s for s in self.manifest["shards"] if epoch is None or s["epoch"] == epoch]
 
