@@ -33,7 +33,7 @@ from teacher_logits.manifest import (MANIFEST, StoreError, describe_teacher, dif
                                      load_manifest, new_manifest, shard_indices, shard_plans, write_manifest)
 from teacher_logits.location import StoreLocation, locate
 from teacher_logits.errors import UserError
-from teacher_logits.schema import pack_records
+from teacher_logits.schema import StoreSettings, chunk_header, pack_records
 from teacher_logits.shards import write_shard
 
 
@@ -50,10 +50,9 @@ class Labelled:
 
 def store_settings(args, data_fp: dict, maker: ViewMaker, num_classes: int) -> dict:
     names, checkpoints, weights = teacher_spec(args)
-    return {"k": args.topk, "num_classes": num_classes, "values": args.values, "epochs": args.epochs,
-            "seed": args.seed, "shard_records": args.shard_records, "chunk_records": args.chunk_records,
-            "dataset": data_fp, "augmentation": maker.fingerprint(),
-            "teacher": teacher_settings(names, checkpoints, args.pretrained, weights, args.precision)}
+    return StoreSettings(args.topk, num_classes, args.values, args.epochs, args.seed, args.shard_records,
+                         args.chunk_records, data_fp, maker.fingerprint(),
+                         teacher_settings(names, checkpoints, args.pretrained, weights, args.precision)).as_dict()
 
 
 def open_store(out: StoreLocation, settings: dict, rank: int) -> dict:
@@ -159,8 +158,7 @@ class ShardWriter:
 
     def __init__(self, out: StoreLocation, todo: list, manifest: dict):
         self.out, self.todo, self.settings = out, todo, manifest["settings"]
-        self.header = {"store_id": manifest["store_id"], "values": self.settings["values"], "k": self.settings["k"],
-                       "num_classes": self.settings["num_classes"]}
+        self.header = chunk_header(manifest)
         self.pending, self.buffered, self.written = [], 0, []
         self.digests: dict[str, tuple[int, str]] = {}  # (size, sha256) of the shards written here
 

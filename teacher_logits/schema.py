@@ -22,6 +22,33 @@ import numpy as np
 from .codec import decode_values, encode_topk, index_dtype
 
 
+@dataclass(frozen=True)
+class StoreSettings:
+    """How a store was made: the manifest's `settings`, which a re-run or a student must match.
+    The fingerprints (dataset, augmentation, teacher) are the dicts their owners produce."""
+    k: int                # teacher probabilities kept per record
+    num_classes: int
+    values: str           # value codec: "log8" or "fp16"
+    epochs: int
+    seed: int             # run seed: every view's seed derives from it
+    shard_records: int
+    chunk_records: int
+    dataset: dict         # distill.datasets.fingerprint
+    augmentation: dict    # distill.augment.ViewMaker.fingerprint
+    teacher: dict         # distill.store_teachers.teacher_settings
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def chunk_header(manifest: dict) -> dict:
+    """What every chunk of a store's shards carries besides its records (shards.py adds the
+    shard, epoch and chunk number): readers refuse a chunk of another store."""
+    settings = manifest["settings"]
+    return {"store_id": manifest["store_id"], "values": settings["values"], "k": settings["k"],
+            "num_classes": settings["num_classes"]}
+
+
 def pack_records(index, seed, top_classes, top_probs, settings: dict, partner=None, lam=None) -> dict:
     """Columns for the codec from labelled views: top_classes/top_probs are the teacher's (N, k)
     most probable classes and their probabilities; partner and lam only for mixed stores."""

@@ -54,17 +54,16 @@ def synthetic_store(path: str, num_classes: int, k: int, records: int, shard_rec
     from distill.augment import record_seed
     from distill.teacher_stage import seal
     from teacher_logits.codec import encode_values
-    from teacher_logits.schema import pack_coded
+    from teacher_logits.schema import StoreSettings, chunk_header, pack_coded
     from teacher_logits.manifest import new_manifest, shard_indices, shard_plans, write_manifest
     from teacher_logits.shards import write_shard
 
-    settings = {"k": k, "num_classes": num_classes, "values": "log8", "epochs": 1, "seed": 0,
-                "shard_records": shard_records, "chunk_records": 4096, "dataset": {"name": "synthetic", "size": records},
-                "augmentation": {}, "teacher": {"name": "synthetic"}}
+    settings = StoreSettings(k, num_classes, "log8", 1, 0, shard_records, 4096, {"name": "synthetic", "size": records},
+                             {}, {"name": "synthetic"}).as_dict()
     os.makedirs(path)
     manifest = new_manifest(settings)
     write_manifest(path, manifest)
-    header = {"store_id": manifest["store_id"], "values": "log8", "k": k, "num_classes": num_classes}
+    header = chunk_header(manifest)
     rng = np.random.default_rng(0)
     for plan in shard_plans(manifest):
         index = shard_indices(manifest["settings"], plan)
