@@ -164,7 +164,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             raise UserError(f"override {item!r}: the value of config key {key.strip()} is not valid YAML "
-                             "(quote it, or check brackets: e.g. optim.betas=[0.9,0.99])") from None
+                            "(quote it, or check brackets: e.g. optim.betas=[0.9,0.99])") from None
         _set_dotted(tree, key.strip(), value)
     cfg = _build(Config, tree, "")
     if cfg.data.img_size is None:
@@ -202,7 +202,7 @@ def check_runnable(cfg: Config) -> None:
     for name in cfg.model.kwargs:
         if not str(name).isidentifier():  # `{depth:2}` is YAML for {"depth:2": None}
             raise UserError(f"config key model.kwargs: {name!r} is not an argument name "
-                             "(YAML needs a space after each colon: model.kwargs={depth: 2})")
+                            "(YAML needs a space after each colon: model.kwargs={depth: 2})")
     if len(cfg.optim.betas) != 2:
         raise UserError(f"config key optim.betas: expected two numbers, got {cfg.optim.betas}")
 
@@ -237,7 +237,7 @@ def _build(cls, tree, prefix: str):
             values[name] = _coerce(tree[name], kind, dotted)
         if dotted in CHOICES and values[name] not in CHOICES[dotted]:
             raise UserError(f"config key {dotted}: expected one of {', '.join(map(str, CHOICES[dotted]))}, "
-                             f"got {values[name]!r}")
+                            f"got {values[name]!r}")
     return cls(**values)
 
 

@@ -39,7 +39,7 @@ def load_student(folder: Path) -> Preprocessed:
         complete = False
     if not complete:
         raise UserError(f"{folder / 'config.yaml'}: no complete `student` section (name, num_classes, img_size, "
-                         "mean, std); pass the final/ directory that train_student.py wrote")
+                        "mean, std); pass the final/ directory that train_student.py wrote")
     if info.get("kind") == "teacher":  # a teacher trained by tools/train_teacher.py
         return create_teacher(info["name"], checkpoint=folder / "model.pt", num_classes=info["num_classes"])
     model = create_student(info["name"], info["num_classes"], info["img_size"], **(info.get("kwargs") or {}))
@@ -54,15 +54,15 @@ def load_model(spec: str, num_classes: int) -> tuple[str, Preprocessed]:
         model = load_student(folder)
         if model.num_classes != num_classes:
             raise UserError(f"{spec}: the student has {model.num_classes} classes, --dataset has {num_classes}: "
-                             "evaluate it on the dataset it was trained for")
+                            "evaluate it on the dataset it was trained for")
         return folder.parent.name if folder.name == "final" else folder.name, model.eval()
     if Path(spec).exists():
         raise UserError(f"{spec}: not a student export (needs config.yaml and model.pt); for a teacher "
-                         "checkpoint pass --teacher NAME --checkpoint FILE or NAME=FILE")
+                        "checkpoint pass --teacher NAME --checkpoint FILE or NAME=FILE")
     name, _, checkpoint = spec.partition("=")
     if "/" in name and not timm.is_model(name):
         raise UserError(f"{spec}: no such path, and not a timm model name: pass a student export (the final/ "
-                         "directory train_student.py wrote) or a teacher NAME=CHECKPOINT")
+                        "directory train_student.py wrote) or a teacher NAME=CHECKPOINT")
     if checkpoint and not Path(checkpoint).is_file():
         raise UserError(f"checkpoint {checkpoint} of teacher {name} not found: pass the teacher's weights file")
     teacher = create_teacher(name, checkpoint=checkpoint or None, pretrained=not checkpoint, num_classes=num_classes)
@@ -91,7 +91,7 @@ def evaluate_model(model: Preprocessed, dataset, dataset_name: str, device, batc
     num_classes = num_classes_of(dataset_name, dataset)
     if model.num_classes != num_classes:
         raise UserError(f"model has {model.num_classes} classes, {dataset_name} has {num_classes}: "
-                         "evaluate it on the dataset it was trained for")
+                        "evaluate it on the dataset it was trained for")
     recipe, size = test_view_spec(dataset_name, model.input_size[-1])
     acc = MetricAccumulator(num_classes, list(getattr(dataset, "classes", None) or range(num_classes)))
     model = model.to(device).eval()

@@ -68,8 +68,8 @@ class StoreViews(IterableDataset):
         self.stored_epochs = stored_epochs or store.epochs
         if len(store.shards(0)) < world:
             raise UserError(f"{store.path} has {len(store.shards(0))} shard(s) per epoch and each is read by "
-                             f"one of the {world} ranks: re-create it with a smaller --shard-records "
-                             f"(at most {store.manifest['records'] // store.epochs // world})")
+                            f"one of the {world} ranks: re-create it with a smaller --shard-records "
+                            f"(at most {store.manifest['records'] // store.epochs // world})")
         self.epoch, self.skip_batches = 0, 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:

@@ -40,7 +40,7 @@ class TrainingData:
         steps = self.micro_per_epoch // grad_accum
         if steps == 0:
             raise UserError(f"train.batch_size x train.grad_accum = {self.batch_size * grad_accum} exceeds the "
-                             f"{self.size // world} samples per rank: lower them")
+                            f"{self.size // world} samples per rank: lower them")
         return steps
 
     def batches(self, cfg, epoch: int, rank: int, world: int, skip: int):
@@ -107,7 +107,7 @@ def stored_epochs(store: LogitStore, cfg) -> int:
         return store.epochs
     if not 0 < cfg.logits.epochs <= store.epochs:
         raise UserError(f"config key logits.epochs: {cfg.logits.epochs} asked of {store.path}, which holds "
-                         f"{store.epochs} epochs: use 1 to {store.epochs}, or null for all")
+                        f"{store.epochs} epochs: use 1 to {store.epochs}, or null for all")
     return cfg.logits.epochs
 
 

@@ -47,12 +47,7 @@ def build_model(cfg, num_classes: int):
     """(model taking [0, 1] views, kind). Our students by name, normalised with the dataset's
     statistics; any other timm name is a teacher being trained or fine-tuned
     (tools/train_teacher.py), with its own normalisation and input size."""
-    from distill.models import (
-        Preprocessed,
-        create_student,
-        create_teacher,
-        init_student,
-    )
+    from distill.models import Preprocessed, create_student, create_teacher, init_student
     from distill.models.students import STUDENTS
 
     if cfg.model.name not in STUDENTS:
@@ -60,7 +55,7 @@ def build_model(cfg, num_classes: int):
 
         if not timm.is_model(cfg.model.name):
             raise UserError(f"config key model.name: unknown model {cfg.model.name!r}; students: "
-                             f"{', '.join(STUDENTS)} (or any timm model name, trained as a teacher)")
+                            f"{', '.join(STUDENTS)} (or any timm model name, trained as a teacher)")
         teacher = create_teacher(cfg.model.name, cfg.model.init, cfg.model.pretrained, num_classes)
         return teacher.train(), "teacher"
     inner = create_student(cfg.model.name, num_classes, cfg.data.img_size, **cfg.model.kwargs)

@@ -111,8 +111,8 @@ def load_checked(target, state_dict, path) -> None:
     unexpected = sorted(relevant(state_dict) - relevant(expected))
     if missing or unexpected:
         raise UserError(f"{path} does not match {type(target).__name__}: missing keys: {_few(missing)}; "
-                         f"unexpected keys: {_few(unexpected)}; is it a checkpoint of this architecture? "
-                         "(check --teacher / model.name)")
+                        f"unexpected keys: {_few(unexpected)}; is it a checkpoint of this architecture? "
+                        "(check --teacher / model.name)")
 
     classifier = (getattr(target, "pretrained_cfg", None) or {}).get("classifier")
     for key, value in expected.items():
@@ -174,7 +174,7 @@ class TeacherEnsemble(nn.Module):
         if len(set(classes)) != 1:
             listed = ", ".join(f"{n}: {c}" for n, c in zip(names, classes))
             raise UserError(f"the ensemble's teachers have different class counts ({listed}): "
-                             "pass teachers for the same classes")
+                            "pass teachers for the same classes")
         self.members = nn.ModuleList(teachers)
         self.names, self.weights, self.num_classes = names, weights, classes[0]
         self.register_buffer("log_weights", torch.tensor(weights, dtype=torch.float64).log().float(),
@@ -191,11 +191,11 @@ def normalised_weights(weights, count: int, flag: str = "--teacher-weights", pre
     weights = [float(w) for w in weights]
     if len(weights) != count:
         raise UserError(f"{prefix}{flag}: {len(weights)} weight(s) for {count} teacher(s): "
-                         "give one positive weight per teacher, in the same order")
+                        "give one positive weight per teacher, in the same order")
     for w in weights:
         if not (math.isfinite(w) and w > 0):
             raise UserError(f"{prefix}{flag}: every weight must be a positive number, got {w:g}: "
-                             "leave the teacher out instead of weighting it 0")
+                            "leave the teacher out instead of weighting it 0")
     total = sum(weights)
     return [w / total for w in weights]
 
@@ -226,14 +226,14 @@ def ensemble_spec(names, checkpoints=None, pretrained=False, weights=None, flags
         if not pretrained and require_weights:
             if prefix:
                 raise UserError(f"{prefix}{ckpt_flag}: teacher(s) {', '.join(names)} have no weights: set "
-                                 f"{ckpt_flag} (one file per {name_flag}) or {pre_flag}")
+                                f"{ckpt_flag} (one file per {name_flag}) or {pre_flag}")
             ask = f"{ckpt_flag} FILE" + (f" (one per {name_flag})" if len(names) > 1 else "")
             raise UserError(f"{name_flag} {' '.join(names)} has no weights: pass {ask} or {pre_flag}")
         checkpoints = [None] * len(names)
     elif len(checkpoints) != len(names):
         raise UserError(f"{prefix}{ckpt_flag}: {len(checkpoints)} given for {len(names)} teacher(s) "
-                         f"({', '.join(names)}): pass one {ckpt_flag} per {name_flag}, in the same order "
-                         f"(or none, with {pre_flag})")
+                        f"({', '.join(names)}): pass one {ckpt_flag} per {name_flag}, in the same order "
+                        f"(or none, with {pre_flag})")
     weights = normalised_weights([1.0] * len(names) if weights is None else weights, len(names), f["weights"],
                                  prefix)
     return names, checkpoints, weights

@@ -33,7 +33,7 @@ def init_student(model, spec: str) -> str | None:
         return _load_with_head(model, state, path)
     except ValueError as e:
         raise UserError(f"{e} (model.init: keep the export's model.name, model.kwargs and data.img_size, "
-                         f"as in {path.parent / 'config.yaml'})") from None
+                        f"as in {path.parent / 'config.yaml'})") from None
 
 
 def _load_with_head(model, state: dict, path: Path) -> str | None:
