@@ -254,11 +254,15 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
         start_tracking(cfg, {}, tmp_path, rank=1)
 
 
-# ZeRO 1 and 2 cast as ZeRO 0 does; they run with --slow to keep the default suite under 15 minutes
+# ZeRO 1 and 2 cast as ZeRO 0 does, and CCT's layers are cifar_vit's and cifar_cnn's kinds: those
+# cases run with --slow, to keep the default suite under 15 minutes
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("student,zero_stage", [("tiny_vit_5m", 0), ("cifar_cnn", 0), ("cifar_vit", 0),
-                                                ("cct_7_3x1", 0), pytest.param("tiny_vit_5m", 1, marks=pytest.mark.slow),
-                                                pytest.param("tiny_vit_5m", 2, marks=pytest.mark.slow),
-                                                ("tiny_vit_5m", 3)])
+                                                pytest.param("cct_7_3x1", 0, marks=SLOW),
+                                                pytest.param("tiny_vit_5m", 1, marks=SLOW),
+                                                pytest.param("tiny_vit_5m", 2, marks=SLOW), ("tiny_vit_5m", 3)])
 def test_bf16_step_matches_fp32(cifar_root, store, tmp_path, student, zero_stage):
     """deepspeed.bf16=true trains every student, at every ZeRO stage: DeepSpeed casts the
     running statistics of students with BatchNorm (TinyViT, cifar_cnn) with the weights, and
