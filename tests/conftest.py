@@ -292,3 +292,21 @@ def teacher_side(store, maker, labels, workers):
             out[(int(epochs[n]), int(batch["index"][r]))] = batch["view"][r]
             n += 1
     return out
+
+
+def check_student_side(store, maker, labels, reference, epoch, workers) -> tuple[list[int], int]:
+    """Every view StoreViews builds for `epoch` with `workers` DataLoader processes equals the
+    teacher side's (`reference`, from teacher_side); returns (sample indices seen, mixed views)."""
+    from torch.utils.data import DataLoader
+
+    from distill.replay import StoreViews
+
+    stream = StoreViews(store, maker, labels, 7)
+    stream.set_epoch(epoch)
+    seen, mixed = [], 0
+    for batch in DataLoader(stream, batch_size=None, num_workers=workers):
+        for n, index in enumerate(batch["index"].tolist()):
+            assert torch.equal(batch["view"][n], reference[(epoch, index)]), (workers, epoch, index)
+        seen += batch["index"].tolist()
+        mixed += int((batch["lam"] < 1).sum())
+    return seen, mixed

@@ -13,9 +13,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, call_tool, needs_shared, run_tool, teacher_side, tool
+from conftest import SHARED, call_tool, check_student_side, needs_shared, run_tool, teacher_side, tool
 from test_datasets import write_stl10
-from torch.utils.data import DataLoader
 
 from distill.augment import Mixing, ViewMaker
 from distill.datasets import build_dataset, labels_of
@@ -124,13 +123,7 @@ def test_strong_recipes_replay_exactly_across_workers(recipe, cifar_root, teache
         assert 0 < grey < len(side0)
     for workers in (0, 2):
         for epoch in range(2):
-            stream = StoreViews(store, maker, labels, 7)
-            stream.set_epoch(epoch)
-            seen = []
-            for batch in DataLoader(stream, batch_size=None, num_workers=workers):
-                for r, index in enumerate(batch["index"].tolist()):
-                    assert torch.equal(batch["view"][r], side0[(epoch, index)]), (workers, epoch, index)
-                seen += batch["index"].tolist()
+            seen, _ = check_student_side(store, maker, labels, side0, epoch, workers)
             assert sorted(seen) == list(range(size))
 
 

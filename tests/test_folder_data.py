@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import run_tool, teacher_side
+from conftest import check_student_side, run_tool, teacher_side
 from image_folder import CLASSES, call_quietly, write_image_folder, write_teacher
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from distill.augment import Mixing, ViewMaker
 from distill.datasets import build_dataset, fingerprint, labels_of
-from distill.replay import StoreViews
 from teacher_logits.reader import LogitStore
 
 MIX = ["--mixup", "0.8", "--cutmix", "1.0", "--mix-prob", "0.8"]
@@ -80,14 +78,8 @@ def test_imagenet_recipe_replays_exactly_across_workers(folder, folder_store):
     mixed = 0
     for workers in (0, 2):
         for epoch in range(2):
-            stream = StoreViews(store, maker, labels, 7)
-            stream.set_epoch(epoch)
-            seen = []
-            for batch in DataLoader(stream, batch_size=None, num_workers=workers):
-                for n, index in enumerate(batch["index"].tolist()):
-                    assert torch.equal(batch["view"][n], side0[(epoch, index)]), (workers, epoch, index)
-                seen += batch["index"].tolist()
-                mixed += int((batch["lam"] < 1).sum())
+            seen, mixed_here = check_student_side(store, maker, labels, side0, epoch, workers)
+            mixed += mixed_here
             assert sorted(seen) == list(range(len(dataset)))
     assert mixed > 10  # Mixup/CutMix views were compared
 
