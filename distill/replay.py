@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from distill.augment import Mixing, ViewMaker, record_seed
 from distill.loss import SparseTarget
+from teacher_logits.schema import stored_mix_weight
 from teacher_logits.stream import rank_stream, records_per_rank
 from teacher_logits.errors import UserError
 
@@ -118,7 +119,7 @@ class StoreViews(IterableDataset):
             mixed_labels.append(self.labels[mix.partner] if mix.partner >= 0 else self.labels[index])
             lams.append(mix.lam)
         return {"view": torch.stack(views), "label": torch.as_tensor(self.labels[indices]),
-                "partner_label": torch.as_tensor(mixed_labels), "lam": torch.as_tensor(lams, dtype=torch.float32),
+                "partner_label": torch.as_tensor(mixed_labels), "lam": torch.as_tensor(lams, dtype=torch.float64),
                 "index": torch.as_tensor(indices), "seed": torch.as_tensor(seeds.astype(np.int64)),
                 "mix_partner": torch.as_tensor(partners)}
 
@@ -128,7 +129,7 @@ class StoreViews(IterableDataset):
                 not np.array_equal(batch["seed"].numpy(), stored.seed):
             raise RuntimeError(f"{self.store.path}: stored records differ from the manifest's plan (index or "
                                "seed): the store was edited or made by another version; re-create it")
-        replayed_partner, replayed_lam = batch["mix_partner"].numpy(), batch["lam"].numpy().astype(np.float16)
+        replayed_partner, replayed_lam = batch["mix_partner"].numpy(), stored_mix_weight(batch["lam"].numpy())
         bad = np.flatnonzero((replayed_partner != stored.partner) | (replayed_lam != stored.lam.astype(np.float16)))
         if len(bad):
             r = bad[0]

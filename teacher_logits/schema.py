@@ -49,6 +49,13 @@ def chunk_header(manifest: dict) -> dict:
             "num_classes": settings["num_classes"]}
 
 
+def stored_mix_weight(lam) -> np.ndarray:
+    """The float16 a mixed record stores for its replayed Mixup/CutMix weight: the one cast
+    from the replayed float64 weight, for the writer and for the student's check alike
+    (float64 -> float32 -> float16 rounds differently from float64 -> float16 now and then)."""
+    return np.asarray(lam, dtype=np.float64).astype("<f2")
+
+
 def pack_records(index, seed, top_classes, top_probs, settings: dict, partner=None, lam=None) -> dict:
     """Columns for the codec from labelled views: top_classes/top_probs are the teacher's (N, k)
     most probable classes and their probabilities; partner and lam only for mixed stores."""
@@ -56,7 +63,7 @@ def pack_records(index, seed, top_classes, top_probs, settings: dict, partner=No
     columns = pack_coded(index, seed, top_classes, coded, settings["num_classes"])
     if partner is not None:
         columns["partner"] = np.asarray(partner).astype("<i4")
-        columns["lam"] = np.asarray(lam).astype("<f2")
+        columns["lam"] = stored_mix_weight(lam)
     return columns
 
 
