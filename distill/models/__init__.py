@@ -4,7 +4,7 @@ Teachers: cifar10_resnet20, cifar10_resnet56, cifar100_resnet56, cifar10_densene
 cifar100_densenet_bc100 (weights in shared/teachers). Students: cifar_vit, cct_7_3x1,
 cifar_cnn, and timm's tiny_vit_{5m,11m,21m}.
 """
-from . import cifar_teachers, students  # noqa: F401  (registers the models with timm)
+from . import cifar_teachers, seed_rows, students  # noqa: F401  (registers the models with timm)
 from .students import create_student
 from .teachers import Preprocessed, TeacherEnsemble, create_teacher, create_teachers, load_weights
 from .transfer import init_student

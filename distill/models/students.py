@@ -15,6 +15,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import Block, VisionTransformer
 from teacher_logits.errors import UserError
 
+from .layers import fast_dropout
+
 __all__ = ["CCT", "CifarCNN", "create_student", "tiny_vit_window_sizes", "STUDENTS"]
 
 # Students train from scratch, so any fixed normalisation works; CIFAR-10's is the usual one.
@@ -48,6 +50,17 @@ class ConvTokenizer(nn.Module):
         return self.pool(F.relu(self.conv(x))).flatten(2).transpose(1, 2)  # (N, L, D)
 
 
+class PatchTokenizer(nn.Module):
+    """ViT's patch embedding (CVT): one token per non-overlapping patch_size x patch_size patch."""
+
+    def __init__(self, in_chans, embed_dim, patch_size=4):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+
+    def forward(self, x):
+        return self.conv(x).flatten(2).transpose(1, 2)  # (N, L, D)
+
+
 class SeqPool(nn.Module):
     """Sequence pooling: a learned softmax weight per token replaces the CLS token."""
 
@@ -62,15 +75,18 @@ class SeqPool(nn.Module):
 
 class CCT(nn.Module):
     """Compact Convolutional Transformer (Hassani et al. 2021): conv tokens, pre-norm
-    transformer, sequence pooling. Built for one `img_size`, as its pos-embedding is learned."""
+    transformer, sequence pooling. Built for one `img_size`, as its pos-embedding is learned.
+    `patch_size` set: ViT patch tokens instead of conv tokens, which is the paper's CVT."""
 
     def __init__(self, img_size=32, num_classes=10, in_chans=3, embed_dim=256, depth=7, num_heads=4,
-                 mlp_ratio=2.0, drop_rate=0.0, attn_drop_rate=0.1, drop_path_rate=0.1, **kwargs):
+                 mlp_ratio=2.0, drop_rate=0.0, attn_drop_rate=0.1, drop_path_rate=0.1, patch_size=None, **kwargs):
         super().__init__()
         self.num_classes = num_classes
         self.num_features = embed_dim
-        self.tokenizer = ConvTokenizer(in_chans, embed_dim)
-        side = math.ceil(img_size / 2)  # maxpool k3 s2 p1 maps n pixels to ceil(n / 2)
+        if patch_size:
+            self.tokenizer, side = PatchTokenizer(in_chans, embed_dim, patch_size), img_size // patch_size
+        else:  # maxpool k3 s2 p1 maps n pixels to ceil(n / 2)
+            self.tokenizer, side = ConvTokenizer(in_chans, embed_dim), math.ceil(img_size / 2)
         self.pos_embed = nn.Parameter(torch.zeros(1, side * side, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         drop_paths = torch.linspace(0, drop_path_rate, depth).tolist()  # deeper blocks drop more
@@ -150,7 +166,7 @@ def _create(cls, variant, pretrained, side, **kwargs):
         raise UserError(f"{variant} has no pretrained weights; train it or load a file with load_weights")
     # Record the real input size (side x side) in the cfg, so Preprocessed(model) resizes to it.
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {}, input_size=(3, side, side))
-    return build_model_with_cfg(cls, variant, pretrained, pretrained_cfg_overlay=overlay, **kwargs)
+    return fast_dropout(build_model_with_cfg(cls, variant, pretrained, pretrained_cfg_overlay=overlay, **kwargs))
 
 
 @register_model
@@ -172,12 +188,13 @@ def cct_7_3x1(pretrained=False, img_size=32, **kwargs):
 @register_model
 def cifar_cnn(pretrained=False, img_size=32, **kwargs):
     """CNN baseline; works at any resolution, `img_size` only sets its pretrained cfg."""
-    return _create(CifarCNN, "cifar_cnn", pretrained, img_size, **kwargs)
+    # channels-last: oneDNN's convolutions run ~1.3x faster in it here (and tensor cores want it)
+    return _create(CifarCNN, "cifar_cnn", pretrained, img_size, **kwargs).to(memory_format=torch.channels_last)
 
 
 # ------------------------------------------------------------------------ create_student
 
-_OURS = ("cifar_vit", "cct_7_3x1", "cifar_cnn")
+_OURS = ("cifar_vit", "cct_7_3x1", "cifar_cnn", "cifar_vit_mini", "cifar_vit_256", "vit_lite_7_4", "cvt_7_4")
 _TINY_VITS = {"tiny_vit_5m": "tiny_vit_5m_224", "tiny_vit_11m": "tiny_vit_11m_224",
               "tiny_vit_21m": "tiny_vit_21m_224"}
 STUDENTS = _OURS + tuple(_TINY_VITS) + tuple(_TINY_VITS.values())
