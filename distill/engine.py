@@ -77,6 +77,11 @@ def build_engine(cfg, model, steps_per_epoch: int, schedule_steps: int):
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=deepspeed_config(cfg),
                                            lr_scheduler=schedule)
+    if cfg.deepspeed.zero_stage == 0 and not cfg.deepspeed.bf16:
+        # Channels-last convolution weights: cifar_cnn trains ~1.1-1.3x faster with oneDNN here. Only
+        # after initialize (it broadcasts parameters as flat bytes) and only where DeepSpeed keeps the
+        # parameters themselves (ZeRO 1-3 and its bf16 optimizer make them views of flat buffers).
+        inner.to(memory_format=torch.channels_last)
     return engine
 
 

@@ -188,8 +188,7 @@ def cct_7_3x1(pretrained=False, img_size=32, **kwargs):
 @register_model
 def cifar_cnn(pretrained=False, img_size=32, **kwargs):
     """CNN baseline; works at any resolution, `img_size` only sets its pretrained cfg."""
-    # channels-last: oneDNN's convolutions run ~1.3x faster in it here (and tensor cores want it)
-    return _create(CifarCNN, "cifar_cnn", pretrained, img_size, **kwargs).to(memory_format=torch.channels_last)
+    return _create(CifarCNN, "cifar_cnn", pretrained, img_size, **kwargs)
 
 
 # ------------------------------------------------------------------------ create_student
