@@ -14,8 +14,10 @@ and DIR/val/<class>/* (see `ImageFolderSplit`). Its class count comes from the f
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
+import pickletools
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -60,14 +62,31 @@ class _ArraysOnly(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _check_sizes(data: bytes) -> None:
+    """Refuse a pickle whose opcodes ask for more than the file holds before anything is
+    allocated: a memo slot past the ones stored so far (the unpickler would grow its memo to
+    it) or a frame longer than the rest of the file. Lengths of strings and bytes are bounded
+    by reading from memory: a read past the end fails at once."""
+    stored = 0
+    for op, arg, pos in pickletools.genops(io.BytesIO(data)):
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > stored:
+            raise pickle.UnpicklingError(f"memo slot {arg} at byte {pos}, but only {stored} stored")
+        if op.name == "FRAME" and arg > len(data) - pos:
+            raise pickle.UnpicklingError(f"frame of {arg} bytes at byte {pos} in a {len(data)}-byte file")
+        stored += op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE")
+
+
 def _check_pickles(cls, root: str) -> None:
-    """Load every pickle a CIFAR class will read with the restricted unpickler first."""
+    """Load every pickle a CIFAR class will read with the restricted unpickler first, from
+    memory and after its sizes are checked, so that no content can exhaust memory."""
     folder = os.path.join(root, cls.base_folder)
     for name, _ in cls.train_list + cls.test_list + [[cls.meta["filename"], None]]:
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             with open(path, "rb") as f:
-                _ArraysOnly(f, encoding="latin1").load()
+                data = f.read()
+            _check_sizes(data)
+            _ArraysOnly(io.BytesIO(data), encoding="latin1").load()
 
 
 def _without_md5(cls):

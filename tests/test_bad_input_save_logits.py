@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import (
@@ -152,10 +154,23 @@ def test_recreated_dataset_without_skip_md5(base, tmp_path, capsys, monkeypatch)
     assert not out.exists()
 
 
-def test_dataset_file_corrupt(base, cifar_root, tmp_path, capsys):
+# Pickles whose opcodes ask for ~1 TB (or a 2^31-slot memo): a reader that trusts them runs out
+# of memory before it finds out that the file is 13 bytes long.
+HUGE_PICKLES = {
+    "memo-slot": b"\x80\x02}r" + struct.pack("<I", 2**31) + b".",      # EMPTY_DICT, LONG_BINPUT 2^31
+    "frame": b"\x80\x04\x95" + struct.pack("<Q", 2**40) + b"}.",      # FRAME of 2^40 bytes
+    "bytes8": b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"xx.",    # BINBYTES8 of 2^40 bytes
+    "unicode8": b"\x80\x04\x8d" + struct.pack("<Q", 2**40) + b"xx.",  # BINUNICODE8 of 2^40 bytes
+}
+CORRUPT = {**{f"random-{seed}": np.random.default_rng(seed).bytes(3000) for seed in range(4)}, **HUGE_PICKLES}
+
+
+@pytest.mark.parametrize("content", list(CORRUPT))
+def test_dataset_file_corrupt(base, cifar_root, tmp_path, capsys, content):
+    """Any content in a batch file, random or crafted to ask for huge sizes: one line, no store."""
     root = tmp_path / "data"
     shutil.copytree(cifar_root, root)
-    (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(os.urandom(3000))
+    (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(CORRUPT[content])
     out = tmp_path / "s"
     r = save_logits(replace(with_out(base, out), "--data-root", root), capsys)
     user_error(r, str(root / "cifar-10-batches-py"), "unreadable", "re-create or re-download")
