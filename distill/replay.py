@@ -25,6 +25,7 @@ from distill.loss import SparseTarget
 from teacher_logits.schema import stored_mix_weight
 from teacher_logits.stream import rank_stream, records_per_rank
 from teacher_logits.errors import UserError
+from teacher_logits.manifest import StoreError
 
 
 def store_view_maker(dataset, store, num_samples: int | None = None) -> ViewMaker:
@@ -127,12 +128,13 @@ class StoreViews(IterableDataset):
         """The views were built for the records whose targets are joined to them."""
         if not np.array_equal(batch["index"].numpy(), stored.index) or \
                 not np.array_equal(batch["seed"].numpy(), stored.seed):
-            raise RuntimeError(f"{self.store.path}: stored records differ from the manifest's plan (index or "
-                               "seed): the store was edited or made by another version; re-create it")
+            raise StoreError(f"{self.store.path}: stored records differ from the manifest's plan (index or "
+                             "seed): the store was edited or made by another version; re-create it")
         replayed_partner, replayed_lam = batch["mix_partner"].numpy(), stored_mix_weight(batch["lam"].numpy())
         bad = np.flatnonzero((replayed_partner != stored.partner) | (replayed_lam != stored.lam.astype(np.float16)))
         if len(bad):
             r = bad[0]
-            raise RuntimeError(f"record for sample {stored.index[r]} names mix partner {stored.partner[r]} at "
-                               f"weight {stored.lam[r]:.3f}, its seed gives {replayed_partner[r]} at "
-                               f"{replayed_lam[r]:.3f}: the store was made with other mixing settings")
+            raise StoreError(f"{self.store.path}: record for sample {stored.index[r]} names mix partner "
+                             f"{stored.partner[r]} at weight {stored.lam[r]:.4f}, its seed gives "
+                             f"{replayed_partner[r]} at {replayed_lam[r]:.4f}: the store was made with other "
+                             "mixing settings")

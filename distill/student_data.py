@@ -62,7 +62,8 @@ def load_data(cfg, rank: int, world: int) -> TrainingData:
     if cfg.logits.store:
         store = LogitStore(cfg.logits.store)
         size = check_store(store, cfg, train_set)
-        store.check_present(stored_epochs(store, cfg))  # before the run writes anything
+        store.check_present(stored_epochs(store, cfg))  # before the run writes anything, and so is
+        store.read(store.shards(0)[0])  # one shard read whole: checksum and schema (a crafted store stops here)
         maker = store_view_maker(train_set, store, size)
         store_views = StoreViews(store, maker, labels_of(train_set)[:size], cfg.train.batch_size, rank, world,
                                  shuffle_seed=cfg.train.seed, stored_epochs=stored_epochs(store, cfg))

@@ -150,16 +150,30 @@ def _decode_chunk(blob: bytes, max_bytes: int) -> tuple[dict, dict[str, np.ndarr
     if not 0 < n <= MAX_CHUNK_RECORDS:
         raise CorruptChunk(f"bad record count {n}")
     columns, offset = {}, 8 + head_len
-    for name, dtype, shape in header["columns"]:
-        dt = np.dtype(dtype)
-        if dt.kind not in "uif" or dt.hasobject:
-            raise CorruptChunk(f"column {name!r} has a disallowed dtype {dtype}")
+    for name, dtype, shape in _column_layout(header):
         count = n * int(np.prod(shape, dtype=np.int64))
-        end = offset + count * dt.itemsize
+        end = offset + count * dtype.itemsize
         if end > len(raw):
             raise CorruptChunk(f"column {name!r} runs past the end of the chunk")
-        columns[name] = np.frombuffer(raw, dtype=dt, count=count, offset=offset).reshape(n, *shape)
+        columns[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(n, *shape)
         offset = end
     if offset != len(raw):
         raise CorruptChunk("trailing bytes after the last column")
     return header, columns
+
+
+ALLOWED_DTYPES = ("|u1", "<u2", "<u4", "<i4", "<i8", "<f2", "<f4")  # what any column may be stored as
+
+
+def _column_layout(header: dict) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+    """(name, dtype, shape) of each column a header declares, checked before any byte is read:
+    names are strings, dtypes from ALLOWED_DTYPES, shapes short lists of small non-negative ints."""
+    try:
+        layout = [(name, dtype, tuple(shape)) for name, dtype, shape in header["columns"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptChunk(f"bad header: no valid column list ({type(e).__name__})") from None
+    for name, dtype, shape in layout:
+        if type(name) is not str or dtype not in ALLOWED_DTYPES or len(shape) > 2 or \
+                not all(type(d) is int and 0 <= d <= MAX_CLASSES for d in shape):
+            raise CorruptChunk(f"column {name!r} has a disallowed dtype {dtype!r} or shape {list(shape)!r}")
+    return [(name, np.dtype(dtype), shape) for name, dtype, shape in layout]

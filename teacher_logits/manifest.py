@@ -121,11 +121,49 @@ def load_manifest(store) -> dict:
     if manifest["store_id"] != store_id({**settings, "epochs": id_epochs}) or not (
             type(id_epochs) is int and type(epochs) is int and 0 < id_epochs <= epochs):
         raise StoreError(f"{path}: settings do not match the store id (edited manifest?); re-create the store")
+    problem = size_problem(manifest)
+    if problem:
+        raise StoreError(f"{path}: {problem} (edited or crafted manifest?); re-create the store")
     planned = plan_shards(settings["epochs"], settings["dataset"]["size"], settings["shard_records"])
     if shard_plans(manifest) != planned:
         raise StoreError(f"{path}: the shard list does not match the store's settings (edited manifest?); "
                          "re-create the store")
     return manifest
+
+
+MAX_SAMPLES = (1 << 31) - 1  # partners are int32
+MAX_SHARD_BYTES = 1 << 32  # a shard is read into memory whole
+MIN_BYTES_PER_RECORD = 4  # a record's seed alone is 4 random bytes, which no codec shrinks
+
+
+def size_problem(manifest: dict) -> str | None:
+    """What makes the sizes a manifest claims impossible, or None; checked before anything is
+    planned or allocated from them. The shard list must have exactly the entries its settings
+    imply (so the plan is no larger than the manifest itself), the record total must be theirs,
+    and a sealed store must hold at least MIN_BYTES_PER_RECORD bytes a record."""
+    settings, shards = manifest["settings"], manifest["shards"]
+    numbers = {"k": settings.get("k"), "num_classes": settings.get("num_classes"), "seed": settings.get("seed"),
+               "shard_records": settings.get("shard_records"), "chunk_records": settings.get("chunk_records"),
+               "dataset.size": (settings.get("dataset") or {}).get("size")}
+    for name, value in numbers.items():
+        if type(value) is not int or value < 0 or (value == 0 and name != "seed"):
+            return f"settings.{name} is {value!r}, not a positive integer"
+    if numbers["dataset.size"] > MAX_SAMPLES or settings.get("values") not in ("log8", "fp16"):
+        return f"settings claim {numbers['dataset.size']} samples with values {settings.get('values')!r}"
+    per_epoch = -(-numbers["dataset.size"] // numbers["shard_records"])
+    if len(shards) != settings["epochs"] * per_epoch:
+        return f"{len(shards)} shards listed, its settings make {settings['epochs'] * per_epoch}"
+    try:
+        records = sum(int(e["stop"]) - int(e["start"]) for e in shards)
+        sizes = [e["bytes"] for e in shards] if manifest.get("complete") else []
+    except (KeyError, TypeError, ValueError):
+        return "a shard entry lacks its start, stop or bytes"
+    if manifest.get("records") != records:
+        return f"records total {manifest.get('records')!r}, its shards hold {records}"
+    if any(type(b) is not int or not 0 < b <= MAX_SHARD_BYTES for b in sizes) or \
+            (sizes and sum(sizes) < MIN_BYTES_PER_RECORD * records):
+        return f"its shards claim {sum(b for b in sizes if type(b) is int)} bytes for {records} records"
+    return None
 
 
 def teacher_members(teacher: dict) -> list[dict]:

@@ -56,7 +56,8 @@ class LogitStore:
         """One shard's columns; None for a bad shard when skipping is on."""
         try:
             plan = ShardPlan(entry["name"], entry["epoch"], entry["start"], entry["stop"])
-            return read_shard(self.location, entry, self.manifest["store_id"], shard_indices(self.settings, plan))
+            return read_shard(self.location, entry, self.manifest["store_id"], shard_indices(self.settings, plan),
+                              self.settings)
         except CorruptShard as e:
             if not self.skip_bad_shards:
                 raise

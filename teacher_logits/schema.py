@@ -49,6 +49,41 @@ def chunk_header(manifest: dict) -> dict:
             "num_classes": settings["num_classes"]}
 
 
+def check_chunk(header: dict, columns: dict, settings: dict, shard: dict, chunk: int) -> str | None:
+    """What is wrong with one decoded chunk of `shard` (its manifest entry), or None.
+
+    Checksums prove the bytes are the ones the manifest names, not that they mean what a
+    reader assumes; a store made by someone else is checked for that too: every header
+    field present with its value, exactly the schema's columns with their dtypes and
+    shapes, class indices below C, values in range, partners among the dataset's samples."""
+    expected_header = {"store_id": None, "shard": shard["name"], "epoch": shard["epoch"], "chunk": chunk,
+                       "k": settings["k"], "num_classes": settings["num_classes"], "values": settings["values"]}
+    for field, want in expected_header.items():
+        got = header.get(field)
+        if type(got) is not (str if field in ("store_id", "shard", "values") else int) or \
+                (want is not None and got != want):
+            return f"header field {field!r} is {got!r}, expected {want!r}"
+    k, layout = settings["k"], {"index": ("<i8", ()), "seed": ("<u4", ())}
+    layout["topk_idx"] = (index_dtype(settings["num_classes"]).str, (k,))
+    layout["topk_val"] = ("|u1" if settings["values"] == "log8" else "<f2", (k,))
+    if "partner" in columns or "lam" in columns:  # mixed stores: both columns
+        layout.update(partner=("<i4", ()), lam=("<f2", ()))
+    if set(columns) != set(layout):
+        return f"columns {sorted(columns)}, expected {sorted(layout)}"
+    for name, (dtype, shape) in layout.items():
+        if columns[name].dtype.str != np.dtype(dtype).str or columns[name].shape[1:] != shape:
+            return f"column {name!r} is {columns[name].dtype.str} {columns[name].shape[1:]}, expected {dtype} {shape}"
+    values, size = columns["topk_val"], settings["dataset"]["size"]
+    problems = {"topk_idx": columns["topk_idx"] >= settings["num_classes"],
+                "topk_val": (values == 0) if values.dtype == np.uint8 else ~((values >= 0) & (values <= 1)),
+                "partner": (columns["partner"] < -1) | (columns["partner"] >= size) if "partner" in columns else None,
+                "lam": ~((columns["lam"] >= 0) & (columns["lam"] <= 1)) if "lam" in columns else None}
+    for name, bad in problems.items():
+        if bad is not None and bad.any():
+            return f"column {name!r} holds {bad.sum()} out-of-range values"
+    return None
+
+
 def stored_mix_weight(lam) -> np.ndarray:
     """The float16 a mixed record stores for its replayed Mixup/CutMix weight: the one cast
     from the replayed float64 weight, for the writer and for the student's check alike

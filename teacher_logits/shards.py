@@ -20,6 +20,7 @@ from .codec import CorruptChunk, decode_records, encode_records
 from .location import locate
 from .files import sha256_bytes
 from .manifest import ShardPlan, StoreError
+from .schema import check_chunk
 
 CHUNK_SUFFIX = "rec.zst"
 
@@ -48,9 +49,10 @@ def write_shard(store, plan: ShardPlan, columns: dict[str, np.ndarray], header: 
     return len(data), sha256_bytes(data)
 
 
-def read_shard(store, entry: dict, store_id: str, expected_indices: np.ndarray,
+def read_shard(store, entry: dict, store_id: str, expected_indices: np.ndarray, settings: dict,
                max_chunk_bytes: int = 64 << 20) -> dict[str, np.ndarray]:
-    """All columns of one shard, verified against its manifest entry and planned indices."""
+    """All columns of one shard, verified against its manifest entry, the store's schema
+    (schema.check_chunk) and its planned indices."""
     store = locate(store)
     path = store / entry["name"]
     try:
@@ -69,6 +71,10 @@ def read_shard(store, entry: dict, store_id: str, expected_indices: np.ndarray,
             header, cols = decode_records(member["data"], max_chunk_bytes)
             if header.get("store_id") != store_id or header.get("shard") != entry["name"]:
                 raise CorruptShard(f"{path}: chunk {c} belongs to another store or shard")
+            problem = check_chunk(header, cols, settings, entry, c)
+            if problem:
+                raise CorruptShard(f"{path}: chunk {c}: {problem}; the store was edited or made by other "
+                                   "software: re-create it with tools/save_logits.py")
             parts.append(cols)
     except (CorruptChunk, OSError, EOFError, ValueError) as e:
         if isinstance(e, CorruptShard):
