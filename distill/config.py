@@ -97,7 +97,9 @@ class Train:
 @dataclass
 class Output:
     dir: str | None = None
-    resume: str = "auto"  # auto: continue from the newest complete checkpoint in dir; none: start over
+    resume: str = "auto"  # auto: continue from the newest complete checkpoint in dir, if it is a run of this
+    # config; none: start over; continue: resume a run of another config deliberately (distill/run_folder.py)
+    overwrite: bool = False  # write into a dir that holds files this trainer did not write
 
 
 @dataclass
@@ -135,7 +137,7 @@ CHOICES = {
     "data.recipe": RECIPES,
     "loss.mode": ("kd", "scratch", "online"),
     "loss.teacher_target": ("soft", "hard"),
-    "output.resume": ("auto", "none"),
+    "output.resume": ("auto", "none", "continue"),
     "wandb.mode": (None, "online", "offline", "disabled"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
 }

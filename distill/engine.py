@@ -4,7 +4,10 @@ and the plain fp32 export. Students (distill/student_stage.py) and fine-tuned te
 
 Checkpoints. Every rank writes its files of a tag first; then rank 0 renames `latest`
 into place naming the tag, so resume never picks up half a checkpoint whenever the run
-is killed. The newest KEEP_CHECKPOINTS tags are kept.
+is killed. The newest KEEP_CHECKPOINTS tags are kept. Resume unpickles nothing: DeepSpeed's files are
+loaded with torch.load(weights_only=True), which admits tensors, plain containers and the few
+DeepSpeed and numpy types its states hold (`SAFE_CHECKPOINT_GLOBALS`); a file that needs
+anything else (one planted in a shared run folder, say) is refused naming it, unrun.
 """
 from __future__ import annotations
 
@@ -18,6 +21,42 @@ import torch
 from teacher_logits.files import atomic_write, failpoint
 
 KEEP_CHECKPOINTS = 2
+
+
+def safe_checkpoint_globals() -> list:
+    """The non-tensor types DeepSpeed's checkpoint files hold (ZeRO 0-3, fp32 and bf16): its
+    ZeRO stage enum, loss scaler and fragment addresses, and numpy scalars in the LR state."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    numpy_scalars = [np.dtype, np._core.multiarray.scalar] + [
+        type(np.dtype(t)) for t in ("f2", "f4", "f8", "i4", "i8", "u1", "bool")]
+    return [ZeroStageEnum, LossScaler, fragment_address, *numpy_scalars]
+
+
+class WeightsOnlyLoads:
+    """DeepSpeed's checkpoint engine with `load` made safe (see the module docstring)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def load(self, path: str, map_location=None):
+        import pickle
+
+        from teacher_logits.errors import UserError
+
+        with torch.serialization.safe_globals(safe_checkpoint_globals()):
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError as e:
+                what = next((line for line in str(e).splitlines() if "Unsupported global" in line), "")
+                raise UserError(f"{path}: this checkpoint needs objects a training state never holds "
+                                f"({what.strip()[:120] or 'not weights only'}), so it is not loaded; delete it, or "
+                                "set output.resume=none to start over") from None
 
 
 @dataclass
@@ -77,6 +116,7 @@ def build_engine(cfg, model, steps_per_epoch: int, schedule_steps: int):
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=deepspeed_config(cfg),
                                            lr_scheduler=schedule)
+    engine.checkpoint_engine = WeightsOnlyLoads(engine.checkpoint_engine)
     if cfg.deepspeed.zero_stage == 0 and not cfg.deepspeed.bf16:
         # Channels-last convolution weights: cifar_cnn trains ~1.1-1.3x faster with oneDNN here. Only
         # after initialize (it broadcasts parameters as flat bytes) and only where DeepSpeed keeps the

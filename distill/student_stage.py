@@ -37,6 +37,7 @@ from distill.engine import Checkpoints, Position, build_engine, export_state_dic
 from distill.evaluation import test_views_loader
 from distill.loss import DistillationLoss
 from distill.metrics import MetricAccumulator
+from distill.run_folder import check_run_folder, record_run
 from distill.run_log import RunLog
 from distill.student_data import load_data
 from distill.tracking import resolve_mode
@@ -146,6 +147,7 @@ def join_process_group() -> tuple[int, int]:
 def train(cfg) -> None:
     """One training run of `cfg` (see the module docstring); every rank calls it."""
     rank, world = join_process_group()
+    changed = check_run_folder(cfg)  # before anything is read or written
     data = load_data(cfg, rank, world)
     steps_per_epoch = data.steps_per_epoch(cfg.train.grad_accum, world)
     schedule_steps = cfg.train.epochs * steps_per_epoch  # train.max_steps stops early, as a kill would
@@ -163,8 +165,10 @@ def train(cfg) -> None:
 
     out_dir = Path(cfg.output.dir)
     checkpoints = Checkpoints(engine, out_dir / "checkpoints", rank)
-    at = (checkpoints.resume() if cfg.output.resume == "auto" else None) or Position()
+    at = (checkpoints.resume() if cfg.output.resume != "none" else None) or Position()
     config = resolved_config(cfg)
+    if rank == 0:
+        config.update(record_run(cfg, changed))  # the export says what was trained, changes included
     log = RunLog(cfg, config, out_dir, rank, at, steps_per_epoch, total_steps)
     if checkpoints.loaded_from:
         log.say(f"resumed from {checkpoints.loaded_from}: epoch {at.epoch}, step {at.step_in_epoch} of "

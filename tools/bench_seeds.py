@@ -123,13 +123,18 @@ def make_store(args, epochs: int) -> dict:
     if done.get("epochs", 0) < epochs:  # none yet, or grown: only the new epochs are labelled
         wall = run(cmd, os.path.join(args.out, "store.log"))
         done = {"path": path, "epochs": epochs, "wall_s": done.get("wall_s", 0.0) + wall,
-                "command": shlex.join(["python", *cmd[1:]])}
+                "command": as_typed(cmd)}
         with open(record, "w") as f:
             json.dump(done, f, indent=1)
     manifest = json.load(open(os.path.join(path, "manifest.json")))
     done["bytes_per_epoch"] = [sum(s["bytes"] for s in manifest["shards"] if s["epoch"] == e)
                                for e in range(done["epochs"])]
     return done
+
+
+def as_typed(cmd: list[str]) -> str:
+    """A subprocess command as a user types it in the repository's root."""
+    return shlex.join(["python", *(a.replace(REPO + os.sep, "") for a in cmd[1:])])
 
 
 def student_runs(args, plan, store) -> dict:
@@ -163,7 +168,7 @@ def train(args, row, mode, overrides, threads) -> dict | None:
     return {"test_top1": curve[-1]["top1"], "train_wall_s": metrics["train_wall_s"],
             "images_per_s": metrics["steps"] * batch_size(out) / metrics["train_wall_s"],
             "curve": [(c["epoch"], c["top1"], c["wall_s"]) for c in curve],
-            "command": shlex.join(["python", *cmd[1:]])}
+            "command": as_typed(cmd)}
 
 
 def time_to_accuracy(kd: dict, target: float, store_wall_s: float) -> dict | None:

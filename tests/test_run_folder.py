@@ -1,0 +1,92 @@
+"""Run folders are not trusted: a planted checkpoint is refused unrun, a folder of someone
+else's files is not written into, and a resume continues only a run of the same training
+config (distill/run_folder.py, distill/engine.py's weights-only loads)."""
+import json
+import pickle
+
+import pytest
+import yaml
+from conftest import call, train_student_module, user_error
+
+TINY = ["--config", "configs/smoke_digits.yaml", "logits.store=null", "loss.mode=scratch", "wandb.enabled=false",
+        "train.batch_size=64", "data.test_limit=64", "train.epochs=1", "data.workers=0"]
+
+
+def train(out, capsys, *extra):
+    """A run expected to be refused: its exit code and output."""
+    return call(train_student_module().main, [*TINY, f"output.dir={out}", *extra], capsys)
+
+
+def train_ok(out, capsys, *extra) -> str:
+    """A run expected to train: what it printed."""
+    capsys.readouterr()
+    train_student_module().main([*TINY, f"output.dir={out}", *extra])
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished one-epoch run (checkpoint and export), trained once for the module."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    train_student_module().main([*TINY, f"output.dir={out}"])
+    return out
+
+
+def copy_of(run, tmp_path):
+    import shutil
+
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+class Planted:
+    """Pickles as a call to os.system: what a hostile checkpoint carries."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_planted_checkpoint_is_refused_and_never_runs(finished_run, tmp_path, capsys, no_tvd_debug):
+    run = copy_of(finished_run, tmp_path)
+    tag = (run / "checkpoints" / "latest").read_text().strip()
+    marker = tmp_path / "code-ran"
+    with open(run / "checkpoints" / tag / "mp_rank_00_model_states.pt", "wb") as f:
+        pickle.dump({"module": Planted(marker)}, f)
+    r = train(run, capsys, "train.epochs=2", "output.resume=continue")
+    user_error(r, "mp_rank_00_model_states.pt", "not loaded", "output.resume=none")
+    assert not marker.exists(), "the planted code ran"
+
+
+def test_folder_of_other_files_is_not_written_into(tmp_path, capsys, no_tvd_debug):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.yaml").write_text("my: own notes\n")
+    (out / "metrics.json").write_text("{}")
+    r = train(out, capsys)
+    user_error(r, str(out), "did not write", "config.yaml", "output.overwrite=true")
+    assert (out / "config.yaml").read_text() == "my: own notes\n" and sorted(p.name for p in out.iterdir()) == \
+        ["config.yaml", "metrics.json"]
+
+
+def test_resume_with_another_config_is_refused_naming_the_keys(finished_run, tmp_path, capsys, no_tvd_debug):
+    run = copy_of(finished_run, tmp_path)
+    before = (run / "final" / "config.yaml").read_text()
+    r = train(run, capsys, "train.batch_size=32", "optim.lr=0.5")
+    line = user_error(r, "another config", "train.batch_size: 64 != 32", "optim.lr", "output.resume=continue")
+    assert "wandb" not in line
+    assert (run / "final" / "config.yaml").read_text() == before, "the export still describes what was trained"
+
+
+def test_keys_that_cannot_change_the_result_may_differ(finished_run, tmp_path, capsys):
+    run = copy_of(finished_run, tmp_path)
+    train_ok(run, capsys, "train.epochs=2", "train.log_every=3", "data.test_limit=32", "output.resume=continue")
+    exported = yaml.safe_load((run / "final" / "config.yaml").read_text())
+    assert exported["train"]["epochs"] == 2 and exported["continued"] == [["train.epochs: 1 != 2"]]
+    assert json.loads((run / "run.json").read_text())["continued"] == [["train.epochs: 1 != 2"]]
+    again = train_ok(run, capsys, "train.epochs=2", "train.log_every=7", "wandb.name=other")  # result-free keys
+    assert "resumed from" in again
