@@ -167,8 +167,7 @@ def train(cfg) -> None:
     checkpoints = Checkpoints(engine, out_dir / "checkpoints", rank)
     at = (checkpoints.resume() if cfg.output.resume != "none" else None) or Position()
     config = resolved_config(cfg)
-    if rank == 0:
-        config.update(record_run(cfg, changed))  # the export says what was trained, changes included
+    config.update(record_run(cfg, changed) if rank == 0 else {})  # the export says what was trained
     log = RunLog(cfg, config, out_dir, rank, at, steps_per_epoch, total_steps)
     if checkpoints.loaded_from:
         log.say(f"resumed from {checkpoints.loaded_from}: epoch {at.epoch}, step {at.step_in_epoch} of "
