@@ -124,6 +124,26 @@ class StoreLocation:
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in listed)
 
+    def sizes(self, names: list[str]) -> dict[str, int]:
+        """Byte sizes of those of `names` that exist: one listing where the back-end lists,
+        a HEAD request each over http; nothing is downloaded."""
+        if self.local:
+            return {n: (self.local / n).stat().st_size for n in names if (self.local / n).is_file()}
+        if self.protocol in READ_ONLY:
+            found = {}
+            for name in names:
+                try:
+                    found[name] = int(self._call(f"reach {name}", self.fs.info, self._remote(name))["size"])
+                except FileNotFoundError:
+                    pass
+            return found
+        try:
+            listed = self._call("list the store", self.fs.ls, self.root, True)
+        except FileNotFoundError:
+            return {}
+        sizes = {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry.get("size") for entry in listed}
+        return {n: int(sizes[n]) for n in names if sizes.get(n) is not None}
+
     def has_file(self, name: str) -> bool:
         """Whether `name` exists, without fetching it (a HEAD request over http)."""
         if self.local or self.protocol not in READ_ONLY:

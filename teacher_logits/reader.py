@@ -37,17 +37,21 @@ class LogitStore:
         return self.settings["num_classes"]
 
     def check_present(self, epochs: int | None = None) -> None:
-        """Refuse a store with a shard missing among its first `epochs` epochs (all by default),
-        naming it: a run that would stop at that shard can refuse before it writes anything."""
-        wanted = [e["name"] for e in self.manifest["shards"] if epochs is None or e["epoch"] < epochs]
-        listed = self.location.names()  # one listing; None over http, which cannot list
-        if listed is not None:
-            missing = sorted(set(wanted) - set(listed))
-        else:
-            missing = [n for n in wanted if not self.location.has_file(n)]
+        """Refuse a store with a shard missing, or of another size than the manifest's, among its
+        first `epochs` epochs (all by default), naming it: a run that would stop at that shard
+        can refuse before it writes anything. Sizes come from one listing (a HEAD request each
+        over http); the bytes themselves are checked when each shard is read."""
+        wanted = {e["name"]: e["bytes"] for e in self.manifest["shards"] if epochs is None or e["epoch"] < epochs}
+        sizes = self.location.sizes(list(wanted))
+        missing = sorted(set(wanted) - set(sizes))
         if missing:
             raise StoreError(f"{self.location / missing[0]}: shard missing ({len(missing)} of {len(wanted)} "
                              "missing); re-run the save_logits command to rewrite it")
+        other = sorted(n for n, size in sizes.items() if size != wanted[n])
+        if other:
+            raise StoreError(f"{self.location / other[0]}: {sizes[other[0]]} bytes, the manifest says "
+                             f"{wanted[other[0]]} ({len(other)} shard(s) differ: truncated or replaced); delete "
+                             "them and re-run the save_logits command")
 
     def shards(self, epoch: int | None = None) -> list[dict]:
         return [s for s in self.manifest["shards"] if epoch is None or s["epoch"] == epoch]

@@ -35,6 +35,23 @@ def needs_shared(path: Path) -> Path:
     return path
 
 
+LAUNCHER_ENV = {name: os.environ.get(name) for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                          "MASTER_PORT")}
+
+
+@pytest.fixture(autouse=True)
+def _launcher_env():
+    """An in-process training run (a test's or a fixture's) sets a launcher's variables
+    (distill.distributed); the subprocesses of later tests must not inherit its port, which
+    this process still holds. Each test ends with the variables the session started with."""
+    yield
+    for name, value in LAUNCHER_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Torch on one thread for a module's in-process runs, like the subprocesses

@@ -205,3 +205,22 @@ def test_manifest_sizes_are_bounded_before_anything_is_planned(mixed_store, tmp_
     with pytest.raises(StoreError, match=needle) as refused:
         load_manifest(out)
     assert "\n" not in str(refused.value)
+
+
+def test_a_truncated_later_shard_stops_the_trainer_before_it_writes(cifar_root, teacher_ckpt, tmp_path, capsys,
+                                                                    no_tvd_debug):
+    """Sizes of every shard come from one listing before the run starts: a shard truncated in
+    transfer is named at once, not when training reaches it."""
+    from conftest import call, train_student_module
+
+    out = tmp_path / "store"
+    tool("save_logits").main([str(a) for a in save_logits_args(cifar_root, teacher_ckpt, out, "--limit", "40",
+                                                             "--epochs", "2", "--shard-records", "20")])
+    last = sorted(out.glob("e0001-*.tar"))[-1]
+    last.write_bytes(last.read_bytes()[:1000])
+    run = tmp_path / "run"
+    r = call(train_student_module().main, ["--config", "configs/smoke_cifar10.yaml", f"data.root={cifar_root}",
+                                           "data.skip_md5=true", f"logits.store={out}", f"output.dir={run}",
+                                           "wandb.enabled=false", "train.epochs=2", "data.recipe=cifar"], capsys)
+    user_error(r, last.name, "1000 bytes, the manifest says", "re-run the save_logits command")
+    assert not run.exists()
