@@ -12,7 +12,7 @@ import numpy as np
 
 from .codec import dense_distribution
 from .location import locate
-from .manifest import ShardPlan, StoreError, load_manifest, shard_indices
+from .manifest import StoreError, load_manifest
 from .shards import CorruptShard, read_shard
 
 
@@ -59,9 +59,7 @@ class LogitStore:
     def read(self, entry: dict) -> dict[str, np.ndarray] | None:
         """One shard's columns; None for a bad shard when skipping is on."""
         try:
-            plan = ShardPlan(entry["name"], entry["epoch"], entry["start"], entry["stop"])
-            return read_shard(self.location, entry, self.manifest["store_id"], shard_indices(self.settings, plan),
-                              self.settings)
+            return read_shard(self.location, entry, self.manifest["store_id"], self.settings)
         except CorruptShard as e:
             if not self.skip_bad_shards:
                 raise

@@ -19,7 +19,7 @@ from webdataset.tariterators import tar_file_iterator
 from .codec import CorruptChunk, decode_records, encode_records
 from .location import locate
 from .files import sha256_bytes
-from .manifest import ShardPlan, StoreError
+from .manifest import ShardPlan, StoreError, shard_indices
 from .schema import check_chunk
 
 CHUNK_SUFFIX = "rec.zst"
@@ -49,10 +49,11 @@ def write_shard(store, plan: ShardPlan, columns: dict[str, np.ndarray], header: 
     return len(data), sha256_bytes(data)
 
 
-def read_shard(store, entry: dict, store_id: str, expected_indices: np.ndarray, settings: dict,
+def read_shard(store, entry: dict, store_id: str, settings: dict,
                max_chunk_bytes: int = 64 << 20) -> dict[str, np.ndarray]:
     """All columns of one shard, verified against its manifest entry, the store's schema
-    (schema.check_chunk) and its planned indices."""
+    (schema.check_chunk) and its planned indices (derived only once its bytes are proven, so
+    a manifest's claims allocate nothing the store does not hold)."""
     store = locate(store)
     path = store / entry["name"]
     try:
@@ -81,6 +82,7 @@ def read_shard(store, entry: dict, store_id: str, expected_indices: np.ndarray, 
             raise
         raise CorruptShard(f"{path}: undecodable ({e}); delete it and re-run the save_logits command") from None
     columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
-    if not parts or not np.array_equal(columns["index"], expected_indices):
+    plan = ShardPlan(entry["name"], entry["epoch"], entry["start"], entry["stop"])
+    if not parts or not np.array_equal(columns["index"], shard_indices(settings, plan)):
         raise CorruptShard(f"{path}: records do not cover the shard's planned sample indices once each")
     return columns

@@ -23,11 +23,11 @@ def test_shard_round_trip_and_dense_rebuild(tmp_path, num_classes, k, n):
                "topk_val": codec.encode_values(probs, idx, "log8")}
     assert columns["topk_idx"].dtype == np.dtype("<u2")
     plan = ShardPlan("e0000-000000000.tar", 0, 0, n)
-    settings = {"k": k, "num_classes": num_classes, "values": "log8", "dataset": {"size": n}}
+    settings = {"k": k, "num_classes": num_classes, "values": "log8", "seed": 0, "dataset": {"size": n}}
     header = {"store_id": "s", "k": k, "num_classes": num_classes, "values": "log8"}
     size, digest = write_shard(tmp_path, plan, columns, header, chunk_records=128)
     entry = {"name": plan.name, "epoch": 0, "start": 0, "stop": n, "bytes": size, "sha256": digest}
-    read = read_shard(tmp_path, entry, "s", np.arange(n), settings)
+    read = read_shard(tmp_path, entry, "s", settings)
     for name in columns:
         assert read[name].dtype == columns[name].dtype and np.array_equal(read[name], columns[name]), name
 
