@@ -1,10 +1,11 @@
 """Config loading: defaults, dotted overrides, and errors that name the key."""
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from distill.config import check_runnable, load_config, resolved_config
+from distill.config import Config, check_runnable, load_config, resolved_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -112,3 +113,19 @@ def test_published_scratch_recipe():
     recipe = (cfg.loss.mode, cfg.optim.lr, cfg.optim.weight_decay, cfg.loss.label_smoothing)
     assert recipe == ("scratch", 3e-4, 0.05, 0.1)
     assert (cfg.train.epochs, cfg.train.batch_size * cfg.train.grad_accum) == (100, 64)
+
+
+def test_print_config_round_trips_through_config(tmp_path, capsys):
+    """`--print-config` prints every key of the resolved config (file, then overrides); fed back
+    with --config it resolves to the same config."""
+    from conftest import train_student_module
+
+    main = train_student_module().main
+    main(["--config", "configs/smoke_cifar10.yaml", "optim.lr=0.123", "train.epochs=7", "--print-config"])
+    printed = capsys.readouterr().out
+    resolved = yaml.safe_load(printed)
+    assert resolved["optim"]["lr"] == 0.123 and resolved["train"]["epochs"] == 7
+    assert set(resolved) == {f.name for f in dataclasses.fields(Config)}
+    (tmp_path / "printed.yaml").write_text(printed)
+    main(["--config", str(tmp_path / "printed.yaml"), "--print-config"])
+    assert capsys.readouterr().out == printed
