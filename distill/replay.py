@@ -101,7 +101,7 @@ class StoreViews(IterableDataset):
     def batches(self, num_workers: int = 0):
         """This rank's batches: views from `num_workers` DataLoader processes, joined in order
         with the sparse targets this process decodes from the rank's shards."""
-        views = DataLoader(self, batch_size=None, num_workers=num_workers)
+        views = DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
         targets = itertools.islice(iter(self._stream(decode=True)), self.skip_batches, None)
         for batch, stored in zip(views, targets):
             self._check(batch, stored)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from distill.augment import ViewMaker, native_resolution
@@ -118,4 +119,5 @@ def seeded_batches(maker, labels, cfg, epoch, rank, world, skip):
     order = order[: len(order) // world * world][rank::world]  # equal step counts on every rank
     order = order[skip * cfg.train.batch_size:]  # resuming: never build the skipped views
     views = TeacherViews(maker, cfg.train.seed, np.full(len(order), epoch), order, labels)
-    return DataLoader(views, batch_size=cfg.train.batch_size, num_workers=cfg.data.workers)
+    return DataLoader(views, batch_size=cfg.train.batch_size, num_workers=cfg.data.workers,
+                      pin_memory=torch.cuda.is_available())

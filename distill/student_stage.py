@@ -107,13 +107,16 @@ def optimizer_steps(engine, batches, criterion, teacher, cfg, at: Position, rank
     for batch in batches:
         # dropout / drop-path draw from here: a function of the step, so a resumed run repeats them
         torch.manual_seed(int(derive_seed(cfg.train.seed, at.global_step, micro % cfg.train.grad_accum, rank)))
-        view = batch["view"].to(engine.device)
+        # pinned views (DataLoader pin_memory on CUDA) copy asynchronously; elsewhere this is a plain copy
+        view = batch["view"].to(engine.device, non_blocking=True)
         logits = engine(view.to(dtype))
-        target = batch["target"].to(engine.device) if cfg.loss.mode == "kd" else None  # sparse: densified in the loss
+        sparse = batch["target"] if cfg.loss.mode == "kd" else None  # densified on the device, in the loss
+        target = sparse.to(engine.device, non_blocking=True) if sparse is not None else None
         if teacher is not None:
             with torch.no_grad():
                 target = teacher(view).float().softmax(dim=-1)
-        loss = criterion(logits, target, *(batch[k].to(engine.device) for k in ("label", "partner_label", "lam")))
+        loss = criterion(logits, target, *(batch[k].to(engine.device, non_blocking=True)
+                                           for k in ("label", "partner_label", "lam")))
         engine.backward(loss)
         lr = engine.get_lr()[0]  # the rate this step uses; step() moves the schedule on
         engine.step()
