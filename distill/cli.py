@@ -19,6 +19,18 @@ from teacher_logits.errors import UserError
 USER_ERRORS = (UserError, OSError)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every program's --help: the module docstring as written, and each flag's default shown
+    (timm's and HF's scripts do the same), unless its help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        said = any(mark in text for mark in ("%(default)", "(default:", "(default "))
+        if said or not action.option_strings or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 VIEW_SIZE_HELP = ("view resolution in pixels (default: the recipe's own: 224 for imagenet, 96 for stl10, else 32); "
                   "the store records it and students read views at it")
 

@@ -10,11 +10,11 @@ What a run does and writes, and how it resumes: distill/student_stage.py.
 """
 import argparse
 
-from distill.cli import run_main
+from distill.cli import HelpFormatter, run_main
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", required=True, help="YAML experiment config, e.g. configs/smoke_cifar10.yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3 (every key and "
                                                  "its default: --print-config, or distill/config.py)")

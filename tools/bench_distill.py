@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from distill.cli import run_main  # noqa: E402
+from distill.cli import HelpFormatter, run_main  # noqa: E402
 
 MODES = {  # mode -> train_student overrides (besides the common ones)
     "kd": ["loss.mode=kd"],
@@ -56,7 +56,7 @@ def run(cmd: list[str], log_path: str, threads: int | None = None) -> float:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--teacher", action="append", default=[],
                    help="NAME=CHECKPOINT of a (fine-tuned) teacher; repeat it for an ensemble store")
     p.add_argument("--dataset", default="cifar10", help="dataset")

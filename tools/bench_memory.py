@@ -22,7 +22,7 @@ sys.path.insert(0, REPO)
 
 import psutil  # noqa: E402
 
-from distill.cli import run_main  # noqa: E402
+from distill.cli import HelpFormatter, run_main  # noqa: E402
 from tools.bench_report import command_line, describe, spread, write_json  # noqa: E402
 
 READ_STORE = """
@@ -70,7 +70,7 @@ def measure_round(args, tmp: str) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--teacher", default="cifar10_resnet20", help="timm teacher (memory does not depend on weights)")
     p.add_argument("--checkpoint", help="teacher weights (default: a fixed random init)")
     p.add_argument("--dataset", default="cifar10", help="dataset")

@@ -30,7 +30,7 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from distill.cli import run_main  # noqa: E402
+from distill.cli import HelpFormatter, run_main  # noqa: E402
 from distill.distributed import free_port  # noqa: E402
 from teacher_logits.reader import LogitStore  # noqa: E402
 from tools.bench_memory import peak_rss_mb  # noqa: E402
@@ -162,7 +162,7 @@ def student_run_rss_mb(store: str, out: str, data: list[str], epochs: int, batch
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--records", type=int, default=100_000, help="records of the synthetic C=100 store")
     p.add_argument("--big-records", type=int, default=20_000, help="records of the synthetic C=21,841 store")
     p.add_argument("--batch-size", type=int, default=128, help="batch size of reader and student step")

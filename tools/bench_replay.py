@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from distill.augment import TORCH_ONLY, build_transform, native_resolution, record_seed, scoped_rng  # noqa: E402
-from distill.cli import run_main  # noqa: E402
+from distill.cli import HelpFormatter, run_main  # noqa: E402
 from distill.datasets import build_dataset  # noqa: E402
 from teacher_logits.errors import UserError  # noqa: E402
 
@@ -113,7 +113,7 @@ class InMemory:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--images", type=int, default=256, help="CIFAR-10 test images to use (JPEG folder and in memory)")
     p.add_argument("--repeats", type=int, default=5, help="alternated scoped/unscoped passes; medians reported")
     p.add_argument("--img-size", type=int, default=224, help="view resolution of the imagenet recipe")

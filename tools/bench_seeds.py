@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from distill.cli import run_main  # noqa: E402
+from distill.cli import HelpFormatter, run_main  # noqa: E402
 from tools.bench_distill import batch_size, run  # noqa: E402
 
 # row -> (published CIFAR-10 test top-1, what it is); epochs, batch and recipe are in its config
@@ -53,7 +53,7 @@ KD = ["loss.mode=kd", "loss.label_smoothing=0.0", "loss.alpha=0.0", "loss.temper
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--rows", nargs="+", default=["s1_vit", "s0_cnn", "s0_vit"], choices=list(ROWS),
                    help="rows to run (default: %(default)s)")
     p.add_argument("--epochs", nargs="*", default=[], metavar="ROW=N",

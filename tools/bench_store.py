@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from distill.augment import ViewMaker, record_seed  # noqa: E402
-from distill.cli import run_main  # noqa: E402
+from distill.cli import HelpFormatter, run_main  # noqa: E402
 from distill.datasets import build_dataset  # noqa: E402
 from distill.models import create_teacher  # noqa: E402
 from teacher_logits.codec import dense_distribution, encode_topk, encode_values  # noqa: E402
@@ -114,7 +114,7 @@ def bench_k(probs: np.ndarray, k: int, shard_records: int) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--teacher", action="append", default=[], help="NAME=CHECKPOINT (repeat); NAME alone: random init")
     p.add_argument("--dataset", default="cifar10", help="dataset whose training views the teachers label")
     p.add_argument("--data-root", help="dataset directory")

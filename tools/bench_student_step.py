@@ -24,7 +24,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from distill.cli import run_main  # noqa: E402
+from distill.cli import HelpFormatter, run_main  # noqa: E402
 from distill.distributed import free_port  # noqa: E402
 from tools.bench_report import command_line, describe, spread, write_json  # noqa: E402
 
@@ -56,7 +56,7 @@ def train(args, mode: str, out: str, ranks: int = 1, teacher: str | None = None)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--store", help="logit store the kd runs read (all modes train on its views)")
     p.add_argument("--config", default=os.path.join(REPO, "configs/smoke_cifar10.yaml"), help="student config")
     p.add_argument("--data-root", help="dataset directory")

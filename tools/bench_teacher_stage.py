@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from distill.augment import ViewMaker  # noqa: E402
-from distill.cli import run_main  # noqa: E402
+from distill.cli import HelpFormatter, run_main  # noqa: E402
 from distill.datasets import NUM_CLASSES, build_dataset, labels_of  # noqa: E402
 from distill.models import create_teacher  # noqa: E402
 from distill.replay import TeacherViews  # noqa: E402
@@ -63,7 +63,7 @@ def stored(args, out: str) -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--teacher", default="cifar10_resnet20", help="timm teacher name")
     p.add_argument("--checkpoint", help="teacher weights (required unless --quick)")
     p.add_argument("--dataset", default="cifar10", choices=sorted(NUM_CLASSES), help="dataset")

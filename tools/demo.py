@@ -85,7 +85,9 @@ def parallel_stages(title: str, jobs: dict[str, tuple[list[str], Path]], env: di
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from distill.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset", default="digits", choices=sorted(DEFAULTS), help="dataset (digits needs no download)")
     p.add_argument("--data-root", help="dataset directory (not needed for digits)")
     p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")

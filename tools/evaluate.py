@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.cli import add_data_args, add_teacher_args, run_main  # noqa: E402
+from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main  # noqa: E402
 from teacher_logits.errors import UserError  # noqa: E402
 
 COLUMNS = ["model", "top1", "top5", "precision_macro", "recall_macro", "f1_macro", "mcc", "params", "flops",
@@ -28,7 +28,7 @@ COLUMNS = ["model", "top1", "top5", "precision_macro", "recall_macro", "f1_macro
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_teacher_args(p, teacher_help="evaluate this timm teacher (with --checkpoint FILE, or --pretrained)",
                      checkpoint_help="a student export (train_student's final/ dir), or with --teacher its weights")
     p.add_argument("--compare", nargs="+", default=[], metavar="SPEC",

@@ -10,14 +10,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.cli import run_main  # noqa: E402
+from distill.cli import HelpFormatter, run_main  # noqa: E402
 
 
 def main(argv=None):
     from teacher_logits.manifest import load_manifest, teacher_members
     from teacher_logits.verify import verify_store
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("store", help="store directory or fsspec URL (file://, s3://, gs://, az://, memory://, "
                                  "http(s)://) holding manifest.json")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")

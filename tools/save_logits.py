@@ -30,11 +30,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distill.augment import RECIPES  # noqa: E402
-from distill.cli import VIEW_SIZE_HELP, add_data_args, add_teacher_args, run_main  # noqa: E402
+from distill.cli import HelpFormatter, VIEW_SIZE_HELP, add_data_args, add_teacher_args, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_teacher_args(p, ensemble=True, required=True,
                      teacher_help="timm model name, e.g. cifar10_resnet56 or a hub name; an ensemble's stored "
                                   "target is the weighted mean of the teachers' probabilities")

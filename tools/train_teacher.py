@@ -20,13 +20,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.cli import add_data_args, add_teacher_args, run_main  # noqa: E402
+from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "teacher_finetune.yaml")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_teacher_args(p, required=True, checkpoint_help="weights to start from (omit, with no --pretrained, to "
                                                        "train from scratch)")
     add_data_args(p, img_size="the model's training resolution, data.img_size (default: the config's; 224 for "

@@ -18,11 +18,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.cli import add_data_args, add_teacher_args, run_main  # noqa: E402
+from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("store", help="store directory or fsspec URL (file://, s3://, gs://, az://, memory://, "
                                  "http(s)://) holding manifest.json")
     add_teacher_args(p, ensemble=True, teacher_help="teacher to re-run on replayed views (timm name): the "

@@ -1,0 +1,58 @@
+"""Every program's --help names each flag's default (timm's and HF's scripts do), the way a
+user reads it: the printed text, flag by flag."""
+import argparse
+import importlib.util
+import re
+
+import pytest
+from conftest import REPO
+
+PROGRAMS = sorted(str(p.relative_to(REPO)) for p in REPO.glob("tools/*.py") if p.name not in ("__init__.py",
+                                                                                              "bench_report.py"))
+PROGRAMS.append("distill/train_student.py")
+
+
+def parser_of(path: str) -> argparse.ArgumentParser:
+    """The program's parser, caught as its parse function builds it."""
+    spec = importlib.util.spec_from_file_location(f"help_{path.replace('/', '_')}", REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    built = []
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, *args, **kwargs):
+        built.append(self)
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        with pytest.raises(SystemExit):
+            (getattr(module, "parse_args", None) or module.main)([])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    return built[0]
+
+
+def entries(help_text: str) -> dict[str, str]:
+    """Each flag's entry in the printed options list, joined onto one line."""
+    found, current = {}, None
+    for line in help_text.split("options:", 1)[1].splitlines():
+        if re.match(r"^  -", line):
+            current = re.findall(r"--[a-z0-9-]+", line.split("  ")[1] if "  " in line[2:] else line)[-1]
+            found[current] = line
+        elif current:
+            found[current] += " " + line.strip()
+    return {flag: " ".join(text.split()) for flag, text in found.items()}
+
+
+@pytest.mark.parametrize("path", PROGRAMS)
+def test_help_shows_every_default(path):
+    parser = parser_of(path)
+    printed = entries(parser.format_help())
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS or \
+                any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            continue
+        entry = printed[action.option_strings[-1]]
+        shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else str(action.default)
+        assert shown in entry or re.search(r"\(default[: ]", entry), f"{path}: no default shown: {entry!r}"
