@@ -39,6 +39,7 @@ def test_evaluate_compares_student_teacher_export_and_checkpoint(exports, teache
             assert png.size == (side, side)
         assert f"| {name} |" in proc.stdout
     assert (out / "metrics.md").read_text().count("\n| ") == 4  # header + 3 models
+    assert f"confusion PNGs in {out.resolve()}" in proc.stdout  # says where it wrote them
 
 
 def test_teacher_export_feeds_save_logits(exports, tmp_path):

@@ -100,6 +100,7 @@ def main(argv=None):
     (out / "metrics.json").write_text(json.dumps({"dataset": args.dataset, "models": results}, indent=1) + "\n")
     (out / "metrics.md").write_text(f"# {args.dataset} test\n\n{table}\n")
     print(table)
+    print(f"metrics.json, metrics.md and confusion PNGs in {out.resolve()}")
     if args.attention:
         write_attention(args, models, dataset, device, out)
     if args.wandb:
