@@ -7,7 +7,8 @@ import yaml
 
 from distill.config import Config, check_runnable, load_config, resolved_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("**/*.yaml"))
 
 
 def write(tmp_path, text):
@@ -108,10 +109,12 @@ def test_shipped_configs_load(path, tmp_path):
     assert load_config(dumped) == cfg
 
 
-def test_published_scratch_recipe():
-    cfg = load_config(CONFIGS[0].parent / "cifar10_vit_scratch_published.yaml")
-    recipe = (cfg.loss.mode, cfg.optim.lr, cfg.optim.weight_decay, cfg.loss.label_smoothing)
-    assert recipe == ("scratch", 3e-4, 0.05, 0.1)
+@pytest.mark.parametrize("row", ["s0_vit", "s0_cnn"])
+def test_published_scratch_recipe(row):
+    """The small-ViT study's stated recipe, for its ViT and its CNN (configs/seed_rows)."""
+    cfg = load_config(CONFIG_DIR / "seed_rows" / f"{row}.yaml")
+    recipe = (cfg.loss.mode, cfg.optim.lr, cfg.optim.weight_decay, cfg.loss.label_smoothing, cfg.data.recipe)
+    assert recipe == ("scratch", 3e-4, 0.05, 0.1, "cifar")
     assert (cfg.train.epochs, cfg.train.batch_size * cfg.train.grad_accum) == (100, 64)
 
 
