@@ -30,7 +30,8 @@ def safe_checkpoint_globals() -> list:
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    numpy_scalars = [np.dtype, np._core.multiarray.scalar] + [
+    multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray  # numpy 2 moved it
+    numpy_scalars = [np.dtype, multiarray.scalar] + [
         type(np.dtype(t)) for t in ("f2", "f4", "f8", "i4", "i8", "u1", "bool")]
     return [ZeroStageEnum, LossScaler, fragment_address, *numpy_scalars]
 
