@@ -64,7 +64,9 @@ def load_data(cfg, rank: int, world: int) -> TrainingData:
         store = LogitStore(cfg.logits.store)
         size = check_store(store, cfg, train_set)
         store.check_present(stored_epochs(store, cfg))  # before the run writes anything, and so is
-        store.read(store.shards(0)[0])  # one shard read whole: checksum and schema (a crafted store stops here)
+        # one shard read whole (checksum and schema: a crafted store stops here), by every rank, so that
+        # all refuse together: one extra shard per rank at start, outside the epochs' one-reader rule
+        store.read(store.shards(0)[0])
         maker = store_view_maker(train_set, store, size)
         store_views = StoreViews(store, maker, labels_of(train_set)[:size], cfg.train.batch_size, rank, world,
                                  shuffle_seed=cfg.train.seed, stored_epochs=stored_epochs(store, cfg))
