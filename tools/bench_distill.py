@@ -32,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from distill.cli import HelpFormatter, run_main  # noqa: E402
+from tools.bench_report import save_curves  # noqa: E402
 
 MODES = {  # mode -> train_student overrides (besides the common ones)
     "kd": ["loss.mode=kd"],
@@ -208,11 +209,7 @@ def plot(results, path: str) -> None:
         ax.axhline(top1, color="gray", ls="--", label=f"teacher {name} ({top1:.1f}%)")
     ax.set(xlabel="epoch", ylabel="test top-1 (%)",
            title=f"{results['student']}, {results['train_images']} images, equal steps")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_curves(fig, [ax], path)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,15 @@ def write_json(path: str | None, result: dict) -> None:
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
             f.write("\n")
+
+
+def save_curves(fig, axes, path: str) -> None:
+    """A learning-curve figure's common finish: grid and legend on each axis, saved, closed."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

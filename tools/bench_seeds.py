@@ -37,6 +37,7 @@ sys.path.insert(0, REPO)
 
 from distill.cli import HelpFormatter, run_main  # noqa: E402
 from tools.bench_distill import batch_size, run  # noqa: E402
+from tools.bench_report import save_curves  # noqa: E402
 
 # row -> (published CIFAR-10 test top-1, what it is); epochs, batch and recipe are in its config
 ROWS = {
@@ -267,11 +268,7 @@ def plot(results, path: str) -> None:
             ax.plot(epochs, top1, marker="o", ms=2, label=f"{mode} ({r['test_top1']:.1f}%)")
         ax.axhline(entry["published_top1"], color="gray", ls="--", label=f"published ({entry['published_top1']}%)")
         ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{row}: {entry['epochs']} epochs")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_curves(fig, axes[0], path)
 
 
 if __name__ == "__main__":
