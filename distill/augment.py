@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torchvision import transforms as T
+
+from distill.catalog import EVAL_RECIPES, RECIPES  # noqa: F401  (importers take the names from here too)
 from teacher_logits.errors import UserError
 
-RECIPES = ("none", "crop", "cifar", "cifar-strong", "stl10", "imagenet")  # training recipes
-EVAL_RECIPES = ("none", "center-crop")  # test views: as stored, or timm's eval crop
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from distill.datasets import DATASETS
+from distill.catalog import DATASETS
 from teacher_logits.errors import UserError
 
 USER_ERRORS = (UserError, OSError)

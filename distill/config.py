@@ -50,9 +50,9 @@ class Logits:
 class Model:
     name: str = "cifar_vit"
     kwargs: dict = field(default_factory=dict)  # extra arguments for timm.create_model, e.g. {depth: 2}
-    init: str | None = None  # weights to start from: a student export (RUN/final or its model.pt; a head for
-    # another class count is re-made) or a teacher's checkpoint file to fine-tune
-    pretrained: bool = False  # start from timm's pretrained weights (downloads; teachers only)
+    init: str | None = None  # weights to start from: an export (RUN/final), a .safetensors or a state_dict
+    # file; resampled to data.img_size, a head for another class count re-made
+    pretrained: bool = False  # start from timm's pretrained weights (downloads; name.tag picks a set)
 
 
 @dataclass

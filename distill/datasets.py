@@ -24,9 +24,9 @@ from PIL import Image, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import datasets as tvd
 
+from distill.catalog import DATASETS, NUM_CLASSES  # noqa: F401  (importers take the names from here too)
 from teacher_logits.errors import UserError
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10, "digits": 10}
 # Per-channel (mean, std) of each training set: the students' input normalisation.
 STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -35,7 +35,6 @@ STATS = {
     "digits": ((0.3055,) * 3, (0.3232,) * 3),
     "folder": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),  # photographs: ImageNet's, as timm's models
 }
-DATASETS = (*NUM_CLASSES, "folder")
 FOLDER_SPLITS = {True: "train", False: "val"}
 # timm create_dataset sources that only stream: replay needs any sample on demand
 STREAMING_PREFIXES = ("tfds/", "wds/", "hfids/", "hfds/")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -34,8 +35,26 @@ def init_process_group(device: torch.device) -> tuple[int, int]:
     """Join the launcher's process group when there is more than one process."""
     rank, world, _ = env_rank()
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        with port_in_use_said():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world
+
+
+@contextmanager
+def port_in_use_said():
+    """A rendezvous port another process holds (a second run on the launchers' default 29500)
+    is the user's to change: one line naming the port and the flag, not torch's traceback."""
+    try:
+        yield
+    except dist.DistNetworkError as e:
+        if "EADDRINUSE" not in str(e) and "address already in use" not in str(e).lower():
+            raise
+        from teacher_logits.errors import UserError
+
+        port = os.environ.get("MASTER_PORT", "29500")
+        raise UserError(f"port {port} (MASTER_PORT) is in use, probably by another run on this machine: pass "
+                        "another with `deepspeed --master_port N` or `torchrun --master-port N` "
+                        "(or set MASTER_PORT)") from None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -75,7 +75,12 @@ class Position:
 
 
 def lr_factor(step, warmup_steps, total_steps, min_ratio):
-    """Linear warm-up to 1, then cosine decay to min_ratio at total_steps."""
+    """Linear warm-up to 1, then cosine decay to min_ratio at total_steps.
+
+    Ours, not a library's: DeepSpeed's WarmupCosineLR trains its first step at lr 0, and timm's
+    CosineLRScheduler is stepped with the update count (`step_update(n)`), which DeepSpeed's
+    engine, calling `lr_scheduler.step()`, does not pass; as a LambdaLR it checkpoints with the
+    engine and resumes exactly."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)

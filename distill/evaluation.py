@@ -69,15 +69,28 @@ def load_model(spec: str, num_classes: int) -> tuple[str, Preprocessed]:
     return name, teacher.eval()
 
 
+def one_per_class(labels: np.ndarray, count: int) -> np.ndarray:
+    """`count` sample indices, the first of each class in class order, then each class's
+    second, and so on: a few images that show every class (test sets may be sorted by class)."""
+    labels = np.asarray(labels)
+    rank_in_class = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        rank_in_class[labels == c] = np.arange(int((labels == c).sum()))
+    return np.lexsort((labels, rank_in_class))[:count]
+
+
 def test_views_loader(dataset, resolution: int, batch_size: int, workers: int = 0, limit: int | None = None,
-                      rank: int = 0, world: int = 1, recipe: str = "none") -> DataLoader:
+                      rank: int = 0, world: int = 1, recipe: str = "none", indices=None) -> DataLoader:
     """Unaugmented test views in batches (`recipe` none, or center-crop for photographs). `limit`
     takes a fixed random subset (test sets may be sorted by class, so the first N can be one
-    class); ranks take disjoint slices of it."""
+    class), `indices` these samples instead; ranks take disjoint slices of it."""
     labels = labels_of(dataset)
-    indices = np.arange(len(labels))
-    if limit is not None and limit < len(labels):
+    if indices is not None:
+        indices = np.asarray(indices)
+    elif limit is not None and limit < len(labels):
         indices = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
+    else:
+        indices = np.arange(len(labels))
     indices = indices[rank::world]
     views = TeacherViews(ViewMaker(dataset, recipe, resolution=resolution), 0, np.zeros(len(indices), int),
                          indices, labels)

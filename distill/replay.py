@@ -68,10 +68,6 @@ class StoreViews(IterableDataset):
         self.store, self.maker, self.labels = store, maker, np.asarray(labels)
         self.batch_size, self.rank, self.world, self.shuffle_seed = batch_size, rank, world, shuffle_seed
         self.stored_epochs = stored_epochs or store.epochs
-        if len(store.shards(0)) < world:
-            raise UserError(f"{store.path} has {len(store.shards(0))} shard(s) per epoch and each is read by "
-                            f"one of the {world} ranks: re-create it with a smaller --shard-records "
-                            f"(at most {store.manifest['records'] // store.epochs // world})")
         self.epoch, self.skip_batches = 0, 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:

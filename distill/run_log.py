@@ -79,5 +79,6 @@ class RunLog:
             self.tracker.summary({f"final/{k}": v for k, v in scores.items()})
             self.train_log.close()
             print(f"final: top1 {scores['top1']:.2f}% top5 {scores['top5']:.2f}% loss {scores['loss']:.4f} "
-                  f"after {at.global_step} steps; model in {self.out_dir / 'final' / 'model.pt'}")
+                  f"after {at.global_step} steps; model in {self.out_dir / 'final'} "
+                  "(model.pt; model.safetensors + config.json for timm)")
         self.tracker.finish()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from distill.augment import ViewMaker
 from distill.models.teachers import ensemble_spec
@@ -96,7 +97,7 @@ def check_teacher(store, teacher, maker: ViewMaker, count: int, device, batch_si
         StoredRecords.from_columns(store.read(entries[s]), store.settings).take(
             picks[shard_of == s] - (np.cumsum(sizes)[s] - sizes[s])) for s in np.unique(shard_of)])
     agree, abs_err, n_vals = 0, 0.0, 0
-    for a in range(0, len(records), batch_size):
+    for a in tqdm(range(0, len(records), batch_size), desc="re-labelling views", unit="batch", leave=False):
         part = records.take(slice(a, a + batch_size))
         views = torch.stack([maker(int(i), int(s))[0] for i, s in zip(part.index, part.seed)]).to(device)
         probs = teacher(views).float().softmax(1)

@@ -6,7 +6,8 @@ and checkpoints -> export. Outputs in output.dir: config.yaml (resolved), checkp
 (DeepSpeed; the newest two kept), train_log.jsonl (loss and lr per optimizer step),
 evals.jsonl (test metrics per evaluated epoch), metrics.json (final test metrics), wandb/
 (offline runs), and final/ (model.pt: the fp32 state_dict; config.yaml: the resolved config
-plus a `student` section, all that tools/evaluate.py needs to rebuild it without DeepSpeed).
+plus a `student` section, all that tools/evaluate.py needs to rebuild it without DeepSpeed;
+model.safetensors + config.json: the same weights as a timm model folder).
 
 Views. With a store, every mode (kd, scratch, online) trains on the store's views, rebuilt
 from the records' seeds; kd also takes their soft targets (sparse top-k, densified on the
@@ -28,11 +29,12 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
 
 from distill.augment import derive_seed
 from distill.config import TEACHER_KEYS, check_runnable, load_config, resolved_config
 from distill.datasets import STATS, test_view_spec
-from distill.distributed import set_single_process_env
+from distill.distributed import port_in_use_said, set_single_process_env
 from distill.engine import Checkpoints, Position, build_engine, export_state_dict
 from distill.evaluation import test_views_loader
 from distill.loss import DistillationLoss
@@ -47,25 +49,30 @@ from teacher_logits.errors import UserError
 def build_model(cfg, num_classes: int):
     """(model taking [0, 1] views, kind). Our students by name, normalised with the dataset's
     statistics; any other timm name is a teacher being trained or fine-tuned
-    (tools/train_teacher.py), with its own normalisation and input size."""
-    from distill.models import Preprocessed, create_student, create_teacher, init_student
-    from distill.models.students import STUDENTS
+    (tools/train_teacher.py), with its own normalisation and input size. model.pretrained
+    starts from timm's weights, model.init from a file or export (resampled to this
+    resolution, its head re-made for another class count)."""
+    from distill.models import Preprocessed, create_student, create_teacher, load_adapted
+    from distill.models.students import STUDENTS, is_student
 
-    if cfg.model.name not in STUDENTS:
+    if is_student(cfg.model.name):
+        inner = create_student(cfg.model.name, num_classes, cfg.data.img_size, cfg.model.pretrained,
+                               **cfg.model.kwargs)
+        mean, std = STATS[cfg.data.dataset]
+        model, kind = Preprocessed(inner, mean, std, (cfg.data.img_size, cfg.data.img_size)), "student"
+    else:
         import timm
 
         if not timm.is_model(cfg.model.name):
             raise UserError(f"config key model.name: unknown model {cfg.model.name!r}; students: "
                             f"{', '.join(STUDENTS)} (or any timm model name, trained as a teacher)")
-        teacher = create_teacher(cfg.model.name, cfg.model.init, cfg.model.pretrained, num_classes)
-        return teacher.train(), "teacher"
-    inner = create_student(cfg.model.name, num_classes, cfg.data.img_size, **cfg.model.kwargs)
-    if cfg.model.init:  # transfer: a distilled student, fine-tuned or distilled again here
-        remade = init_student(inner, cfg.model.init)
+        model, kind = create_teacher(cfg.model.name, None, cfg.model.pretrained, num_classes,
+                                     weights_later=bool(cfg.model.init)).train(), "teacher"
+    if cfg.model.init:  # transfer: a distilled student or a teacher, fine-tuned or distilled again here
+        remade = load_adapted(model, cfg.model.init)
         if remade and torch.distributed.get_rank() == 0:
             print(f"model.init {cfg.model.init}: {remade}")
-    mean, std = STATS[cfg.data.dataset]
-    return Preprocessed(inner, mean, std, (cfg.data.img_size, cfg.data.img_size)), "student"
+    return model, kind
 
 
 def model_info(cfg, model, kind: str, num_classes: int) -> dict:
@@ -92,7 +99,7 @@ def evaluate(engine, test_set, num_classes, cfg, rank, world, dtype):
                                cfg.data.test_limit, rank, world, recipe)
     acc = MetricAccumulator(num_classes)
     engine.eval()
-    for batch in loader:
+    for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=rank != 0):
         acc.update(engine(batch["view"].to(engine.device, dtype)), batch["label"])
     engine.train()
     acc.all_reduce(engine.device)
@@ -143,7 +150,8 @@ def join_process_group() -> tuple[int, int]:
     import deepspeed
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip a 30-80 s CPU build used only by inference
-    deepspeed.init_distributed()
+    with port_in_use_said():
+        deepspeed.init_distributed()
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
@@ -210,10 +218,16 @@ def train(cfg) -> None:
 
 
 def export(engine, cfg, config: dict, export_info: dict, out_dir: Path) -> Path:
-    """out_dir/final: model.pt (plain fp32 state_dict) and config.yaml (+ a `student` section)."""
+    """out_dir/final: model.pt (plain fp32 state_dict) and config.yaml (+ a `student` section)
+    for this project's tools; the same weights as model.safetensors with timm's config.json for
+    any timm user (`timm.create_model("local-dir:RUN/final", pretrained=True)`, the hub)."""
+    from distill.models.timm_export import save_for_timm
+
     final = out_dir / "final"
     final.mkdir(exist_ok=True)
-    torch.save(export_state_dict(engine, cfg.deepspeed.zero_stage, out_dir / "checkpoints"), final / "model.pt")
+    state = export_state_dict(engine, cfg.deepspeed.zero_stage, out_dir / "checkpoints")
+    torch.save(state, final / "model.pt")
+    save_for_timm(engine.module.model, state, export_info, final)
     (final / "config.yaml").write_text(yaml.safe_dump({**config, "student": export_info}, sort_keys=False))
     return final
 

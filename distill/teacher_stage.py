@@ -118,12 +118,19 @@ def label_batch(teacher, batch: dict, settings: dict, device, precision: str) ->
     return Labelled(columns, int((top_idx[:, 0] == dominant).sum()))
 
 
+def default_shard_records(size: int) -> int:
+    """Records per shard without --shard-records: an epoch in about 64 shards, so that many
+    ranks read whole shards of their own, each of 500 to 10,000 records (small enough to resume
+    cheaply, large enough to compress well and to list quickly)."""
+    return min(10_000, max(500, -(-size // 64)))
+
+
 def check_flags(args, checkpoints) -> None:
     """Numbers and files that are wrong whatever the data: refused before anything loads."""
-    for flag in ("epochs", "topk", "batch_size", "shard_records", "chunk_records"):
+    for flag in ("epochs", "topk", "batch_size", "chunk_records"):
         if getattr(args, flag) <= 0:
             raise BadInput(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    for flag in ("limit", "img_size"):
+    for flag in ("limit", "img_size", "shard_records"):
         if getattr(args, flag, None) is not None and getattr(args, flag) <= 0:
             raise BadInput(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     for checkpoint in checkpoints:
@@ -189,6 +196,8 @@ def run(args) -> dict:
     device = distributed.resolve_device(args.device)
     rank, world = distributed.init_process_group(device)
     dataset, size, teacher, maker = load_inputs(args, names, checkpoints, weights, device)
+    if args.shard_records is None:  # a store being resumed or grown keeps its own
+        args.shard_records = default_shard_records(size) if fresh else load_manifest(out)["settings"]["shard_records"]
     settings = store_settings(args, fingerprint(args.dataset, dataset, args.split == "train", size), maker,
                               teacher.num_classes)
     manifest = open_store(out, settings, rank)
@@ -226,7 +235,7 @@ def run(args) -> dict:
         seal(out, manifest, {p.name for p in missing}, writer.digests)
     distributed.barrier()
     return {"labelled": int(labelled_count), "teacher_top1": 100.0 * correct / max(labelled_count, 1),
-            "shards_written": len(todo), "store": str(out)}
+            "shards_written": len(missing), "store": str(out)}  # every rank's: all were written by now
 
 
 def _discard_unstarted(out: StoreLocation, remove_dir: bool, shards: list[str] = ()) -> None:

@@ -125,7 +125,7 @@ class WandbTracker(NoTracker):
         self.run = wandb.init(project=settings.project, entity=settings.entity, name=settings.name, mode=mode,
                               config=config, dir=str(out_dir), id=run_id, resume="allow")
         self.mode, self.run_id = mode, run_id
-        self.held_up_to = 0  # the last step earlier processes got into W&B; later logs skip up to it
+        self.held_up_to = -1  # the last step earlier processes got into W&B (none: -1); later logs skip up to it
 
     def log(self, metrics: dict, step: int) -> None:
         if step > self.held_up_to:

@@ -2,7 +2,8 @@
 
 A shard holds the records of one epoch's index range, split into chunks of
 `chunk_records` (one tar member `<shard>-<chunk>.rec.zst` each). Tar headers are
-fixed (mtime 0, fixed owner) so the same records give byte-identical shards.
+fixed (mtime 0, fixed owner) so the same records give byte-identical shards, and end at
+the end-of-archive marker (no padding to tar's 10 KiB records).
 
 Reading loads one shard (a few hundred KB) into memory, checks its size and
 sha256 against the manifest before parsing a byte of it, then decodes each
@@ -12,6 +13,8 @@ names and never used as paths.
 from __future__ import annotations
 
 import io
+import tarfile
+
 import numpy as np
 import webdataset as wds
 from webdataset.tariterators import tar_file_iterator
@@ -37,8 +40,11 @@ def shard_bytes(plan: ShardPlan, columns: dict[str, np.ndarray], header: dict, c
         part = {name: col[a : a + chunk_records] for name, col in columns.items()}
         chunk_header = {**header, "shard": plan.name, "epoch": plan.epoch, "chunk": c}
         writer.write({"__key__": f"{stem}-{c:05d}", CHUNK_SUFFIX: encode_records(part, chunk_header)})
+    # The archive ends with two zero blocks; tarfile then pads it to a multiple of 10 KiB,
+    # which readers ignore and which would double a shard of a few hundred records: cut.
+    end = writer.tarstream.offset + 2 * tarfile.BLOCKSIZE
     writer.close()
-    return buf.getvalue()
+    return buf.getvalue()[:end]
 
 
 def write_shard(store, plan: ShardPlan, columns: dict[str, np.ndarray], header: dict,

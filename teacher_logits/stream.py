@@ -1,6 +1,6 @@
 """One rank's stream of a store epoch, as a chain of small named steps (webdataset-style):
 
-    epoch_shards -> split_by_rank -> records -> first(records_per_rank) -> shuffle -> batched
+    epoch_shards -> reading_units -> split_by_rank -> records -> first(records_per_rank) -> shuffle -> batched
 
 The chain runs twice per rank, on the same steps and seeds, with one step swapped:
 
@@ -14,14 +14,18 @@ The chain runs twice per rank, on the same steps and seeds, with one step swappe
 
 Guarantees (tests/test_store_stream.py proves each):
 
-- One reader per shard: in an epoch every shard is read by exactly one (rank, process)
-  pair, once (or not at all if trimming, below, leaves out all its records); DataLoader
-  workers read no shard. Readers move 1.0x the epoch's bytes.
-- Equal steps: shards go to ranks by size, largest first, each to the rank holding the
-  fewest records (ties: the lowest rank), taken in a seeded order. Shard sizes are the same
-  in every epoch, so every rank gets `records_per_rank` records, each epoch; a rank with
+- One reader per shard: with at least as many shards per epoch as ranks, every shard is read
+  by exactly one (rank, process) pair, once (or not at all if trimming, below, leaves out all
+  its records); DataLoader workers read no shard. Readers move 1.0x the epoch's bytes.
+- Any store feeds any number of ranks: with fewer shards per epoch than ranks, each shard is
+  cut into `world` ranges of its records (reading units), and a rank reads each shard it
+  has a range of once, keeping only its range. Bytes read grow (at most world x), records
+  do not: every record still goes to one rank.
+- Equal steps: reading units go to ranks by size, largest first, each to the rank holding
+  the fewest records (ties: the lowest rank), taken in a seeded order. Unit sizes are the
+  same in every epoch, so every rank gets `records_per_rank` records, each epoch; a rank with
   more takes the first ones of its stream. The union of the ranks' records is the whole
-  epoch whenever the shards split evenly (e.g. equal shards, a multiple of the ranks per
+  epoch whenever the units split evenly (e.g. equal shards, a multiple of the ranks per
   epoch); otherwise the few trimmed records change from epoch to epoch (the seeded order).
 - Workers never matter: a rank's batch sequence is a function of (store, epoch, rank,
   world, seed, batch size). Worker w builds batches w, w + W, ... of that sequence and
@@ -56,6 +60,24 @@ def epoch_shards(store, stored_epoch: int, order_seed: int | None) -> list[dict]
     return [entries[i] for i in np.random.default_rng(order_seed).permutation(len(entries))]
 
 
+def reading_units(entries: list[dict], world: int) -> list[dict]:
+    """What ranks are dealt: the shards themselves, or (fewer shards than ranks) each shard cut
+    into `world` contiguous ranges of its records, as entries with `part` = (first, stop)
+    positions within the shard."""
+    if len(entries) >= world:
+        return entries
+    units = []
+    for entry in entries:
+        bounds = np.linspace(0, entry["stop"] - entry["start"], world + 1).round().astype(int).tolist()
+        units += [dict(entry, part=(lo, hi)) for lo, hi in zip(bounds, bounds[1:])]
+    return units
+
+
+def unit_records(entry: dict) -> int:
+    lo, hi = entry.get("part", (0, entry["stop"] - entry["start"]))
+    return hi - lo
+
+
 def rank_of_shards(sizes: list[int], world: int) -> list[int]:
     """The rank that reads each shard: largest first, to the rank with the fewest records."""
     totals, owner = [0] * world, [0] * len(sizes)
@@ -65,37 +87,40 @@ def rank_of_shards(sizes: list[int], world: int) -> list[int]:
     return owner
 
 
-def split_by_rank(entries: list[dict], rank: int, world: int) -> list[dict]:
-    owner = rank_of_shards([e["stop"] - e["start"] for e in entries], world)
-    return [e for e, r in zip(entries, owner) if r == rank]
+def split_by_rank(units: list[dict], rank: int, world: int) -> list[dict]:
+    owner = rank_of_shards([unit_records(u) for u in units], world)
+    return [u for u, r in zip(units, owner) if r == rank]
 
 
 def records_per_rank(store, world: int) -> int:
     """Records every rank streams per epoch: the smallest rank's share (the same every epoch)."""
-    sizes = [e["stop"] - e["start"] for e in store.shards(0)]
+    sizes = [unit_records(u) for u in reading_units(store.shards(0), world)]
     owner = rank_of_shards(sizes, world)
     return min(sum(s for s, r in zip(sizes, owner) if r == rank) for rank in range(world))
 
 
-def planned_records(entries, settings: dict):
-    """(index,) records of each shard, from the manifest's seeded sample order: no read."""
+def planned_records(units, settings: dict):
+    """(index,) records of each unit, from the manifest's seeded sample order: no read."""
     orders = {}
-    for entry in entries:
-        if entry["epoch"] not in orders:
-            orders[entry["epoch"]] = epoch_order(settings["seed"], entry["epoch"], settings["dataset"]["size"])
-        for index in np.sort(orders[entry["epoch"]][entry["start"]:entry["stop"]]):
+    for unit in units:
+        if unit["epoch"] not in orders:
+            orders[unit["epoch"]] = epoch_order(settings["seed"], unit["epoch"], settings["dataset"]["size"])
+        indices = np.sort(orders[unit["epoch"]][unit["start"]:unit["stop"]])  # a shard holds them sorted
+        for index in indices[slice(*unit.get("part", (None, None)))]:
             yield {"index": int(index)}
 
 
-def decoded_records(entries, store):
-    """Each shard read, verified and decoded once, then its records one by one (StoredRecords fields)."""
-    for entry in entries:
-        cols = store.read(entry)
-        if cols is None:  # a skipped bad shard would desynchronise the planned views
-            raise RuntimeError(f"shard {entry['name']} is unreadable; the student cannot skip shards")
-        records = StoredRecords.from_columns(cols, store.settings)
-        names = [f.name for f in fields(StoredRecords)]
-        for r in range(len(records)):
+def decoded_records(units, store):
+    """Each unit's shard read, verified and decoded (once for consecutive units of one shard),
+    then the unit's records one by one (StoredRecords fields)."""
+    names, shard, records = [f.name for f in fields(StoredRecords)], None, None
+    for unit in units:
+        if unit["name"] != shard:
+            cols = store.read(unit)
+            if cols is None:  # a skipped bad shard would desynchronise the planned views
+                raise RuntimeError(f"shard {unit['name']} is unreadable; the student cannot skip shards")
+            shard, records = unit["name"], StoredRecords.from_columns(cols, store.settings)
+        for r in range(*unit.get("part", (0, len(records)))):
             yield {name: getattr(records, name)[r] for name in names}
 
 
@@ -117,9 +142,9 @@ def rank_stream(store, stored_epoch: int, rank: int, world: int, batch_size: int
     `seed` fixes the shard order and the record shuffle (None: stored order, no shuffle)."""
     rng = None if seed is None else np.random.default_rng(seed)
     order_seed, shuffle_seed = (None, None) if rng is None else (int(rng.integers(1 << 62)), int(rng.integers(1 << 62)))
-    entries = split_by_rank(epoch_shards(store, stored_epoch, order_seed), rank, world)
+    units = split_by_rank(reading_units(epoch_shards(store, stored_epoch, order_seed), world), rank, world)
     records = partial(decoded_records, store=store) if decode else partial(planned_records, settings=store.settings)
-    steps = [partial(iter, entries), records, partial(first, count=records_per_rank(store, world))]
+    steps = [partial(iter, units), records, partial(first, count=records_per_rank(store, world))]
     if seed is not None:
         bufsize = shuffle_buffer or 2 * store.settings["shard_records"]
         steps.append(wds.shuffle(bufsize, bufsize, rng=random.Random(shuffle_seed ^ rank)))

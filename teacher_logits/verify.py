@@ -10,6 +10,13 @@ from .reader import LogitStore
 from .shards import CorruptShard
 
 
+def framing_bytes(entry: dict, chunk_records: int) -> int:
+    """A shard's bytes that hold no record: a 512-byte tar header per chunk and the archive's
+    1 KiB end marker (each chunk's padding to 512 bytes is left with the records)."""
+    chunks = -(-(entry["stop"] - entry["start"]) // chunk_records)
+    return 512 * chunks + 1024
+
+
 def verify_store(path) -> tuple[list[str], list[str], dict]:
     """(problems, warnings, stats) of the store at `path` (a directory or URL).
     No problems means the store is safe to train on."""
@@ -41,5 +48,7 @@ def verify_store(path) -> tuple[list[str], list[str], dict]:
     # every shard was just read and matched its manifest size (or is named in problems)
     total_bytes = manifest_bytes + sum(e["bytes"] for e in manifest["shards"])
     stats = {"records": manifest["records"], "shards": len(manifest["shards"]), "bytes": total_bytes,
-             "bytes_per_record": total_bytes / max(manifest["records"], 1), "top1_histogram": top1.tolist()}
+             "bytes_per_record": total_bytes / max(manifest["records"], 1),
+             "framing_bytes": manifest_bytes + sum(framing_bytes(e, settings["chunk_records"]) for e in manifest["shards"]),
+             "top1_histogram": top1.tolist()}
     return problems, warnings, stats

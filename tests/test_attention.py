@@ -1,4 +1,5 @@
 """Attention rollout (distill/attention.py) and evaluate.py --attention on exported students."""
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -82,6 +83,14 @@ def export(folder, name, **kwargs):
                 kwargs=kwargs)
     (folder / "config.yaml").write_text(yaml.safe_dump({"student": info}))
     return folder
+
+
+def test_attention_images_show_one_of_each_class_first():
+    from distill.evaluation import one_per_class
+
+    labels = np.repeat(np.arange(10), 5)  # a test set sorted by class: its first 12 are two classes
+    picked = one_per_class(labels, 12)
+    assert labels[picked].tolist() == [*range(10), 0, 1] and len(set(picked.tolist())) == 12
 
 
 @pytest.fixture(scope="module")

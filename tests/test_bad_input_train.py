@@ -161,3 +161,18 @@ def test_train_wandb_misconfigured_subprocess(wandb_banana):
 def test_train_wandb_misconfigured_leaves_no_output(wandb_banana):
     _, out = wandb_banana
     assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+def test_train_on_a_port_in_use_subprocess(cifar_root, store, tmp_path):
+    """The launchers' rendezvous port held by another process (a second run on 29500): one
+    line naming the port and the flag, not torch's 40-line traceback, and no run folder."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        out = tmp_path / "run"
+        proc = train(*train_args(cifar_root, store, out), env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    user_error(proc, f"port {port} (MASTER_PORT) is in use", "--master_port N")
+    assert not out.exists()

@@ -49,3 +49,18 @@ def test_teacher_export_feeds_save_logits(exports, tmp_path):
              exports / "teacher/final/model.pt", "--dataset", "digits", "--aug", "crop", "--limit", "64",
              "--workers", "0", "--out", store)
     assert run_tool("tools/verify_logits.py", store).returncode == 0
+
+
+def test_wandb_gets_the_table_per_class_scores_and_confusion_image(exports, tmp_path):
+    """evaluate.py --wandb (offline here): one history row with the comparison table, each
+    model's per-class table and confusion image, besides the summary scalars."""
+    from distill.tracking import read_wandb_records
+
+    out = tmp_path / "eval"
+    run_tool("tools/evaluate.py", "--dataset", "digits", "--out", out, "--throughput-iters", "0", "--wandb",
+             "--compare", exports / "student/final", env={"WANDB_MODE": "offline"})
+    (log,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    rows = [r.history for r in read_wandb_records(log) if r.HasField("history")]
+    keys = {item.key or "/".join(item.nested_key) for row in rows for item in row.item}
+    media = {key.removesuffix("/_type") for key in keys if key.endswith("/_type")}  # a table or image: its type
+    assert {"eval/table", "eval/student/per_class", "eval/student/confusion"} <= media, keys

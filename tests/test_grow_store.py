@@ -103,6 +103,23 @@ def test_growing_labels_only_the_new_epochs(one_epoch, three_epochs, teacher_ckp
     assert verify_store(store)[0] == [] and LogitStore(store).epochs == 4
 
 
+def test_a_grown_store_keeps_its_shard_size_without_the_flag(one_epoch, teacher_ckpt, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(one_epoch, store)
+    argv = command(teacher_ckpt, store, 2)
+    del argv[argv.index("--shard-records"):argv.index("--shard-records") + 2]  # the default would be 500
+    tool("save_logits").main(argv)
+    assert manifest(store)["settings"]["shard_records"] == 40 and len(manifest(store)["shards"]) == 6
+
+
+def test_default_shard_size_gives_many_shards_per_epoch():
+    from distill.teacher_stage import default_shard_records
+
+    shards = lambda size: -(-size // default_shard_records(size))  # noqa: E731
+    assert shards(50_000) == 64 and shards(1_281_167) == 129  # CIFAR, ImageNet-1k: 64+ ranks read whole shards
+    assert default_shard_records(1_000) == 500 and default_shard_records(100_000_000) == 10_000  # the bounds
+
+
 def test_fewer_epochs_are_refused(three_epochs, teacher_ckpt, capsys):
     before = files(three_epochs)
     code, err = save_logits(teacher_ckpt, three_epochs, 2, capsys)

@@ -56,3 +56,29 @@ def test_help_shows_every_default(path):
         entry = printed[action.option_strings[-1]]
         shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else str(action.default)
         assert shown in entry or re.search(r"\(default[: ]", entry), f"{path}: no default shown: {entry!r}"
+
+
+USER_PROGRAMS = ["tools/save_logits.py", "tools/train_teacher.py", "tools/evaluate.py", "tools/verify_logits.py",
+                 "tools/inspect_logits.py", "tools/demo.py", "distill/train_student.py"]
+IMPORTS_AFTER_HELP = """
+import runpy, sys
+sys.argv = [sys.argv[1], "--help"]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit:
+    pass
+print(sorted(m for m in ("torch", "timm", "torchvision", "deepspeed", "webdataset", "numpy") if m in sys.modules))
+"""
+
+
+def test_help_answers_before_anything_heavy_is_imported():
+    """--help answers in well under a second: no program imports torch, timm, torchvision,
+    DeepSpeed, webdataset or numpy before it has parsed its flags (each costs seconds)."""
+    import subprocess
+    import sys
+
+    for path in USER_PROGRAMS:
+        proc = subprocess.run([sys.executable, "-c", IMPORTS_AFTER_HELP, str(REPO / path)], capture_output=True,
+                              text=True, cwd=REPO, timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stderr
+        assert "usage:" in proc.stdout and proc.stdout.strip().splitlines()[-1] == "[]", (path, proc.stdout[-300:])

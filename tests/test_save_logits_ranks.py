@@ -66,6 +66,7 @@ def test_two_ranks_write_the_one_rank_store_byte_for_byte(name, tmp_path, cifar_
     code, log = finish(start(name, save_logits_args(cifar_root, teacher_ckpt, out, *SHARD_ARGS)))
     assert code == 0, log[-3000:]
     assert shard_sha256s(out) == shard_sha256s(one_rank_store) and len(shard_sha256s(out)) == 10
+    assert "labelled 160 views in 10 new shards" in log  # both ranks' shards, said once
     assert shard_files(out) == shard_files(one_rank_store)
     assert (out / "manifest.json").read_bytes() == (one_rank_store / "manifest.json").read_bytes()
 

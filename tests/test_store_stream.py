@@ -103,9 +103,25 @@ def test_shuffled_per_epoch_and_ranks_unequal_shards_trimmed(parts):
     assert shares == [50, 50, 50]
 
 
-def test_more_ranks_than_shards_is_refused(parts):
-    with pytest.raises(ValueError, match="--shard-records"):
-        stream(parts, 0, 5)
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_more_ranks_than_shards_share_shards_by_records(parts, tmp_path):
+    """5 ranks over 4 shards of 50: each shard cut into 5 ranges of 10; every rank streams 40
+    records (equal steps), the ranks together the whole epoch, a rank reads each shard it has
+    a range of once, and workers still do not matter."""
+    log = tmp_path / "reads.txt"
+    counting = CountingStore(parts[0].path, log)
+    per_rank, shards_read = [], set()
+    for rank in range(5):
+        log.write_text("")
+        per_rank.append([i for b in run_epoch(stream(parts, rank, 5, store=counting), 1, 0) for i in b["index"].tolist()])
+        reads = [line.split()[1] for line in log.read_text().splitlines()]
+        assert len(reads) == len(set(reads)) <= 4
+        shards_read |= set(reads)
+    assert [len(r) for r in per_rank] == [40] * 5
+    assert sorted(sum(per_rank, [])) == list(range(SAMPLES))
+    assert shards_read == {e["name"] for e in counting.shards(1)}
+    reference = run_epoch(stream(parts, 3, 5), 1, workers=0)
+    assert same_batches(run_epoch(stream(parts, 3, 5), 1, workers=2), reference)
 
 
 def test_student_cycles_through_the_first_stored_epochs(parts):

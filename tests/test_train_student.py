@@ -61,10 +61,14 @@ def kd_run(cifar_root, store, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def deepspeed_run(cifar_root, store, tmp_path_factory):
-    """2 ranks through the launcher: ZeRO-1, scratch mode on the store's views, 4 epochs of 7 steps."""
+def deepspeed_run(cifar_root, teacher_ckpt, tmp_path_factory):
+    """2 ranks through the launcher: ZeRO-1, scratch mode on the views of a store with one shard
+    per epoch (the ranks share it by records), 4 epochs of 7 steps."""
     from distill.distributed import free_port
 
+    store = tmp_path_factory.mktemp("store1") / "store"
+    run_tool("tools/save_logits.py", *save_logits_args(cifar_root, teacher_ckpt, store, "--epochs", "2",
+                                                       "--shard-records", "200"))
     out = tmp_path_factory.mktemp("ds") / "run"
     launcher = [shutil.which("deepspeed")] if shutil.which("deepspeed") else [sys.executable, "-m",
                                                                               "deepspeed.launcher.runner"]
@@ -133,7 +137,7 @@ def test_resume_mid_epoch_repeats_the_uninterrupted_run(kd_run, cifar_root, stor
 
 def test_two_rank_deepspeed_run_learns_and_exports(deepspeed_run, cifar_root):
     out, stdout = deepspeed_run
-    assert "2 rank(s)" in stdout
+    assert "(200 samples, 2 rank(s))" in stdout and "left out" not in stdout  # one shard, every record
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 28
     log = losses(out)

@@ -15,7 +15,7 @@ import yaml
 from conftest import run_tool
 from image_folder import CLASSES, call_quietly, write_image_folder, write_teacher
 
-from distill.models import create_student, init_student
+from distill.models import create_student, load_adapted
 
 TINY = ["model.name=cifar_vit", "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "data.img_size=32",
         "data.workers=0", "wandb.enabled=false"]
@@ -41,6 +41,7 @@ def test_folder_to_transfer_end_to_end(tmp_path):
                                                     "--data-root", folder, "--check", "16", "--device", "cpu"])
     assert code == 0, out + err
     assert "top-1 agreement 100.00%" in out  # the teacher, re-run on replayed 32 px views, agrees
+    assert "re-labelling views" in err  # with a progress bar
 
     run = tmp_path / "kd"
     train("data.dataset=folder", f"data.root={folder}", "data.recipe=imagenet", f"logits.store={store}",
@@ -58,7 +59,7 @@ def test_folder_to_transfer_end_to_end(tmp_path):
 
     fine = tmp_path / "digits"
     proc = train("loss.mode=scratch", f"model.init={run / 'final'}", f"output.dir={fine}", "train.max_steps=2")
-    assert "classifier head re-made for 10 classes (the export's has 3" in proc.stdout
+    assert "classifier head re-made for 10 classes (the source's has 3" in proc.stdout
     assert yaml.safe_load((fine / "final" / "config.yaml").read_text())["student"]["num_classes"] == 10
 
 
@@ -72,20 +73,20 @@ def test_init_student_keeps_body_and_remakes_only_the_head(tmp_path):
     torch.save(source.state_dict(), tmp_path / "model.pt")
     target = tiny_student(10, seed=1)
     fresh_head = {k: v.clone() for k, v in target.state_dict().items() if k.startswith("head.")}
-    message = init_student(target, str(tmp_path))  # an export directory, or its model.pt
-    assert message.startswith("classifier head re-made for 10 classes (the export's has 3")
+    message = load_adapted(target, str(tmp_path))  # an export directory, or its model.pt
+    assert message.startswith("classifier head re-made for 10 classes (the source's has 3")
     for key, value in target.state_dict().items():
         expected = fresh_head[key] if key.startswith("head.") else source.state_dict()[key]
         assert torch.equal(value, expected), key
     same = tiny_student(3, seed=2)
-    assert init_student(same, str(tmp_path / "model.pt")) is None
+    assert load_adapted(same, str(tmp_path / "model.pt")) is None
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in same.state_dict().items())
 
 
 def test_init_student_refuses_another_body(tmp_path):
     torch.save(tiny_student(3, seed=0).state_dict(), tmp_path / "model.pt")
     wider = create_student("cifar_vit", 10, 32, embed_dim=64, depth=1, num_heads=2)
-    with pytest.raises(ValueError, match="model.init: keep the export's model.name, model.kwargs and data.img_size"):
-        init_student(wider, str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="pass a run's final/ directory"):
-        init_student(wider, str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="keep the source's model.name and model.kwargs"):
+        load_adapted(wider, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"an export directory \(a run's final/\)"):
+        load_adapted(wider, str(tmp_path / "nowhere"))

@@ -41,7 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--throughput-iters", type=int, default=3, help="timed batches of 256 for images/s (0: skip)")
     p.add_argument("--attention", type=int, metavar="N",
-                   help="also write OUT/attention.png: the first N test images (the views evaluated) with each "
+                   help="also write OUT/attention.png: N test images, one per class in class order (then a second "
+                        "of each), as the views evaluated, with each "
                         "ViT-family model's class-token attention rollout as a heat map and its prediction; "
                         "models without a class token or global attention are skipped with the reason")
     p.add_argument("--wandb", action="store_true", help="log the table and confusion matrices to W&B "
@@ -61,12 +62,12 @@ def model_specs(args) -> list[str]:
 
 
 def main(argv=None):
+    args = parse_args(argv)  # before the heavy imports: --help and flag errors answer at once
     from distill.datasets import build_dataset, num_classes_of
     from distill.distributed import resolve_device
     from distill.evaluation import evaluate_model, load_model
     from distill.report import markdown_table, plot_confusion
 
-    args = parse_args(argv)
     specs = model_specs(args)
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit),
                         ("--attention", args.attention)):
@@ -114,7 +115,8 @@ def write_attention(args, models, dataset, device, out):
     from distill.attention import class_token_maps, plot_attention, rollout_unsupported
     from distill.datasets import num_classes_of
     from distill.datasets import test_view_spec
-    from distill.evaluation import test_views_loader
+    from distill.datasets import labels_of
+    from distill.evaluation import one_per_class, test_views_loader
 
     usable = []
     for name, model in models:
@@ -127,7 +129,8 @@ def write_attention(args, models, dataset, device, out):
         print("attention: no model has a class token and global attention (a ViT): attention.png not written")
         return
     recipe, size = test_view_spec(args.dataset, usable[0][1].input_size[-1])  # as evaluate_model's views
-    batch = next(iter(test_views_loader(dataset, size, args.attention, args.workers, args.limit, recipe=recipe)))
+    shown = one_per_class(labels_of(dataset), args.attention)
+    batch = next(iter(test_views_loader(dataset, size, args.attention, args.workers, recipe=recipe, indices=shown)))
     images = batch["view"].to(device)
     columns = []
     for name, model in usable:
@@ -146,9 +149,15 @@ def log_to_wandb(args, results, rows, out):
 
     tracker = start_tracking(Wandb(enabled=True, name=f"eval-{args.dataset}"), {"dataset": args.dataset,
                              "models": list(results)}, out, rank=0)
-    table = wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows])
-    images = {f"eval/{name}/confusion": wandb.Image(m["confusion_png"]) for name, m in results.items()}
-    tracker.log({"eval/table": table, **images}, step=0)
+    logged = {"eval/table": wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows])}
+    for name, m in results.items():
+        logged[f"eval/{name}/confusion"] = wandb.Image(m["confusion_png"])
+        columns = list(m["per_class"][0])
+        logged[f"eval/{name}/per_class"] = wandb.Table(columns=columns,
+                                                       data=[[c[k] for k in columns] for c in m["per_class"]])
+    if (out / "attention.png").is_file():
+        logged["eval/attention"] = wandb.Image(str(out / "attention.png"))
+    tracker.log(logged, step=0)
     tracker.summary({f"eval/{name}/{k}": m[k] for name, m in results.items() for k in COLUMNS[1:] if k in m})
     tracker.finish()
 

@@ -29,7 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.augment import RECIPES  # noqa: E402
+from distill.catalog import RECIPES  # noqa: E402
 from distill.cli import HelpFormatter, VIEW_SIZE_HELP, add_data_args, add_teacher_args, run_main  # noqa: E402
 
 
@@ -60,8 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--cutmix", type=float, default=0.0, help="pairwise CutMix alpha (0: off; timm default 1.0)")
     p.add_argument("--mix-prob", type=float, default=1.0, help="chance that a view is mixed when mixing is on")
     p.add_argument("--limit", type=int, help="label only the first N samples (smoke runs)")
-    p.add_argument("--shard-records", type=int, default=10000,
-                   help="records per shard: the unit of resume and of work per rank")
+    p.add_argument("--shard-records", type=int,
+                   help="records per shard, the unit of resume and of reading (default: an epoch in about 64 "
+                        "shards, 500 to 10000 records each; a store being resumed or grown keeps its own)")
     p.add_argument("--chunk-records", type=int, default=4096, help="records per compressed chunk in a shard")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="teacher inference precision")
@@ -70,9 +71,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    args = parse_args(argv)  # before the heavy imports: --help and flag errors answer at once
     from distill.teacher_stage import run
 
-    args = parse_args(argv)
     summary = run(args)
     if int(os.environ.get("RANK", 0)) != 0:
         return

@@ -35,9 +35,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    args = parse_args(argv)  # before the heavy imports: --help and flag errors answer at once
     from teacher_logits.verify import verify_store
 
-    args = parse_args(argv)
     problems, warnings, stats = verify_store(args.store)
     for w in warnings:
         print(f"warning: {w}")

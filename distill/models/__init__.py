@@ -6,8 +6,8 @@ cifar_cnn, and timm's tiny_vit_{5m,11m,21m}.
 """
 from . import cifar_teachers, seed_rows, students  # noqa: F401  (registers the models with timm)
 from .students import create_student
-from .teachers import Preprocessed, TeacherEnsemble, create_teacher, create_teachers, load_weights
-from .transfer import init_student
+from .teachers import Preprocessed, TeacherEnsemble, create_teacher, create_teachers
+from .weights import load_adapted, load_weights, read_state_dict
 
-__all__ = ["Preprocessed", "TeacherEnsemble", "create_student", "create_teacher", "create_teachers", "init_student",
-           "load_weights"]
+__all__ = ["Preprocessed", "TeacherEnsemble", "create_student", "create_teacher", "create_teachers", "load_adapted",
+           "load_weights", "read_state_dict"]

@@ -10,14 +10,15 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from teacher_logits.errors import UserError
 
 from .layers import fast_dropout
 
-__all__ = ["CCT", "CifarCNN", "create_student", "tiny_vit_window_sizes", "STUDENTS"]
+__all__ = ["CCT", "CifarCNN", "cct_checkpoint_filter", "create_student", "is_student", "tiny_vit_window_sizes",
+           "STUDENTS"]
 
 # Students train from scratch, so any fixed normalisation works; CIFAR-10's is the usual one.
 _CIFAR10 = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
@@ -83,6 +84,7 @@ class CCT(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.num_features = embed_dim
+        img_size = to_2tuple(img_size)[0]  # square inputs; timm's exports record sizes as (H, W)
         if patch_size:
             self.tokenizer, side = PatchTokenizer(in_chans, embed_dim, patch_size), img_size // patch_size
         else:  # maxpool k3 s2 p1 maps n pixels to ceil(n / 2)
@@ -125,6 +127,16 @@ class CCT(nn.Module):
         return self.head(self.pool(self.forward_features(x)))
 
 
+def cct_checkpoint_filter(state_dict, model):
+    """A CCT checkpoint for `model`'s resolution: the position embedding (no prefix token)
+    resampled to its token grid, as timm does for ViTs."""
+    pos = state_dict.get("pos_embed")
+    if pos is not None and pos.shape != model.pos_embed.shape:
+        side = math.isqrt(model.pos_embed.shape[1])
+        state_dict["pos_embed"] = resample_abs_pos_embed(pos, (side, side), num_prefix_tokens=0)
+    return state_dict
+
+
 # --------------------------------------------------------------------------------- CNN
 
 
@@ -161,12 +173,17 @@ class CifarCNN(nn.Module):
 # ------------------------------------------------------------------------ entrypoints
 
 
+_FILTERS = {VisionTransformer: checkpoint_filter_fn, CCT: cct_checkpoint_filter}
+
+
 def _create(cls, variant, pretrained, side, **kwargs):
-    if pretrained:
-        raise UserError(f"{variant} has no pretrained weights; train it or load a file with load_weights")
-    # Record the real input size (side x side) in the cfg, so Preprocessed(model) resizes to it.
-    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {}, input_size=(3, side, side))
-    return fast_dropout(build_model_with_cfg(cls, variant, pretrained, pretrained_cfg_overlay=overlay, **kwargs))
+    """Built by timm, so `pretrained=True` with a weights file in the cfg (an export's
+    config.json, `pretrained_cfg_overlay=dict(file=...)`) loads it, resampled to `side` px."""
+    # Record the real input size in the cfg, so Preprocessed(model) resizes to it.
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {}, input_size=(3, *to_2tuple(side)))
+    model = build_model_with_cfg(cls, variant, pretrained, pretrained_cfg_overlay=overlay,
+                                 pretrained_filter_fn=_FILTERS.get(cls), **kwargs)
+    return fast_dropout(model)
 
 
 @register_model
@@ -218,14 +235,35 @@ def tiny_vit_window_sizes(img_size, default=(7, 7, 14, 7)):
     return tuple(sizes)
 
 
-def create_student(name, num_classes, img_size, **kwargs):
-    """Build student `name` for `num_classes` classes at `img_size` px; extra kwargs go to timm."""
-    if name in _OURS:
-        return timm.create_model(name, num_classes=num_classes, img_size=img_size, **kwargs)
-    arch = _TINY_VITS.get(name, name)
-    if arch in _TINY_VITS.values():
-        # TinyViT takes no img_size; its 224 in the name is only the pretraining resolution.
-        return timm.create_model(
-            arch, num_classes=num_classes, window_sizes=tiny_vit_window_sizes(img_size),
-            pretrained_cfg_overlay=dict(input_size=(3, img_size, img_size)), **kwargs)
-    raise UserError(f"unknown student {name!r}; valid students: {', '.join(STUDENTS)}")
+def is_student(name: str) -> bool:
+    """A student name, with or without a timm pretrained tag (tiny_vit_5m_224.dist_in22k)."""
+    return name.split(".")[0] in STUDENTS
+
+
+def create_student(name, num_classes, img_size, pretrained=False, **kwargs):
+    """Build student `name` for `num_classes` classes at `img_size` px; extra kwargs go to timm.
+
+    `pretrained=True` loads timm's weights for the name (`.tag` picks a set, e.g.
+    `tiny_vit_5m_224.dist_in22k_ft_in1k`; downloads): a head for another class count is
+    re-made and TinyViT's attention biases are resampled to the windows of `img_size`."""
+    if not is_student(name):
+        raise UserError(f"unknown student {name!r}; valid students: {', '.join(STUDENTS)}")
+    arch, _, tag = name.partition(".")
+    if arch in _OURS:
+        args = dict(img_size=img_size)
+    else:  # TinyViT takes no img_size; its 224 in the name is only the pretraining resolution.
+        arch = _TINY_VITS.get(arch, arch)
+        args = dict(window_sizes=tiny_vit_window_sizes(img_size),
+                    pretrained_cfg_overlay=dict(input_size=(3, img_size, img_size)))
+    timm_name = f"{arch}.{tag}" if tag else arch
+    try:
+        return timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes, **args, **kwargs)
+    except OSError as e:  # hub and URL download failures are all OSErrors
+        raise UserError(f"model.pretrained: could not download timm's weights for {timm_name} (offline? "
+                        f"{type(e).__name__}); start from a local file instead: model.pretrained=false "
+                        "model.init=FILE (.safetensors, a state_dict, or an export directory)") from None
+    except RuntimeError as e:
+        if "No pretrained weights" not in str(e):
+            raise
+        raise UserError(f"model.pretrained: timm has no pretrained weights for {timm_name}; start from a file "
+                        "instead: model.pretrained=false model.init=FILE (or RUN/final)") from None

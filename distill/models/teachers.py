@@ -8,14 +8,14 @@ import difflib
 import math
 import os
 import warnings
-from collections.abc import Mapping
-from pathlib import Path
 
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from teacher_logits.errors import UserError
+
+from .weights import load_weights
 
 __all__ = ["Preprocessed", "TeacherEnsemble", "create_teacher", "create_teachers", "ensemble_spec", "load_weights"]
 
@@ -56,83 +56,10 @@ class Preprocessed(nn.Module):
         return self.model((x - mean) / std)
 
 
-def _read_state_dict(path):
-    """torch.load with weights_only=True, then dig the state_dict out of common wrappers."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # untrusted file: any failure means "not plain tensors"; details stay chained
-        raise UserError(
-            f"{path}: not a torch checkpoint of plain tensors ({type(e).__name__} with weights_only=True); "
-            f"refusing to unpickle untrusted data - re-save just the state_dict"
-        ) from e
-    # {'state_dict': ...}: akamaster, DICE, Lightning; {'model': ...}: DeiT / timm train;
-    # {'module': ...}: DeepSpeed ZeRO-0. Wrappers may nest, so unwrap until none is left.
-    while isinstance(obj, Mapping):
-        inner = next((obj[k] for k in ("state_dict", "model", "module") if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
-        keys = list(obj)[:6] if isinstance(obj, Mapping) else type(obj).__name__
-        raise UserError(f"{path}: no state_dict of tensors found (got {keys})")
-    # DataParallel / DDP prefix every key with `module.`.
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def _few(keys, n=4):
-    """'a, b, c, d and 7 more': enough keys to diagnose, short enough for one line."""
-    if not keys:
-        return "none"
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
-
-
-def load_weights(model, path):
-    """Load checkpoint `path` into `model` (or a Preprocessed's inner model) strictly.
-
-    Only BatchNorm's `num_batches_tracked` may be missing or extra: old checkpoints
-    predate it and it does not affect inference. Returns `model`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    load_checked(model.model if isinstance(model, Preprocessed) else model, _read_state_dict(path), path)
-    return model
-
-
-def load_checked(target, state_dict, path) -> None:
-    """`state_dict` (read from `path`) into `target`, refused naming the key unless every key
-    and shape matches."""
-    expected = target.state_dict()
-
-    def relevant(keys):
-        return {k for k in keys if not k.endswith("num_batches_tracked")}
-
-    missing = sorted(relevant(expected) - relevant(state_dict))
-    unexpected = sorted(relevant(state_dict) - relevant(expected))
-    if missing or unexpected:
-        raise UserError(f"{path} does not match {type(target).__name__}: missing keys: {_few(missing)}; "
-                        f"unexpected keys: {_few(unexpected)}; is it a checkpoint of this architecture? "
-                        "(check --teacher / model.name)")
-
-    classifier = (getattr(target, "pretrained_cfg", None) or {}).get("classifier")
-    for key, value in expected.items():
-        got, want = tuple(state_dict.get(key, value).shape), tuple(value.shape)
-        if got == want:
-            continue
-        if isinstance(classifier, str) and key.startswith(classifier + ".") \
-                and want[0] == getattr(target, "num_classes", None):
-            fix = (f"it was trained for {got[0]} classes, the dataset has {want[0]}: use a checkpoint for "
-                   f"{want[0]} classes (fine-tune one with tools/train_teacher.py)")
-        else:
-            fix = "the checkpoint is for another architecture or configuration"
-        raise UserError(f"{path}: {key} has shape {got} in the checkpoint but {want} in the model; {fix}")
-
-    target.load_state_dict(state_dict, strict=False)  # keys and shapes were checked above
-
-
-def create_teacher(name, checkpoint=None, pretrained=False, num_classes=None):
+def create_teacher(name, checkpoint=None, pretrained=False, num_classes=None, weights_later=False):
     """timm model `name`, weights from `checkpoint` and/or timm's pretrained set, as an
-    eval-mode `Preprocessed`. `num_classes=None` keeps the model's default."""
+    eval-mode `Preprocessed`. `num_classes=None` keeps the model's default; `weights_later`:
+    the caller loads weights itself (no random-weights warning)."""
     if not timm.is_model(name):
         arch = name.split(".")[0]
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
@@ -148,7 +75,7 @@ def create_teacher(name, checkpoint=None, pretrained=False, num_classes=None):
                            f"pass --checkpoint FILE instead") from e
     if checkpoint is not None:
         load_weights(model, checkpoint)
-    elif not pretrained:
+    elif not pretrained and not weights_later:
         warnings.warn(f"teacher {name} has random weights: pass a checkpoint or pretrained=True", stacklevel=2)
     return Preprocessed(model).eval()
 
