@@ -148,10 +148,23 @@ TEACHER_KEYS = {"name": "teacher.name", "checkpoint": "teacher.checkpoint", "pre
                 "weights": "teacher.weights", "prefix": "config key "}
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"  # the repository's configs/ links here
+
+
+def config_file(path: str | Path) -> Path:
+    """`path`, or where no such file exists, the shipped config it names (`configs/NAME.yaml`
+    as README writes it): README's commands run from any folder after `pip install`."""
+    given = Path(path)
+    shipped = SHIPPED_CONFIGS / given.as_posix().removeprefix("configs/")
+    return shipped if not given.is_file() and shipped.is_file() else given
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """The config in `path` (None: all defaults) with `key=value` overrides applied in order."""
+    """The config in `path` (None: all defaults; see config_file) with `key=value` overrides
+    applied in order."""
     tree = {}
     if path is not None:
+        path = config_file(path)
         try:
             tree = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as e:

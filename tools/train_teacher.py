@@ -1,65 +1,7 @@
 #!/usr/bin/env python
-"""Fine-tune (or train) a teacher on the target dataset, for save_logits.py.
-
-  python tools/train_teacher.py --teacher cifar10_resnet56 \\
-      --checkpoint ../shared/teachers/cifar10/resnet56_akamaster-4bfd9763.th \\
-      --dataset cifar10 --data-root DATA --skip-md5 --epochs 2 --out runs/teacher_r56
-  python tools/save_logits.py --teacher cifar10_resnet56 --checkpoint runs/teacher_r56/final/model.pt ...
-
-Needed when the data differs from what the teacher was trained on (our JPEG CIFAR-10
-copy costs the shared teachers ~10 points), and to adapt an ImageNet timm teacher to
-CIFAR/STL classes (`--pretrained`: its head is re-initialised for the dataset's classes).
-This is the student stage (distill/student_stage.py, loss.mode=scratch) run on a
-teacher architecture: the same engine, checkpoints, resume, W&B and export. Extra
-`key=value` arguments override its config (configs/teacher_finetune.yaml), and
-`deepspeed tools/train_teacher.py ...` runs it on several GPUs.
-"""
-import argparse
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main  # noqa: E402
-
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "teacher_finetune.yaml")
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_teacher_args(p, required=True, checkpoint_help="weights to start from (omit, with no --pretrained, to "
-                                                       "train from scratch)")
-    add_data_args(p, img_size="the model's training resolution, data.img_size (default: the config's; 224 for "
-                               "the imagenet recipe, whose views are made at it)")
-    p.add_argument("--epochs", type=int, default=2, help="training epochs")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
-    p.add_argument("--batch-size", type=int, help="batch size per rank (default: the config's)")
-    p.add_argument("--aug", help="augmentation recipe (default: cifar; stl10 for STL-10, crop for digits, "
-                                 "imagenet for an image folder)")
-    p.add_argument("--limit", type=int, help="train on the first N samples only")
-    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
-    p.add_argument("--out", required=True, help="output directory; the weights land in OUT/final/model.pt")
-    p.add_argument("--config", default=CONFIG, help="base config (default configs/teacher_finetune.yaml)")
-    p.add_argument("overrides", nargs="*", help="extra key=value config overrides, e.g. optim.weight_decay=0")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
-    aug = args.aug or {"stl10": "stl10", "digits": "crop", "folder": "imagenet"}.get(args.dataset, "cifar")
-    overrides = [f"model.name={args.teacher}", f"model.pretrained={str(args.pretrained).lower()}",
-                 f"data.dataset={args.dataset}", f"data.skip_md5={str(args.skip_md5).lower()}", f"data.recipe={aug}",
-                 f"data.workers={args.workers}", f"train.epochs={args.epochs}", f"output.dir={args.out}",
-                 "loss.mode=scratch", "logits.store=null"]
-    overrides += [f"model.init={args.checkpoint}"] if args.checkpoint else []
-    overrides += [f"data.root={args.data_root}"] if args.data_root else []
-    overrides += [f"data.limit={args.limit}"] if args.limit else []
-    overrides += [f"data.img_size={args.img_size}"] if args.img_size else []
-    overrides += [f"optim.lr={args.lr}"] if args.lr else []
-    overrides += [f"train.batch_size={args.batch_size}"] if args.batch_size else []
-    from distill.student_stage import run
-
-    run(args.config, [*overrides, *args.overrides])
-
+"""`python tools/train_teacher.py` in a checkout; installed, the same program is `tvd-train-teacher`
+(distill/programs/train_teacher.py, where its --help text lives)."""
+from distill.programs.train_teacher import cli, main  # noqa: F401
 
 if __name__ == "__main__":
-    run_main(main)
+    cli()

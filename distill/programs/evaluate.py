@@ -1,0 +1,167 @@
+"""Evaluate students and teachers on a dataset's test split.
+
+  python tools/evaluate.py --checkpoint runs/c10/final --dataset cifar10 --data-root DATA --skip-md5
+  python tools/evaluate.py --teacher cifar10_resnet56 --checkpoint FILE --dataset cifar10 --data-root DATA
+  python tools/evaluate.py --compare runs/kd/final runs/scratch/final cifar10_resnet56=FILE --dataset cifar10 ...
+
+Reports top-1, top-5, macro precision/recall/F1, Matthews correlation, per-class
+scores, parameters, FLOPs and images/s (batch 256, this device); writes
+metrics.json, metrics.md and a confusion-matrix PNG per model into --out.
+--attention N adds attention.png: N test images with each ViT student's class-token
+attention rollout over them (models without a class token are skipped, with the reason).
+"""
+import argparse
+import json
+import re
+from pathlib import Path
+
+
+from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main
+from teacher_logits.errors import UserError
+
+COLUMNS = ["model", "top1", "top5", "precision_macro", "recall_macro", "f1_macro", "mcc", "params", "flops",
+           "images_per_s"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_teacher_args(p, teacher_help="evaluate this timm teacher (with --checkpoint FILE, or --pretrained)",
+                     checkpoint_help="a student export (train_student's final/ dir), or with --teacher its weights")
+    p.add_argument("--compare", nargs="+", default=[], metavar="SPEC",
+                   help="several models in one table: student export dirs and/or teacher NAME=CHECKPOINT")
+    add_data_args(p)  # the test split (val/ of an image folder, seen through timm's eval crop)
+    p.add_argument("--limit", type=int, help="evaluate on a fixed random subset of N test images")
+    p.add_argument("--out", default="eval", help="directory for metrics.json, metrics.md and confusion PNGs")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--throughput-iters", type=int, default=3, help="timed batches of 256 for images/s (0: skip)")
+    p.add_argument("--attention", type=int, metavar="N",
+                   help="also write OUT/attention.png: N test images, one per class in class order (then a second "
+                        "of each), as the views evaluated, with each "
+                        "ViT-family model's class-token attention rollout as a heat map and its prediction; "
+                        "models without a class token or global attention are skipped with the reason")
+    p.add_argument("--wandb", action="store_true", help="log the table and confusion matrices to W&B "
+                   "(offline without an API key; WANDB_MODE wins)")
+    return p.parse_args(argv)
+
+
+def model_specs(args) -> list[str]:
+    if args.teacher:
+        if not (args.checkpoint or args.pretrained):
+            raise UserError("--teacher needs --checkpoint FILE or --pretrained")
+        return [f"{args.teacher}={args.checkpoint}" if args.checkpoint else args.teacher] + args.compare
+    specs = ([args.checkpoint] if args.checkpoint else []) + args.compare
+    if not specs:
+        raise UserError("nothing to evaluate: pass --checkpoint, --teacher or --compare")
+    return specs
+
+
+def main(argv=None):
+    args = parse_args(argv)  # before the heavy imports: --help and flag errors answer at once
+    from distill.datasets import build_dataset, num_classes_of
+    from distill.distributed import resolve_device
+    from distill.evaluation import evaluate_model, load_model
+    from distill.report import markdown_table, plot_confusion
+
+    specs = model_specs(args)
+    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit),
+                        ("--attention", args.attention)):
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
+    if args.throughput_iters < 0:
+        raise UserError(f"--throughput-iters must be 0 (skip) or positive, got {args.throughput_iters}")
+    if args.wandb:  # a bad W&B mode fails now, not after the evaluation
+        from distill.tracking import resolve_mode
+
+        resolve_mode(None)
+    device = resolve_device(args.device)
+    dataset = build_dataset(args.dataset, args.data_root, train=False, skip_md5=args.skip_md5)
+    models = [load_model(spec, num_classes_of(args.dataset, dataset)) for spec in specs]  # fail early on a bad spec
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create it ({e.strerror}); choose a writable directory") from None
+    results, rows = {}, []
+    for name, model in models:
+        metrics = evaluate_model(model, dataset, args.dataset, device, args.batch_size, args.workers, args.limit,
+                                 args.throughput_iters)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        class_names = [c["name"] for c in metrics["per_class"]]
+        metrics["confusion_png"] = str(plot_confusion(metrics["confusion"], class_names,
+                                                      out / f"confusion_{slug}.png", title=f"{name} on {args.dataset}"))
+        results[name] = metrics
+        rows.append({"model": name, **{k: metrics.get(k) for k in COLUMNS[1:]}})
+    table = markdown_table(rows, COLUMNS)
+    (out / "metrics.json").write_text(json.dumps({"dataset": args.dataset, "models": results}, indent=1) + "\n")
+    (out / "metrics.md").write_text(f"# {args.dataset} test\n\n{table}\n")
+    print(table)
+    print(f"metrics.json, metrics.md and confusion PNGs in {out.resolve()}")
+    if args.attention:
+        write_attention(args, models, dataset, device, out)
+    if args.wandb:
+        log_to_wandb(args, results, rows, out)
+
+
+def write_attention(args, models, dataset, device, out):
+    """OUT/attention.png for the models rollout applies to; a line for each one it does not."""
+    import torch
+
+    from distill.attention import class_token_maps, plot_attention, rollout_unsupported
+    from distill.datasets import num_classes_of
+    from distill.datasets import test_view_spec
+    from distill.datasets import labels_of
+    from distill.evaluation import one_per_class, test_views_loader
+
+    usable = []
+    for name, model in models:
+        reason = rollout_unsupported(model)
+        if reason:
+            print(f"attention: skipping {name}: {reason}")
+        else:
+            usable.append((name, model))
+    if not usable:
+        print("attention: no model has a class token and global attention (a ViT): attention.png not written")
+        return
+    recipe, size = test_view_spec(args.dataset, usable[0][1].input_size[-1])  # as evaluate_model's views
+    shown = one_per_class(labels_of(dataset), args.attention)
+    batch = next(iter(test_views_loader(dataset, size, args.attention, args.workers, recipe=recipe, indices=shown)))
+    images = batch["view"].to(device)
+    columns = []
+    for name, model in usable:
+        maps, logits = class_token_maps(model.to(device).eval(), images)
+        columns.append((name, maps.cpu(), torch.argmax(logits, dim=1).cpu()))
+    class_names = [str(c) for c in (getattr(dataset, "classes", None) or range(num_classes_of(args.dataset, dataset)))]
+    path = plot_attention(images.cpu(), batch["label"], columns, class_names, out / "attention.png")
+    print(f"attention: {len(images)} images x {len(columns)} models in {path}")
+
+
+def log_to_wandb(args, results, rows, out):
+    import wandb
+
+    from distill.config import Wandb
+    from distill.tracking import start_tracking
+
+    tracker = start_tracking(Wandb(enabled=True, name=f"eval-{args.dataset}"), {"dataset": args.dataset,
+                             "models": list(results)}, out, rank=0)
+    logged = {"eval/table": wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows])}
+    for name, m in results.items():
+        logged[f"eval/{name}/confusion"] = wandb.Image(m["confusion_png"])
+        columns = list(m["per_class"][0])
+        logged[f"eval/{name}/per_class"] = wandb.Table(columns=columns,
+                                                       data=[[c[k] for k in columns] for c in m["per_class"]])
+    if (out / "attention.png").is_file():
+        logged["eval/attention"] = wandb.Image(str(out / "attention.png"))
+    tracker.log(logged, step=0)
+    tracker.summary({f"eval/{name}/{k}": m[k] for name, m in results.items() for k in COLUMNS[1:] if k in m})
+    tracker.finish()
+
+
+def cli() -> None:
+    """The console script's entry point: main() ending on bad input in one line."""
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

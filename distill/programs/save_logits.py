@@ -1,0 +1,91 @@
+"""Run a teacher once over E augmented passes of a dataset and store its sparse logits.
+
+  python tools/save_logits.py --teacher cifar10_resnet56 \\
+      --checkpoint ../shared/teachers/cifar10/resnet56_akamaster-4bfd9763.th \\
+      --dataset cifar10 --data-root DATA --skip-md5 --epochs 2 --topk 10 --out stores/c10_r56
+
+Re-running the same command resumes a killed run; other settings are refused.
+--out may be an fsspec URL (s3://bucket/stores/c10_r56, gs://, az://, memory://): each shard
+is then one object put, the manifest is sealed last, and a re-run skips the shards that exist.
+Under `deepspeed` or `torchrun`, each rank labels its own shards.
+
+Ensembles: repeat `--teacher NAME --checkpoint FILE` (one checkpoint per teacher, in the
+same order; or no checkpoint and --pretrained). Every teacher labels the same view, each
+with its own normalisation, and the stored target is the weighted mean of their
+probabilities (--teacher-weights, default equal, normalised to sum 1).
+
+Your own images: --dataset folder --data-root DIR (DIR/train/<class>/<image>, DIR/val/...)
+with --aug imagenet --img-size 224 (DeiT/TinyViT's recipe, at any resolution).
+
+Growing: the same command with a larger --epochs on an existing store labels only the
+new epochs; the existing shards stay byte-identical. A kill while growing resumes like
+any other (run the same command again). A smaller --epochs is refused: stores only grow,
+and students cycle through the stored epochs.
+"""
+import argparse
+import os
+
+
+from distill.catalog import RECIPES
+from distill.cli import HelpFormatter, VIEW_SIZE_HELP, add_data_args, add_teacher_args, run_main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_teacher_args(p, ensemble=True, required=True,
+                     teacher_help="timm model name, e.g. cifar10_resnet56 or a hub name; an ensemble's stored "
+                                  "target is the weighted mean of the teachers' probabilities")
+    add_data_args(p, img_size=VIEW_SIZE_HELP)
+    p.add_argument("--split", default="train", choices=["train", "test"], help="dataset split (default train)")
+    p.add_argument("--epochs", type=int, default=1,
+                   help="augmented passes to store (students reuse them cyclically); a larger value on an existing "
+                        "store grows it, labelling only the new epochs (stores never shrink)")
+    p.add_argument("--topk", type=int, default=10, help="teacher probabilities kept per view")
+    p.add_argument("--values", default="log8", choices=["log8", "fp16"],
+                   help="value codec: 8-bit log-ratios (default, smallest) or raw fp16")
+    p.add_argument("--out", required=True,
+                   help="store directory or fsspec URL (file://, s3://, gs://, az://, memory://); created, and an "
+                        "existing store is resumed. Cloud URLs need their extra: pip install "
+                        "\"tinyvit-distill[s3]\" (or [gcs], [azure])")
+    p.add_argument("--batch-size", type=int, default=256, help="teacher batch size")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes building views")
+    p.add_argument("--seed", type=int, default=0, help="run seed: every view's seed derives from it")
+    p.add_argument("--aug", default="cifar", choices=RECIPES,
+                   help="augmentation recipe of the stored views; imagenet: DeiT/TinyViT's (timm's create_transform "
+                        "with RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5, RandomErasing 0.25), at --img-size")
+    p.add_argument("--mixup", type=float, default=0.0, help="pairwise Mixup alpha (0: off; timm default 0.8)")
+    p.add_argument("--cutmix", type=float, default=0.0, help="pairwise CutMix alpha (0: off; timm default 1.0)")
+    p.add_argument("--mix-prob", type=float, default=1.0, help="chance that a view is mixed when mixing is on")
+    p.add_argument("--limit", type=int, help="label only the first N samples (smoke runs)")
+    p.add_argument("--shard-records", type=int,
+                   help="records per shard, the unit of resume and of reading (default: an epoch in about 64 "
+                        "shards, 500 to 10000 records each; a store being resumed or grown keeps its own)")
+    p.add_argument("--chunk-records", type=int, default=4096, help="records per compressed chunk in a shard")
+    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="teacher inference precision")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)  # before the heavy imports: --help and flag errors answer at once
+    from distill.teacher_stage import run
+
+    summary = run(args)
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    if summary["labelled"] == 0:
+        print(f"store {summary['store']}: complete already, nothing to label")
+        return
+    print(f"store {summary['store']}: labelled {summary['labelled']} views in {summary['shards_written']} "
+          f"new shards; teacher top-1 on them {summary['teacher_top1']:.2f}% "
+          "(mixed views: the dominant image's label)")
+
+
+def cli() -> None:
+    """The console script's entry point: main() ending on bad input in one line."""
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()
