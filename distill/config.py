@@ -50,8 +50,7 @@ class Logits:
 class Model:
     name: str = "cifar_vit"
     kwargs: dict = field(default_factory=dict)  # extra arguments for timm.create_model, e.g. {depth: 2}
-    init: str | None = None  # weights to start from: an export (RUN/final), a .safetensors or a state_dict
-    # file; resampled to data.img_size, a head for another class count re-made
+    init: str | None = None  # start from RUN/final, a .safetensors or state_dict: resampled, head re-made if needed
     pretrained: bool = False  # start from timm's pretrained weights (downloads; name.tag picks a set)
 
 
@@ -92,6 +91,7 @@ class Train:
     log_every: int = 10  # optimizer steps between W&B points
     seed: int = 0
     max_steps: int | None = None  # stop after this many optimizer steps; the schedule ignores it
+    compile: bool = False  # torch.compile the student (DeepSpeed's engine.compile): minutes up front, for long runs
 
 
 @dataclass

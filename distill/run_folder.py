@@ -25,7 +25,7 @@ RUN_FILE = "run.json"
 FORMAT = "tinyvit-distill run"
 # what a run may change on resume: where it logs and how often, how many views it builds at once
 RESULT_FREE_KEYS = ("wandb", "output", "train.eval_every", "train.log_every", "train.checkpoint_every",
-                    "train.max_steps", "data.workers", "data.test_limit")
+                    "train.max_steps", "train.compile", "data.workers", "data.test_limit")
 
 
 def training_config(config: dict) -> dict:

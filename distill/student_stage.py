@@ -69,7 +69,7 @@ def build_model(cfg, num_classes: int):
         model, kind = create_teacher(cfg.model.name, None, cfg.model.pretrained, num_classes,
                                      weights_later=bool(cfg.model.init)).train(), "teacher"
     if cfg.model.init:  # transfer: a distilled student or a teacher, fine-tuned or distilled again here
-        remade = load_adapted(model, cfg.model.init)
+        remade = load_adapted(model.model, cfg.model.init)
         if remade and torch.distributed.get_rank() == 0:
             print(f"model.init {cfg.model.init}: {remade}")
     return model, kind

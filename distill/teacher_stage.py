@@ -37,9 +37,6 @@ from teacher_logits.schema import StoreSettings, chunk_header, pack_records
 from teacher_logits.shards import write_shard
 
 
-BadInput = UserError  # a flag or file the user must change; the message names it and the fix
-
-
 @dataclass
 class Labelled:
     """Teacher outputs for a run of records, column-wise, ready for the codec."""
@@ -60,9 +57,9 @@ def open_store(out: StoreLocation, settings: dict, rank: int) -> dict:
     and grown when the only change is a larger number of epochs."""
     if rank == 0 and not out.exists(MANIFEST):
         if out.is_file():
-            raise BadInput(f"--out {out} is a file, not a directory: choose a new directory")
+            raise UserError(f"--out {out} is a file, not a directory: choose a new directory")
         if any(not name.startswith(".") for name in out.names() or []):
-            raise BadInput(f"--out {out} exists, is not empty and is not a logit store: choose a new directory")
+            raise UserError(f"--out {out} exists, is not empty and is not a logit store: choose a new directory")
         existed = out.exists()
         try:
             out.makedirs()
@@ -70,19 +67,19 @@ def open_store(out: StoreLocation, settings: dict, rank: int) -> dict:
         except OSError as e:
             if not existed and out.exists():
                 _discard_unstarted(out, remove_dir=True)
-            raise BadInput(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
+            raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
     distributed.barrier()
     manifest = load_manifest(out)
     stored = manifest["settings"]
     diff = differences(stored, {**settings, "codec_version": stored["codec_version"]})
     others = [d for d in diff if not d.startswith("epochs:")]
     if others:
-        raise BadInput(f"--out {out} holds a store made with other settings ({'; '.join(others)} [store != now]): "
+        raise UserError(f"--out {out} holds a store made with other settings ({'; '.join(others)} [store != now]): "
                        "use a new --out, or the original settings to resume")
     if settings["epochs"] < stored["epochs"]:
         unfinished = "" if manifest["complete"] else \
             f" (it is unfinished: re-run with --epochs {stored['epochs']} to finish it)"
-        raise BadInput(f"--out {out} holds a store of {stored['epochs']} epochs{unfinished}; stores only grow, "
+        raise UserError(f"--out {out} holds a store of {stored['epochs']} epochs{unfinished}; stores only grow, "
                        f"so --epochs {settings['epochs']} is refused: use the existing store (students cycle "
                        "through its stored epochs)")
     if settings["epochs"] > stored["epochs"]:
@@ -91,7 +88,7 @@ def open_store(out: StoreLocation, settings: dict, rank: int) -> dict:
             try:
                 write_manifest(out, grown_manifest(manifest, settings["epochs"]))
             except OSError as e:
-                raise BadInput(f"--out {out}: cannot write manifest.json ({e.strerror}): free space or fix the "
+                raise UserError(f"--out {out}: cannot write manifest.json ({e.strerror}): free space or fix the "
                                "directory, then re-run the same command") from None
         distributed.barrier()
         manifest = load_manifest(out)
@@ -106,7 +103,7 @@ def label_batch(teacher, batch: dict, settings: dict, device, precision: str) ->
     logits = logits.float()
     if not torch.isfinite(logits).all():
         bad = batch["index"][~torch.isfinite(logits).all(1).cpu()][:3].tolist()
-        raise BadInput(f"teacher {describe_teacher(settings['teacher'])} gave NaN/inf logits for samples {bad}: "
+        raise UserError(f"teacher {describe_teacher(settings['teacher'])} gave NaN/inf logits for samples {bad}: "
                        "check the checkpoint (or use --precision fp32)")
     # top-k on the device: only (N, k) values and indices cross to the host, not (N, C) probabilities
     top = logits.softmax(dim=1).topk(settings["k"], dim=1)
@@ -129,30 +126,30 @@ def check_flags(args, checkpoints) -> None:
     """Numbers and files that are wrong whatever the data: refused before anything loads."""
     for flag in ("epochs", "topk", "batch_size", "chunk_records"):
         if getattr(args, flag) <= 0:
-            raise BadInput(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+            raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     for flag in ("limit", "img_size", "shard_records"):
         if getattr(args, flag, None) is not None and getattr(args, flag) <= 0:
-            raise BadInput(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+            raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     for checkpoint in checkpoints:
         if checkpoint is not None and not Path(checkpoint).is_file():
-            raise BadInput(f"--checkpoint {checkpoint}: no such file; pass the path of the teacher's weights file")
+            raise UserError(f"--checkpoint {checkpoint}: no such file; pass the path of the teacher's weights file")
 
 
 def load_inputs(args, names, checkpoints, weights, device):
     """(dataset, samples to label, teacher, view maker), each checked against the others."""
     dataset = build_dataset(args.dataset, args.data_root, train=args.split == "train", skip_md5=args.skip_md5)
     if args.limit is not None and args.limit > len(dataset):
-        raise BadInput(f"--limit {args.limit} exceeds the {len(dataset)} samples of {args.dataset} {args.split}: "
+        raise UserError(f"--limit {args.limit} exceeds the {len(dataset)} samples of {args.dataset} {args.split}: "
                        "lower it, or leave it out to label them all")
     size = args.limit or len(dataset)
     classes = num_classes_of(args.dataset, dataset)
     check_pretrained_heads(names, checkpoints, args.pretrained, classes, args.dataset)
     teacher = create_teachers(names, checkpoints, args.pretrained, classes, weights).to(device)
     if teacher.num_classes > MAX_CLASSES:
-        raise BadInput(f"--teacher {' '.join(names)} has {teacher.num_classes} classes; the store holds at most "
+        raise UserError(f"--teacher {' '.join(names)} has {teacher.num_classes} classes; the store holds at most "
                        f"{MAX_CLASSES} (uint16 class indices): use a teacher with fewer classes")
     if args.topk > teacher.num_classes:
-        raise BadInput(f"--topk {args.topk} exceeds the teacher's {teacher.num_classes} classes: "
+        raise UserError(f"--topk {args.topk} exceeds the teacher's {teacher.num_classes} classes: "
                        f"pass --topk {teacher.num_classes} or less")
     mixing = Mixing(args.mixup, args.cutmix, args.mix_prob)
     maker = ViewMaker(dataset, args.aug, mixing, resolution=getattr(args, "img_size", None), num_samples=size)
@@ -179,7 +176,7 @@ class ShardWriter:
                 self.digests[plan.name] = write_shard(self.out, plan, {k: v[:plan.records] for k, v in cols.items()},
                                                       self.header, self.settings["chunk_records"])
             except OSError as e:
-                raise BadInput(f"--out {self.out}: cannot write shard {plan.name} ({e.strerror}): free space "
+                raise UserError(f"--out {self.out}: cannot write shard {plan.name} ({e.strerror}): free space "
                                "or fix the directory, then re-run the same command to resume") from e
             self.written.append(plan.name)
             self.pending = [{k: v[plan.records:] for k, v in cols.items()}]

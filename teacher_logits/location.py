@@ -16,7 +16,7 @@ from pathlib import Path
 import fsspec
 
 from .files import atomic_write, sha256_bytes
-from .manifest import StoreError
+from .errors import StoreError
 
 # protocol -> the pyproject extra that installs its fsspec back-end
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",

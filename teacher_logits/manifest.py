@@ -18,15 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .codec import CODEC_VERSION
-from .errors import UserError
+from .errors import StoreError, UserError  # noqa: F401  (StoreError: importers take it from here too)
 from .files import sha256_bytes
+from .location import locate
 
 MANIFEST = "manifest.json"
 FORMAT = "tinyvit-distill logit store"
-
-
-class StoreError(UserError):
-    """A store that cannot be used as asked; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -92,14 +89,12 @@ def shard_plans(manifest: dict) -> list[ShardPlan]:
 
 def write_manifest(store, manifest: dict) -> None:
     """Write manifest.json of `store` (a path, URL or StoreLocation) whole: atomically on disk, one put remotely."""
-    from .location import locate  # location builds on this module
 
     locate(store).write_bytes(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
 
 
 def load_manifest(store) -> dict:
     """The checked manifest of `store` (a path, URL or StoreLocation)."""
-    from .location import locate  # location builds on this module
 
     store = locate(store)
     path = store / MANIFEST

@@ -35,3 +35,47 @@ def test_store_columns_are_named_only_in_teacher_logits(path):
     names = {node.value for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     assert not names & STORE_COLUMNS, f"store column names {sorted(names & STORE_COLUMNS)}: use teacher_logits' schema"
+
+
+def imports_of(path) -> set[str]:
+    """The project modules `path` imports, at module level or inside functions (absolute names)."""
+    module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__") for p in LIBRARY}
+    return {name for name in found if name in modules and name != module}
+
+
+def test_no_import_cycle_and_the_store_imports_no_model_code():
+    """Lazy imports count: a cycle broken by importing inside a function is still a cycle."""
+    graph = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): imports_of(p)
+             for p in LIBRARY}
+    for module, imported in graph.items():
+        if module.startswith("teacher_logits"):
+            assert not {m for m in imported if not m.startswith("teacher_logits")}, module
+        program = module.startswith("distill.programs") or module == "distill.train_student"  # the launcher's entry
+        if not program:  # the library never imports a program
+            assert not {m for m in imported if m.startswith("distill.programs")}, module
+    state = {}
+
+    def visit(module, trail):  # depth-first: a module met again on its own trail closes a cycle
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", f"import cycle: {' -> '.join([*trail, module])}"
+        state[module] = "open"
+        for other in sorted(graph.get(module, ())):
+            if other != module.rpartition(".")[0]:  # a module importing its own package's __init__
+                visit(other, [*trail, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])

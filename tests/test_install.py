@@ -2,6 +2,7 @@
 programs as console scripts and ships the configs with them: from an empty folder outside the
 checkout, each script answers --help and train_student finds README's `configs/...` paths."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,9 +16,13 @@ SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scrip
 
 
 def test_console_scripts_and_shipped_configs_work_from_an_installed_copy(tmp_path):
-    site = tmp_path / "site"
+    source, site = tmp_path / "source", tmp_path / "site"  # a copy: pip builds in the tree it is given
+    for package in ("distill", "teacher_logits"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-                    str(site), str(REPO)], check=True, capture_output=True, timeout=300)
+                    str(site), str(source)], check=True, capture_output=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {"PYTHONPATH": str(site), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1"}

@@ -120,7 +120,8 @@ def main(argv=None):
     p.add_argument("--data-root", help="dataset directory")
     p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
     p.add_argument("--limit", type=int, default=10000, help="views per teacher")
-    p.add_argument("--shard-records", type=int, default=10000, help="records per shard (save_logits default)")
+    p.add_argument("--shard-records", type=int, default=10000,
+                   help="records per shard (save_logits makes 10,000 for ImageNet-size data, 782 for CIFAR's 50,000)")
     p.add_argument("--quick", action="store_true", help="digits, random-init C=10/C=100 teachers, 512 views")
     p.add_argument("--synthetic", action="append", default=[], metavar="C:K",
                    help="also measure a synthetic C-class teacher at top-k K (repeat), e.g. 21841:100 for "

@@ -68,20 +68,13 @@ def _few(keys, n=4):
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
-def _inner(model):
-    """A Preprocessed wrapper's classifier, or the model itself."""
-    from .teachers import Preprocessed
-
-    return model.model if isinstance(model, Preprocessed) else model
-
-
 def load_weights(model, path):
-    """Load checkpoint `path` into `model` (or a Preprocessed's inner model) strictly.
+    """Load checkpoint `path` into timm model `model` (not its Preprocessed wrapper) strictly.
 
     Only BatchNorm's `num_batches_tracked` may be missing or extra: old checkpoints
     predate it and it does not affect inference. Returns `model`.
     """
-    load_checked(_inner(model), read_state_dict(path), path)
+    load_checked(model, read_state_dict(path), path)
     return model
 
 
@@ -137,11 +130,10 @@ def resampled(model, state: dict) -> dict:
     return state
 
 
-def load_adapted(model, path) -> str | None:
-    """Load weights `path` (a file or an export directory) into `model` (or a Preprocessed's
-    inner model) for transfer: resampled to its resolution, the head re-made for another class
-    count. Returns what was re-made, or None."""
-    target = _inner(model)
+def load_adapted(target, path) -> str | None:
+    """Load weights `path` (a file or an export directory) into timm model `target` (not its
+    Preprocessed wrapper) for transfer: resampled to its resolution, the head re-made for
+    another class count. Returns what was re-made, or None."""
     state = resampled(target, read_state_dict(path))
     own = target.state_dict()
     heads = [k for k in state if k in own and state[k].shape != own[k].shape
