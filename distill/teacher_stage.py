@@ -115,11 +115,12 @@ def label_batch(teacher, batch: dict, settings: dict, device, precision: str) ->
     return Labelled(columns, int((top_idx[:, 0] == dominant).sum()))
 
 
-def default_shard_records(size: int) -> int:
+def default_shard_records(size: int, chunk_records: int) -> int:
     """Records per shard without --shard-records: an epoch in about 64 shards, so that many
-    ranks read whole shards of their own, each of 500 to 10,000 records (small enough to resume
-    cheaply, large enough to compress well and to list quickly)."""
-    return min(10_000, max(500, -(-size // 64)))
+    ranks read whole shards of their own, but never smaller than one compressed chunk (a
+    smaller shard compresses worse: CIFAR-10 at k=10 stores 17.1 B/record in 4,096-record
+    shards, 21.2 in 782-record ones) nor larger than 10,000 records (cheap to resume)."""
+    return max(min(10_000, -(-size // 64)), min(chunk_records, 10_000))
 
 
 def check_flags(args, checkpoints) -> None:
@@ -194,7 +195,8 @@ def run(args) -> dict:
     rank, world = distributed.init_process_group(device)
     dataset, size, teacher, maker = load_inputs(args, names, checkpoints, weights, device)
     if args.shard_records is None:  # a store being resumed or grown keeps its own
-        args.shard_records = default_shard_records(size) if fresh else load_manifest(out)["settings"]["shard_records"]
+        args.shard_records = default_shard_records(size, args.chunk_records) if fresh else \
+            load_manifest(out)["settings"]["shard_records"]
     settings = store_settings(args, fingerprint(args.dataset, dataset, args.split == "train", size), maker,
                               teacher.num_classes)
     manifest = open_store(out, settings, rank)

@@ -107,7 +107,7 @@ def test_a_grown_store_keeps_its_shard_size_without_the_flag(one_epoch, teacher_
     store = tmp_path / "store"
     shutil.copytree(one_epoch, store)
     argv = command(teacher_ckpt, store, 2)
-    del argv[argv.index("--shard-records"):argv.index("--shard-records") + 2]  # the default would be 500
+    del argv[argv.index("--shard-records"):argv.index("--shard-records") + 2]  # the default would be 16
     tool("save_logits").main(argv)
     assert manifest(store)["settings"]["shard_records"] == 40 and len(manifest(store)["shards"]) == 6
 
@@ -115,9 +115,10 @@ def test_a_grown_store_keeps_its_shard_size_without_the_flag(one_epoch, teacher_
 def test_default_shard_size_gives_many_shards_per_epoch():
     from distill.teacher_stage import default_shard_records
 
-    shards = lambda size: -(-size // default_shard_records(size))  # noqa: E731
-    assert shards(50_000) == 64 and shards(1_281_167) == 129  # CIFAR, ImageNet-1k: 64+ ranks read whole shards
-    assert default_shard_records(1_000) == 500 and default_shard_records(100_000_000) == 10_000  # the bounds
+    shards = lambda size: -(-size // default_shard_records(size, 4096))  # noqa: E731
+    assert shards(1_281_167) == 129 and shards(300_000) == 64  # ImageNet-1k; data large enough for 64
+    assert shards(50_000) == 13  # CIFAR: shards of one 4,096-record chunk, which compress as well as larger ones
+    assert default_shard_records(1_000, 4096) == 4096 and default_shard_records(10**8, 4096) == 10_000  # bounds
 
 
 def test_fewer_epochs_are_refused(three_epochs, teacher_ckpt, capsys):

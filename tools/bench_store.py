@@ -121,13 +121,23 @@ def main(argv=None):
     p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
     p.add_argument("--limit", type=int, default=10000, help="views per teacher")
     p.add_argument("--shard-records", type=int, default=10000,
-                   help="records per shard (save_logits makes 10,000 for ImageNet-size data, 782 for CIFAR's 50,000)")
+                   help="records per shard (save_logits makes 10,000 for ImageNet-size data, 4,096 for CIFAR's)")
     p.add_argument("--quick", action="store_true", help="digits, random-init C=10/C=100 teachers, 512 views")
     p.add_argument("--synthetic", action="append", default=[], metavar="C:K",
                    help="also measure a synthetic C-class teacher at top-k K (repeat), e.g. 21841:100 for "
                         "ImageNet-21k against TinyViT's 404 B; --limit records, no dataset needed")
+    p.add_argument("--reshard", metavar="STORE", help="instead: bytes/record of STORE's first epoch re-written at "
+                                                      "each --sizes shard size (real shard bytes, manifest entries)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[10000, 4096, 2000, 1000, 782],
+                   help="records a shard for --reshard")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
+    if args.reshard:
+        results = reshard(args.reshard, args.sizes)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+        return results
     if args.quick:
         args.dataset, args.limit, args.teacher = "digits", 512, args.teacher or ["cifar10_resnet20", "cifar100_resnet56"]
         args.synthetic = args.synthetic or ["21841:100"]
@@ -142,6 +152,28 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     return results
+
+
+def reshard(path: str, sizes: list[int]) -> list[dict]:
+    """What the shard size costs: one stored epoch's records re-encoded into shards of each size
+    (the store's chunk size, headers and codec), with a manifest entry per shard."""
+    from teacher_logits.reader import LogitStore
+
+    store = LogitStore(path)
+    parts = [store.read(e) for e in store.shards(0)]
+    columns = {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}
+    n, settings = len(columns["index"]), store.settings
+    header = {"store_id": store.manifest["store_id"], "values": settings["values"], "k": settings["k"],
+              "num_classes": settings["num_classes"]}
+    entry = len(json.dumps(store.manifest["shards"][0], indent=1, sort_keys=True)) + 2
+    rows = []
+    for size in sizes:
+        total = sum(len(shard_bytes(ShardPlan(f"e0000-{a:09d}.tar", 0, a, min(a + size, n)),
+                                    {k: v[a:a + size] for k, v in columns.items()}, header,
+                                    settings["chunk_records"])) + entry for a in range(0, n, size))
+        rows.append({"shard_records": size, "shards": -(-n // size), "records": n, "bytes_per_record": total / n})
+        print(f"{size:>6} records a shard ({rows[-1]['shards']:>3} shards): {rows[-1]['bytes_per_record']:.2f} B/record")
+    return rows
 
 
 def print_row(row: dict) -> None:

@@ -59,7 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, help="label only the first N samples (smoke runs)")
     p.add_argument("--shard-records", type=int,
                    help="records per shard, the unit of resume and of reading (default: an epoch in about 64 "
-                        "shards, 500 to 10000 records each; a store being resumed or grown keeps its own)")
+                        "shards of at least one --chunk-records chunk and at most 10000 records; a store being "
+                        "resumed or grown keeps its own)")
     p.add_argument("--chunk-records", type=int, default=4096, help="records per compressed chunk in a shard")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="teacher inference precision")
