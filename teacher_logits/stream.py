@@ -18,9 +18,10 @@ Guarantees (tests/test_store_stream.py proves each):
   by exactly one (rank, process) pair, once (or not at all if trimming, below, leaves out all
   its records); DataLoader workers read no shard. Readers move 1.0x the epoch's bytes.
 - Any store feeds any number of ranks: with fewer shards per epoch than ranks, each shard is
-  cut into `world` ranges of its records (reading units), and a rank reads each shard it
-  has a range of once, keeping only its range. Bytes read grow (at most world x), records
-  do not: every record still goes to one rank.
+  cut into `world` ranges of its records (reading units), and a rank reads the shards it has
+  ranges of, keeping only its ranges (one read a shard when its ranges follow each other in
+  its stream, as with equal ranges). Bytes read grow (about world x), records do not: every
+  record still goes to one rank.
 - Equal steps: reading units go to ranks by size, largest first, each to the rank holding
   the fewest records (ties: the lowest rank), taken in a seeded order. Unit sizes are the
   same in every epoch, so every rank gets `records_per_rank` records, each epoch; a rank with
