@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, tiny_vit
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from teacher_logits.errors import UserError
 
@@ -173,7 +173,10 @@ class CifarCNN(nn.Module):
 # ------------------------------------------------------------------------ entrypoints
 
 
-_FILTERS = {VisionTransformer: checkpoint_filter_fn, CCT: cct_checkpoint_filter}
+# timm's checkpoint filter per architecture: fits resolution-bound weights (position embeddings,
+# TinyViT's attention biases) to the model being loaded; used by timm's loader and load_adapted
+CHECKPOINT_FILTERS = {VisionTransformer: checkpoint_filter_fn, CCT: cct_checkpoint_filter,
+                      tiny_vit.TinyVit: tiny_vit.checkpoint_filter_fn}
 
 
 def _create(cls, variant, pretrained, side, **kwargs):
@@ -182,7 +185,7 @@ def _create(cls, variant, pretrained, side, **kwargs):
     # Record the real input size in the cfg, so Preprocessed(model) resizes to it.
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {}, input_size=(3, *to_2tuple(side)))
     model = build_model_with_cfg(cls, variant, pretrained, pretrained_cfg_overlay=overlay,
-                                 pretrained_filter_fn=_FILTERS.get(cls), **kwargs)
+                                 pretrained_filter_fn=CHECKPOINT_FILTERS.get(cls), **kwargs)
     return fast_dropout(model)
 
 

@@ -119,15 +119,10 @@ def resampled(model, state: dict) -> dict:
     """`state` with its resolution-bound tensors fitted to `model`: timm's checkpoint filter
     for ViTs (position embeddings, patch size) and TinyViTs (attention biases per window), ours
     for CCT; other architectures have none and are returned as they are."""
-    from timm.models import tiny_vit, vision_transformer
+    from .students import CHECKPOINT_FILTERS
 
-    from .students import CCT, cct_checkpoint_filter
-
-    for cls, filter_fn in ((vision_transformer.VisionTransformer, vision_transformer.checkpoint_filter_fn),
-                           (tiny_vit.TinyVit, tiny_vit.checkpoint_filter_fn), (CCT, cct_checkpoint_filter)):
-        if isinstance(model, cls):
-            return filter_fn(dict(state), model)
-    return state
+    filter_fn = next((f for cls, f in CHECKPOINT_FILTERS.items() if isinstance(model, cls)), None)
+    return filter_fn(dict(state), model) if filter_fn else state
 
 
 def load_adapted(target, path) -> str | None:
