@@ -3,21 +3,15 @@
 The teacher stage labels view(i, seed(run_seed, epoch, i)); the student stage
 rebuilds the same view from the seed stored in the record. Rather than copying
 timm/torchvision transforms to route their randomness (as TinyViT does), each
-sample runs the ordinary transforms inside `scoped_rng(seed)`, which seeds the
-three global generators they draw from (torch: crop, flip, erasing; numpy: timm
-RandAugment's op choice; random: its magnitudes and timm's crops) and restores them
-afterwards (torch's alone for the recipes that draw from nothing else).
+sample runs the ordinary transforms of its recipe (distill/recipes.py) inside
+`scoped_rng(seed)`, which seeds the global generators the recipe draws from (torch:
+crops, flips, erasing; numpy: timm RandAugment's op choice; random: its magnitudes
+and timm's crops) and restores them afterwards.
 
 Mixup/CutMix are per pair, not per batch: a record's partner j, lambda and box
 come from the record's seed, so replay is independent of batching and topology.
 A view is a float32 tensor (3, H, W) in [0, 1] at the recipe's resolution;
 normalisation and resizing belong to each model (see distill.models.Preprocessed).
-
-`imagenet` is DeiT's / TinyViT's training recipe at any resolution, built by timm's own
-`create_transform` (RandomResizedCrop 0.08-1 bicubic, flip, RandAugment rand-m9-mstd0.5,
-RandomErasing 0.25 on the normalised image, as DeiT erases); its normalisation is then
-undone, so the view is in pixel space like every other recipe's. `center-crop` is timm's
-matching evaluation transform (resize, centre crop 0.875), for test views of photographs.
 """
 from __future__ import annotations
 
@@ -27,10 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torchvision import transforms as T
 
-from distill.catalog import EVAL_RECIPES, RECIPES  # noqa: F401  (importers take the names from here too)
-from teacher_logits.errors import UserError
+from distill.recipes import get_recipe
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -56,12 +48,6 @@ def record_seed(run_seed: int, epoch: int, index) -> np.ndarray:
     return derive_seed(run_seed, epoch, index)
 
 
-# Recipes whose transforms draw from torch's generator only (torchvision's crops, flips, colour
-# jitter): their scope need not save, seed and restore numpy's and random's, which costs more
-# than a 32 px view. Recipes with timm's RandAugment (numpy, random) or crops (random) scope all three.
-TORCH_ONLY = ("none", "crop", "cifar", "stl10", "center-crop")
-
-
 @contextmanager
 def scoped_rng(seed: int, torch_only: bool = False):
     """Seed torch (CPU), numpy and random from `seed` (torch only: just torch); restore them after."""
@@ -84,52 +70,11 @@ def scoped_rng(seed: int, torch_only: bool = False):
             np.random.set_state(np_state)
 
 
-def native_resolution(recipe: str) -> int:
-    """The view size of a recipe when none is asked for (photograph recipes: timm's 224)."""
-    return {"stl10": 96, "imagenet": 224, "center-crop": 224}.get(recipe, 32)
-
-
-def timm_transform(recipe: str, size: int):
-    """timm's own ImageNet train (`imagenet`) or eval (`center-crop`) transform at `size`,
-    followed by the inverse of its normalisation: PIL image -> [0, 1] tensor."""
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-
-    if recipe == "imagenet":
-        steps = create_transform(size, is_training=True, scale=(0.08, 1.0), hflip=0.5,
-                                 auto_augment="rand-m9-mstd0.5", interpolation="bicubic", re_prob=0.25,
-                                 re_mode="pixel", re_count=1)
-    else:
-        steps = create_transform(size, is_training=False, crop_pct=0.875, interpolation="bicubic")
-    mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
-    return T.Compose([steps, T.Normalize((-mean / std).tolist(), (1 / std).tolist())])
-
-
 def build_transform(recipe: str, resolution: int | None = None):
-    """The ordinary torchvision/timm pipeline for a recipe: PIL image -> [0,1] tensor."""
-    if recipe not in RECIPES + EVAL_RECIPES:
-        raise UserError(f"unknown augmentation recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    if recipe in ("imagenet", "center-crop"):
-        return timm_transform(recipe, resolution or native_resolution(recipe))
-    size = native_resolution(recipe)
-    steps = []
-    if recipe in ("crop", "cifar", "cifar-strong"):
-        steps.append(T.RandomCrop(size, padding=4))
-    if recipe in ("cifar", "cifar-strong"):
-        steps.append(T.RandomHorizontalFlip())
-    if recipe == "cifar-strong":
-        from timm.data.auto_augment import rand_augment_transform
-
-        # '-inc1' variants trip Pillow 13's posterize; this one does not.
-        steps.append(rand_augment_transform("rand-m9-mstd0.5", {}))
-    if recipe == "stl10":
-        steps += [T.RandomCrop(size, padding=12), T.RandomHorizontalFlip(),
-                  T.ColorJitter(0.4, 0.4, 0.4), T.RandomGrayscale(0.1)]
-    if resolution and resolution != size:
-        steps.append(T.Resize((resolution, resolution), antialias=True))
-    steps.append(T.ToTensor())
-    if recipe == "cifar-strong":
-        steps.append(T.RandomErasing(p=0.25, value=0))
-    return T.Compose(steps)
+    """The ordinary torchvision/timm pipeline of a registered recipe at `resolution` (None: its
+    native size): PIL image -> [0, 1] tensor."""
+    made = get_recipe(recipe)
+    return made.build(resolution or made.native_size)
 
 
 @dataclass(frozen=True)
@@ -156,7 +101,18 @@ def mix_params(seed: int, num_samples: int, mixing: Mixing, size: int) -> MixPar
     """The pair of record `seed`: drawn from the seed alone, so it replays anywhere."""
     if not mixing.enabled:
         return MixParams(-1, 1.0, None)
-    rng = np.random.default_rng(int(derive_seed(seed, 2)))
+    return _draw_pair(int(derive_seed(seed, 2)), num_samples, mixing, size)
+
+
+def mix_params_of(seeds: np.ndarray, num_samples: int, mixing: Mixing, size: int) -> list[MixParams]:
+    """mix_params of many records, their generator seeds derived in one vectorised call."""
+    if not mixing.enabled:
+        return [MixParams(-1, 1.0, None)] * len(seeds)
+    return [_draw_pair(s, num_samples, mixing, size) for s in derive_seed(np.asarray(seeds), 2).tolist()]
+
+
+def _draw_pair(pair_seed: int, num_samples: int, mixing: Mixing, size: int) -> MixParams:
+    rng = np.random.default_rng(pair_seed)
     if rng.random() >= mixing.prob:
         return MixParams(-1, 1.0, None)
     use_cutmix = mixing.cutmix_alpha > 0 and (mixing.mixup_alpha <= 0 or rng.random() < 0.5)
@@ -177,8 +133,9 @@ class ViewMaker:
     def __init__(self, dataset, recipe: str, mixing: Mixing = Mixing(), resolution: int | None = None,
                  num_samples: int | None = None):
         self.dataset, self.recipe, self.mixing = dataset, recipe, mixing
+        self.draws_torch_only = get_recipe(recipe).torch_only
         self.transform = build_transform(recipe, resolution)
-        self.size = resolution or native_resolution(recipe)
+        self.size = resolution or get_recipe(recipe).native_size
         self.num_samples = num_samples or len(dataset)
 
     def fingerprint(self) -> dict:
@@ -186,7 +143,7 @@ class ViewMaker:
 
     def _augment(self, index: int, seed: int) -> torch.Tensor:
         image = self.dataset[index][0]
-        with scoped_rng(seed, torch_only=self.recipe in TORCH_ONLY):
+        with scoped_rng(seed, torch_only=self.draws_torch_only):
             return self.transform(image)
 
     def __call__(self, index: int, seed: int) -> tuple[torch.Tensor, MixParams]:

@@ -14,6 +14,7 @@ import os
 import sys
 
 from distill.catalog import DATASETS
+from distill.recipes import sizes_help
 from teacher_logits.errors import UserError
 
 USER_ERRORS = (UserError, OSError)
@@ -31,7 +32,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-VIEW_SIZE_HELP = ("view resolution in pixels (default: the recipe's own: 224 for imagenet, 96 for stl10, else 32); "
+VIEW_SIZE_HELP = (f"view resolution in pixels (default: the recipe's own: {sizes_help()}); "
                   "the store records it and students read views at it")
 
 

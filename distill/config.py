@@ -13,16 +13,16 @@ Override values are parsed with yaml.safe_load, so `train.epochs=3` is an int,
 """
 from __future__ import annotations
 
-import difflib
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
-from distill.augment import RECIPES
+from distill.config_tree import build, set_dotted
 from distill.datasets import DATASETS
+from distill.device_replay import REPLAY_DEVICES
+from distill.loss import MODES, TEACHER_TARGETS
+from distill.recipes import default_input_size, recipe_names
 from teacher_logits.errors import UserError
 
 
@@ -32,12 +32,13 @@ class Data:
     root: str | None = None  # torchvision layout, or the image folder; not needed for `digits`
     skip_md5: bool = False  # accept a local re-created copy (see distill.datasets)
     recipe: str = "cifar"  # augmentation of the training views; a store must have been made with it
-    img_size: int | None = None  # student input resolution (views are resized to it inside the model); with
-    # recipe imagenet also the view size without a store (a store's views keep their size). None: 224 for
-    # recipe imagenet, else 32
+    img_size: int | None = None  # student input (the model resizes views to it); for an any-size recipe
+    # (imagenet) also the view size without a store. None: such a recipe's native size (224), else 32
     limit: int | None = None  # first N training samples; None: what the store covers, or all
     test_limit: int | None = None  # evaluate on a fixed random N of the test split; None: all
     workers: int = 0  # DataLoader processes building views
+    replay_device: str = "cpu"  # cuda: rebuild a store's views on the GPU, batch-wise (distill/device_replay.py;
+    # recipes none, crop, cifar); auto: cuda where it can, else cpu; cpu: in DataLoader workers
 
 
 @dataclass
@@ -134,9 +135,10 @@ class Config:
 
 CHOICES = {
     "data.dataset": DATASETS,
-    "data.recipe": RECIPES,
-    "loss.mode": ("kd", "scratch", "online"),
-    "loss.teacher_target": ("soft", "hard"),
+    "data.recipe": recipe_names,  # the registry, asked when a config is checked
+    "data.replay_device": REPLAY_DEVICES,
+    "loss.mode": MODES,
+    "loss.teacher_target": TEACHER_TARGETS,
     "output.resume": ("auto", "none", "continue"),
     "wandb.mode": (None, "online", "offline", "disabled"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
@@ -180,10 +182,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         except yaml.YAMLError:
             raise UserError(f"override {item!r}: the value of config key {key.strip()} is not valid YAML "
                             "(quote it, or check brackets: e.g. optim.betas=[0.9,0.99])") from None
-        _set_dotted(tree, key.strip(), value)
-    cfg = _build(Config, tree, "")
+        set_dotted(tree, key.strip(), value)
+    cfg = build(Config, tree, "", CHOICES)
     if cfg.data.img_size is None:
-        cfg.data.img_size = 224 if cfg.data.recipe == "imagenet" else 32
+        cfg.data.img_size = default_input_size(cfg.data.recipe)
     return cfg
 
 
@@ -220,81 +222,3 @@ def check_runnable(cfg: Config) -> None:
                             "(YAML needs a space after each colon: model.kwargs={depth: 2})")
     if len(cfg.optim.betas) != 2:
         raise UserError(f"config key optim.betas: expected two numbers, got {cfg.optim.betas}")
-
-
-def _set_dotted(tree: dict, key: str, value) -> None:
-    *parents, last = key.split(".")
-    node = tree
-    for depth, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UserError(f"config key {'.'.join(parents[:depth + 1])} is a value, not a section: cannot set {key}")
-        node = child
-    node[last] = value
-
-
-def _build(cls, tree, prefix: str):
-    if not isinstance(tree, dict):
-        raise UserError(f"config key {prefix.rstrip('.')}: expected a section (mapping), got {tree!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    for key in tree:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (valid: {', '.join(names)})"
-            raise UserError(f"unknown config key {prefix}{key}{hint}")
-    values = {}
-    for name in tree:
-        dotted, kind = prefix + name, hints[name]
-        if is_dataclass(kind):
-            values[name] = _build(kind, tree[name], dotted + ".")
-        else:
-            values[name] = _coerce(tree[name], kind, dotted)
-        if dotted in CHOICES and values[name] not in CHOICES[dotted]:
-            raise UserError(f"config key {dotted}: expected one of {', '.join(map(str, CHOICES[dotted]))}, "
-                            f"got {values[name]!r}")
-    return cls(**values)
-
-
-def _coerce(value, kind, key: str):
-    """`value` as type `kind`, or a ValueError naming `key`. Only lossless conversions."""
-    args = typing.get_args(kind)
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None, X | list[X] | None
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        for option in options[:-1]:
-            try:
-                return _coerce(value, option, key)
-            except ValueError:
-                pass
-        try:
-            return _coerce(value, options[-1], key)
-        except ValueError:
-            if len(options) == 1:
-                raise
-        raise UserError(f"config key {key}: expected {' or '.join(map(_type_name, options))}, got {value!r}")
-    if typing.get_origin(kind) is list:
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key {key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if kind is dict and isinstance(value, dict):
-        return value
-    if kind is bool and isinstance(value, bool):
-        return value
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind is float and not isinstance(value, bool):
-        # YAML 1.1 reads `3e-4` (no dot) as a string; accept any string float() accepts.
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
-    if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise UserError(f"config key {key}: expected {_type_name(kind)}, got {value!r}")
-
-
-def _type_name(kind) -> str:
-    """'str', 'list[str]': how a type reads in an error message."""
-    return kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")

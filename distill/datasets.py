@@ -208,15 +208,6 @@ def _image_folder(root: str, train: bool) -> ImageFolderSplit:
     return ImageFolderSplit(root, train)
 
 
-def test_view_spec(name: str, model_size: int) -> tuple[str, int]:
-    """(recipe, resolution) of a dataset's test views: an image folder's photographs get timm's
-    eval crop at the model's input size; the fixed-size datasets are seen as they are (the model
-    resizes them to its input)."""
-    if name == "folder":
-        return "center-crop", model_size
-    return "none", 96 if name == "stl10" else 32
-
-
 def num_classes_of(name: str, dataset) -> int:
     """Classes of a built dataset: fixed for the built-in ones, the sub-folders of a folder."""
     return len(dataset.classes) if name == "folder" else NUM_CLASSES[name]

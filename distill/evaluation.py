@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from distill.augment import ViewMaker
-from distill.datasets import labels_of, num_classes_of, test_view_spec
+from distill.datasets import labels_of, num_classes_of
+from distill.recipes import test_view_spec
 from distill.metrics import MetricAccumulator
 from distill.model_cost import count_flops, count_params, measure_throughput
 from distill.models import Preprocessed, create_student, create_teacher, load_weights

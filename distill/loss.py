@@ -24,7 +24,7 @@ term's gradient scale independent of T, as in Hinton et al.
 
 Hard target. With Mixup/CutMix a view mixes two images, so y = lam * onehot(label) +
 (1 - lam) * onehot(partner_label), each one-hot label-smoothed first (timm's rule);
-unmixed views have lam = 1 (and partner_label = label, or -1).
+unmixed views have lam = 1 and partner_label = label (distill.replay.mix_label).
 
 Modes: `kd` and `online` take q as an argument (from the store, or the teacher run
 on the same views by the training loop); `scratch` uses the hard target only.
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from teacher_logits.codec import tail_share
 from teacher_logits.errors import UserError
 
 MODES = ("kd", "scratch", "online")
@@ -61,7 +62,7 @@ class SparseTarget:
     def dense(self, num_classes: int) -> torch.Tensor:
         """(N, C) float32 distribution, on the tensors' device."""
         n, k = self.probs.shape
-        each = self.tail / max(num_classes - k, 1) if num_classes > k else torch.zeros_like(self.tail)
+        each = tail_share(self.tail, num_classes, k)
         dense = each.float().view(n, 1).expand(n, num_classes).contiguous()
         return dense.scatter_(1, self.indices.long(), self.probs.float())
 
@@ -86,7 +87,6 @@ def hard_target(num_classes: int, label, partner_label=None, lam=None, smoothing
     target = one_hot(label, num_classes, smoothing)
     if partner_label is None or lam is None:
         return target
-    partner_label = torch.where(partner_label >= 0, partner_label, label)  # -1: not mixed (TeacherViews)
     lam = lam.float().view(-1, 1)
     return lam * target + (1.0 - lam) * one_hot(partner_label, num_classes, smoothing)
 

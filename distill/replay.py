@@ -2,6 +2,7 @@
 
 TeacherViews: the views the teacher labels (map-style, one shard's indices).
 StoreViews:   the student's batches, rebuilt from store records (streaming).
+Batch:        what the student's data path hands the training step, from either.
 
 StoreViews streams one rank's share of a store epoch through the named steps of
 teacher_logits/stream.py. Its DataLoader workers build the views of the planned batches
@@ -15,24 +16,52 @@ teacher_logits/stream.py. The dense target is built on the training device, by t
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate, get_worker_info
 
 from distill.augment import Mixing, ViewMaker, record_seed
 from distill.loss import SparseTarget
 from teacher_logits.schema import stored_mix_weight
 from teacher_logits.stream import rank_stream, records_per_rank
-from teacher_logits.errors import UserError
 from teacher_logits.manifest import StoreError
+
+
+@dataclass
+class Batch:
+    """A batch of the student's data path (StoreViews, or seeded views without a store)."""
+    view: torch.Tensor           # (B, 3, H, W) float32 in [0, 1]
+    label: torch.Tensor          # (B,) int64
+    partner_label: torch.Tensor  # (B,) int64: the mix partner's label, the sample's own where unmixed
+    lam: torch.Tensor            # (B,) float64: weight of the sample's own image, 1 where unmixed
+    index: torch.Tensor          # (B,) int64 sample indices
+    seed: torch.Tensor           # (B,) int64 view seeds
+    mix_partner: torch.Tensor    # (B,) int64, -1 where unmixed
+    target: SparseTarget | None = None  # the stored teacher distribution (kd), joined by StoreViews
+
+    @classmethod
+    def collate(cls, samples: list[dict]) -> "Batch":
+        """TeacherViews items -> a Batch (the DataLoader's collate_fn)."""
+        return cls(**default_collate(samples))
+
+    def pin_memory(self) -> "Batch":  # the DataLoader's pin_memory=True calls this
+        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
+
+def mix_label(labels: np.ndarray, index, partner):
+    """The label of a view's mix partner: the sample's own where the view is not mixed
+    (partner -1). Scalars or aligned arrays."""
+    return labels[np.where(np.asarray(partner) >= 0, partner, index)]
 
 
 def store_view_maker(dataset, store, num_samples: int | None = None) -> ViewMaker:
     """The ViewMaker that rebuilds a store's views: its recipe, mixing and resolution. Every
     consumer of a store (trainer, verify, benchmarks) gets its maker here, so none can drift."""
-    aug = store.settings["augmentation"]
-    size = store.settings["dataset"]["size"] if num_samples is None else num_samples
+    aug = store.settings.augmentation
+    size = store.settings.dataset["size"] if num_samples is None else num_samples
     return ViewMaker(dataset, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], num_samples=size)
 
 
@@ -50,9 +79,8 @@ class TeacherViews(Dataset):
     def __getitem__(self, n):
         index, seed = int(self.indices[n]), int(self.seeds[n])
         view, mix = self.maker(index, seed)
-        partner_label = self.labels[mix.partner] if mix.partner >= 0 else -1
         return {"view": view, "index": index, "seed": seed, "mix_partner": mix.partner, "lam": mix.lam,
-                "label": int(self.labels[index]), "partner_label": int(partner_label)}
+                "label": int(self.labels[index]), "partner_label": int(mix_label(self.labels, index, mix.partner))}
 
 
 class StoreViews(IterableDataset):
@@ -61,11 +89,14 @@ class StoreViews(IterableDataset):
     `stored_epochs` (default: all of the store's) are the first stored epochs the student
     cycles through: student epoch e reads stored epoch e % stored_epochs.
     Iterate `batches(num_workers)`; the dataset itself yields views only (in workers).
+    With `replay` (a distill.device_replay.DeviceReplay) the views are built batch-wise on its
+    device by this process instead, from the decoded records: no workers.
     """
 
     def __init__(self, store, maker: ViewMaker, labels: np.ndarray, batch_size: int,
-                 rank: int = 0, world: int = 1, shuffle_seed: int | None = 0, stored_epochs: int | None = None):
-        self.store, self.maker, self.labels = store, maker, np.asarray(labels)
+                 rank: int = 0, world: int = 1, shuffle_seed: int | None = 0, stored_epochs: int | None = None,
+                 replay=None):
+        self.store, self.maker, self.labels, self.replay = store, maker, np.asarray(labels), replay
         self.batch_size, self.rank, self.world, self.shuffle_seed = batch_size, rank, world, shuffle_seed
         self.stored_epochs = stored_epochs or store.epochs
         self.epoch, self.skip_batches = 0, 0
@@ -95,38 +126,38 @@ class StoreViews(IterableDataset):
                 yield self._views(planned["index"])
 
     def batches(self, num_workers: int = 0):
-        """This rank's batches: views from `num_workers` DataLoader processes, joined in order
-        with the sparse targets this process decodes from the rank's shards."""
-        views = DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+        """This rank's batches: views from `num_workers` DataLoader processes (or the device
+        replay), joined in order with the sparse targets this process decodes from the rank's shards."""
         targets = itertools.islice(iter(self._stream(decode=True)), self.skip_batches, None)
-        for batch, stored in zip(views, targets):
+        if self.replay is not None:  # views from the decoded records' indices, on the replay's device
+            pairs = ((self._views(stored.index), stored) for stored in targets)
+        else:
+            views = DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+            pairs = zip(views, targets)
+        for batch, stored in pairs:
             self._check(batch, stored)
-            batch["target"] = SparseTarget(torch.from_numpy(stored.top_classes), torch.from_numpy(stored.top_probs),
-                                           torch.from_numpy(stored.tail))
-            yield batch
+            yield replace(batch, target=SparseTarget(torch.from_numpy(stored.top_classes),
+                                                     torch.from_numpy(stored.top_probs), torch.from_numpy(stored.tail)))
 
-    def _views(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        run_seed, stored_epoch = self.store.settings["seed"], self.epoch % self.stored_epochs
+    def _views(self, indices: np.ndarray) -> Batch:
+        run_seed, stored_epoch = self.store.settings.seed, self.epoch % self.stored_epochs
         seeds = record_seed(run_seed, stored_epoch, indices)
-        views, mixed_labels, lams, partners = [], [], [], []
-        for index, seed in zip(indices.tolist(), seeds.tolist()):
-            view, mix = self.maker(index, seed)
-            views.append(view)
-            partners.append(mix.partner)
-            mixed_labels.append(self.labels[mix.partner] if mix.partner >= 0 else self.labels[index])
-            lams.append(mix.lam)
-        return {"view": torch.stack(views), "label": torch.as_tensor(self.labels[indices]),
-                "partner_label": torch.as_tensor(mixed_labels), "lam": torch.as_tensor(lams, dtype=torch.float64),
-                "index": torch.as_tensor(indices), "seed": torch.as_tensor(seeds.astype(np.int64)),
-                "mix_partner": torch.as_tensor(partners)}
+        if self.replay is not None:
+            views, partners, lams = self.replay.views(indices, seeds)
+        else:
+            made = [self.maker(index, seed) for index, seed in zip(indices.tolist(), seeds.tolist())]
+            views = torch.stack([view for view, _ in made])
+            partners, lams = np.array([m.partner for _, m in made]), np.array([m.lam for _, m in made])
+        return Batch(views, torch.as_tensor(self.labels[indices]), torch.as_tensor(mix_label(self.labels, indices, partners)),
+                     torch.as_tensor(lams, dtype=torch.float64), torch.as_tensor(indices),
+                     torch.as_tensor(seeds.astype(np.int64)), torch.as_tensor(partners, dtype=torch.int64))
 
     def _check(self, batch, stored) -> None:
         """The views were built for the records whose targets are joined to them."""
-        if not np.array_equal(batch["index"].numpy(), stored.index) or \
-                not np.array_equal(batch["seed"].numpy(), stored.seed):
+        if not np.array_equal(batch.index.numpy(), stored.index) or not np.array_equal(batch.seed.numpy(), stored.seed):
             raise StoreError(f"{self.store.path}: stored records differ from the manifest's plan (index or "
                              "seed): the store was edited or made by another version; re-create it")
-        replayed_partner, replayed_lam = batch["mix_partner"].numpy(), stored_mix_weight(batch["lam"].numpy())
+        replayed_partner, replayed_lam = batch.mix_partner.numpy(), stored_mix_weight(batch.lam.numpy())
         bad = np.flatnonzero((replayed_partner != stored.partner) | (replayed_lam != stored.lam.astype(np.float16)))
         if len(bad):
             r = bad[0]

@@ -90,7 +90,7 @@ def check_teacher(store, teacher, maker: ViewMaker, count: int, device, batch_si
     """Re-run the teacher on `count` replayed views (TinyViT's check-saved-logits):
     top-1 agreement with the stored top-1, and the mean |p - stored p| over stored entries."""
     entries = store.shards()
-    sizes = np.array([e["stop"] - e["start"] for e in entries])
+    sizes = np.array([e.records for e in entries])
     picks = np.sort(np.random.default_rng(seed).choice(sizes.sum(), size=min(count, sizes.sum()), replace=False))
     shard_of = np.searchsorted(np.cumsum(sizes), picks, side="right")
     records = StoredRecords.concatenate([

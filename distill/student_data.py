@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from distill.augment import ViewMaker, native_resolution
+from distill.augment import ViewMaker
+from distill.device_replay import DeviceReplay, replay_device
+from distill.recipes import get_recipe
 from distill.datasets import (
     DatasetError,
     build_dataset,
@@ -17,7 +19,7 @@ from distill.datasets import (
     labels_of,
     num_classes_of,
 )
-from distill.replay import StoreViews, TeacherViews, store_view_maker
+from distill.replay import Batch, StoreViews, TeacherViews, store_view_maker
 from teacher_logits.manifest import StoreError, differences
 from teacher_logits.reader import LogitStore
 from teacher_logits.errors import UserError
@@ -68,16 +70,18 @@ def load_data(cfg, rank: int, world: int) -> TrainingData:
         # all refuse together: one extra shard per rank at start, outside the epochs' one-reader rule
         store.read(store.shards(0)[0])
         maker = store_view_maker(train_set, store, size)
+        device = replay_device(cfg.data.replay_device, maker.recipe, maker.size)
+        replay = DeviceReplay(train_set, maker.recipe, maker.mixing, size, device) if device else None
         store_views = StoreViews(store, maker, labels_of(train_set)[:size], cfg.train.batch_size, rank, world,
-                                 shuffle_seed=cfg.train.seed, stored_epochs=stored_epochs(store, cfg))
+                                 shuffle_seed=cfg.train.seed, stored_epochs=stored_epochs(store, cfg), replay=replay)
         micro_per_epoch = len(store_views)
-        left_out = store.manifest["records"] // store.epochs - store_views.records_per_rank() * world
+        left_out = store.manifest.records // store.epochs - store_views.records_per_rank() * world
         if left_out and rank == 0:
             print(f"warning: {left_out} records per epoch left out to give the {world} ranks equal steps (their "
                   "shards differ in size); a store whose shards split evenly over the ranks loses none")
     else:
         size = cfg.data.limit or len(train_set)
-        resolution = cfg.data.img_size if cfg.data.recipe == "imagenet" else None  # others: their own size
+        resolution = cfg.data.img_size if get_recipe(cfg.data.recipe).any_size else None  # others: their own size
         maker = ViewMaker(train_set, cfg.data.recipe, resolution=resolution, num_samples=size)
         micro_per_epoch = -(-(size // world) // cfg.train.batch_size)
     return TrainingData(train_set, test_set, num_classes_of(cfg.data.dataset, train_set), size, labels_of(train_set)[:size],
@@ -87,17 +91,17 @@ def load_data(cfg, rank: int, world: int) -> TrainingData:
 def check_store(store: LogitStore, cfg, dataset) -> int:
     """Refuse a store made for other data; return the number of samples it covers."""
     made = store.settings
-    size = cfg.data.limit or made["dataset"]["size"]  # the store may cover a --limit prefix
+    size = cfg.data.limit or made.dataset["size"]  # the store may cover a --limit prefix
     if size > len(dataset):
         raise StoreError(f"logits.store {store.path} covers {size} samples, but {cfg.data.dataset} train has "
                          f"only {len(dataset)}: was it made on another dataset?")
-    # fixed-size recipes have one resolution; an `imagenet` store's views are read at the size it was made at
-    resolution = made["augmentation"]["resolution"] if cfg.data.recipe == "imagenet" \
-        else native_resolution(cfg.data.recipe)
+    # fixed-size recipes have one resolution; an any-size recipe's store is read at the size it was made at
+    recipe = get_recipe(cfg.data.recipe)
+    resolution = made.augmentation["resolution"] if recipe.any_size else recipe.native_size
     expected = {"dataset": fingerprint(cfg.data.dataset, dataset, True, size),
                 "augmentation": {"recipe": cfg.data.recipe, "resolution": resolution}}
-    actual = {"dataset": made["dataset"],
-              "augmentation": {k: made["augmentation"][k] for k in ("recipe", "resolution")}}
+    actual = {"dataset": made.dataset,
+              "augmentation": {k: made.augmentation[k] for k in ("recipe", "resolution")}}
     diff = differences(actual, expected)
     if diff:
         raise StoreError(f"logits.store {store.path} was made for other data than this config "
@@ -122,4 +126,4 @@ def seeded_batches(maker, labels, cfg, epoch, rank, world, skip):
     order = order[skip * cfg.train.batch_size:]  # resuming: never build the skipped views
     views = TeacherViews(maker, cfg.train.seed, np.full(len(order), epoch), order, labels)
     return DataLoader(views, batch_size=cfg.train.batch_size, num_workers=cfg.data.workers,
-                      pin_memory=torch.cuda.is_available())
+                      collate_fn=Batch.collate, pin_memory=torch.cuda.is_available())

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from distill.augment import derive_seed
 from distill.config import TEACHER_KEYS, check_runnable, load_config, resolved_config
-from distill.datasets import STATS, test_view_spec
+from distill.datasets import STATS
+from distill.recipes import test_view_spec
 from distill.distributed import port_in_use_said, set_single_process_env
 from distill.engine import Checkpoints, Position, build_engine, export_state_dict
 from distill.evaluation import test_views_loader
@@ -115,15 +116,15 @@ def optimizer_steps(engine, batches, criterion, teacher, cfg, at: Position, rank
         # dropout / drop-path draw from here: a function of the step, so a resumed run repeats them
         torch.manual_seed(int(derive_seed(cfg.train.seed, at.global_step, micro % cfg.train.grad_accum, rank)))
         # pinned views (DataLoader pin_memory on CUDA) copy asynchronously; elsewhere this is a plain copy
-        view = batch["view"].to(engine.device, non_blocking=True)
+        view = batch.view.to(engine.device, non_blocking=True)
         logits = engine(view.to(dtype))
-        sparse = batch["target"] if cfg.loss.mode == "kd" else None  # densified on the device, in the loss
+        sparse = batch.target if cfg.loss.mode == "kd" else None  # densified on the device, in the loss
         target = sparse.to(engine.device, non_blocking=True) if sparse is not None else None
         if teacher is not None:
             with torch.no_grad():
                 target = teacher(view).float().softmax(dim=-1)
-        loss = criterion(logits, target, *(batch[k].to(engine.device, non_blocking=True)
-                                           for k in ("label", "partner_label", "lam")))
+        loss = criterion(logits, target, *(t.to(engine.device, non_blocking=True)
+                                           for t in (batch.label, batch.partner_label, batch.lam)))
         engine.backward(loss)
         lr = engine.get_lr()[0]  # the rate this step uses; step() moves the schedule on
         engine.step()

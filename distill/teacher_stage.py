@@ -14,7 +14,7 @@ and the manifest is sealed again.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,8 @@ from distill.models import create_teachers
 from distill.replay import TeacherViews
 from distill.store_teachers import check_pretrained_heads, teacher_settings, teacher_spec
 from teacher_logits.codec import MAX_CLASSES
-from teacher_logits.manifest import (MANIFEST, StoreError, describe_teacher, differences, grown_manifest,
-                                     load_manifest, new_manifest, shard_indices, shard_plans, write_manifest)
+from teacher_logits.manifest import (MANIFEST, Manifest, ShardEntry, StoreError, describe_teacher, differences,
+                                     grown_manifest, load_manifest, new_manifest, shard_indices, write_manifest)
 from teacher_logits.location import StoreLocation, locate
 from teacher_logits.errors import UserError
 from teacher_logits.schema import StoreSettings, chunk_header, pack_records
@@ -45,14 +45,14 @@ class Labelled:
     correct: int
 
 
-def store_settings(args, data_fp: dict, maker: ViewMaker, num_classes: int) -> dict:
+def store_settings(args, data_fp: dict, maker: ViewMaker, num_classes: int) -> StoreSettings:
     names, checkpoints, weights = teacher_spec(args)
     return StoreSettings(args.topk, num_classes, args.values, args.epochs, args.seed, args.shard_records,
                          args.chunk_records, data_fp, maker.fingerprint(),
-                         teacher_settings(names, checkpoints, args.pretrained, weights, args.precision)).as_dict()
+                         teacher_settings(names, checkpoints, args.pretrained, weights, args.precision))
 
 
-def open_store(out: StoreLocation, settings: dict, rank: int) -> dict:
+def open_store(out: StoreLocation, settings: StoreSettings, rank: int) -> Manifest:
     """The store's manifest: created on first run, checked against `settings` on re-runs,
     and grown when the only change is a larger number of epochs."""
     if rank == 0 and not out.exists(MANIFEST):
@@ -70,23 +70,23 @@ def open_store(out: StoreLocation, settings: dict, rank: int) -> dict:
             raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
     distributed.barrier()
     manifest = load_manifest(out)
-    stored = manifest["settings"]
-    diff = differences(stored, {**settings, "codec_version": stored["codec_version"]})
+    stored = manifest.settings
+    diff = differences(stored.as_dict(), {**settings.as_dict(), "codec_version": stored.codec_version})
     others = [d for d in diff if not d.startswith("epochs:")]
     if others:
         raise UserError(f"--out {out} holds a store made with other settings ({'; '.join(others)} [store != now]): "
                        "use a new --out, or the original settings to resume")
-    if settings["epochs"] < stored["epochs"]:
-        unfinished = "" if manifest["complete"] else \
-            f" (it is unfinished: re-run with --epochs {stored['epochs']} to finish it)"
-        raise UserError(f"--out {out} holds a store of {stored['epochs']} epochs{unfinished}; stores only grow, "
-                       f"so --epochs {settings['epochs']} is refused: use the existing store (students cycle "
+    if settings.epochs < stored.epochs:
+        unfinished = "" if manifest.complete else \
+            f" (it is unfinished: re-run with --epochs {stored.epochs} to finish it)"
+        raise UserError(f"--out {out} holds a store of {stored.epochs} epochs{unfinished}; stores only grow, "
+                       f"so --epochs {settings.epochs} is refused: use the existing store (students cycle "
                        "through its stored epochs)")
-    if settings["epochs"] > stored["epochs"]:
+    if settings.epochs > stored.epochs:
         distributed.barrier()  # every rank has read the old manifest before rank 0 replaces it
         if rank == 0:
             try:
-                write_manifest(out, grown_manifest(manifest, settings["epochs"]))
+                write_manifest(out, grown_manifest(manifest, settings.epochs))
             except OSError as e:
                 raise UserError(f"--out {out}: cannot write manifest.json ({e.strerror}): free space or fix the "
                                "directory, then re-run the same command") from None
@@ -96,19 +96,19 @@ def open_store(out: StoreLocation, settings: dict, rank: int) -> dict:
 
 
 @torch.no_grad()
-def label_batch(teacher, batch: dict, settings: dict, device, precision: str) -> Labelled:
+def label_batch(teacher, batch: dict, settings: StoreSettings, device, precision: str) -> Labelled:
     view = batch["view"].to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         logits = teacher(view)
     logits = logits.float()
     if not torch.isfinite(logits).all():
         bad = batch["index"][~torch.isfinite(logits).all(1).cpu()][:3].tolist()
-        raise UserError(f"teacher {describe_teacher(settings['teacher'])} gave NaN/inf logits for samples {bad}: "
+        raise UserError(f"teacher {describe_teacher(settings.teacher)} gave NaN/inf logits for samples {bad}: "
                        "check the checkpoint (or use --precision fp32)")
     # top-k on the device: only (N, k) values and indices cross to the host, not (N, C) probabilities
-    top = logits.softmax(dim=1).topk(settings["k"], dim=1)
+    top = logits.softmax(dim=1).topk(settings.k, dim=1)
     top_val, top_idx = top.values.cpu().numpy(), top.indices.cpu().numpy()
-    mixed = Mixing(**settings["augmentation"]["mixing"]).enabled
+    mixed = Mixing(**settings.augmentation["mixing"]).enabled
     columns = pack_records(batch["index"].numpy(), batch["seed"].numpy(), top_idx, top_val, settings,
                            batch["mix_partner"].numpy() if mixed else None, batch["lam"].numpy() if mixed else None)
     dominant = torch.where(batch["lam"] >= 0.5, batch["label"], batch["partner_label"]).numpy()
@@ -161,8 +161,8 @@ class ShardWriter:
     """Labelled columns in, whole shards out: each planned shard is written (one atomic file or
     object put) as soon as its records are in."""
 
-    def __init__(self, out: StoreLocation, todo: list, manifest: dict):
-        self.out, self.todo, self.settings = out, todo, manifest["settings"]
+    def __init__(self, out: StoreLocation, todo: list[ShardEntry], manifest: Manifest):
+        self.out, self.todo, self.settings = out, todo, manifest.settings
         self.header = chunk_header(manifest)
         self.pending, self.buffered, self.written = [], 0, []
         self.digests: dict[str, tuple[int, str]] = {}  # (size, sha256) of the shards written here
@@ -175,7 +175,7 @@ class ShardWriter:
             cols = {name: np.concatenate([p[name] for p in self.pending]) for name in self.pending[0]}
             try:
                 self.digests[plan.name] = write_shard(self.out, plan, {k: v[:plan.records] for k, v in cols.items()},
-                                                      self.header, self.settings["chunk_records"])
+                                                      self.header, self.settings.chunk_records)
             except OSError as e:
                 raise UserError(f"--out {self.out}: cannot write shard {plan.name} ({e.strerror}): free space "
                                "or fix the directory, then re-run the same command to resume") from e
@@ -196,13 +196,13 @@ def run(args) -> dict:
     dataset, size, teacher, maker = load_inputs(args, names, checkpoints, weights, device)
     if args.shard_records is None:  # a store being resumed or grown keeps its own
         args.shard_records = default_shard_records(size, args.chunk_records) if fresh else \
-            load_manifest(out)["settings"]["shard_records"]
+            load_manifest(out).settings.shard_records
     settings = store_settings(args, fingerprint(args.dataset, dataset, args.split == "train", size), maker,
                               teacher.num_classes)
     manifest = open_store(out, settings, rank)
-    settings = manifest["settings"]
+    settings = manifest.settings
     present = set(out.names() or [])  # one listing, not one request per shard
-    missing = [p for p in shard_plans(manifest) if p.name not in present]
+    missing = [p for p in manifest.shards if p.name not in present]
     if rank == 0:
         out.sweep_temp_files()  # half-written files of a killed run
     distributed.barrier()  # every rank has listed `missing` before any rank writes
@@ -246,23 +246,23 @@ def _discard_unstarted(out: StoreLocation, remove_dir: bool, shards: list[str] =
         out.remove_dir()
 
 
-def seal(out, manifest: dict, written: set[str], digests: dict[str, tuple[int, str]] | None = None) -> None:
+def seal(out, manifest: Manifest, written: set[str], digests: dict[str, tuple[int, str]] | None = None) -> None:
     """Record the size and sha256 of the shards written now and mark the store complete; the
     manifest is the last file written. `digests` holds what this process wrote; other shards
     (other ranks', a killed run's) are read back. Checksums recorded by an earlier run are
     kept, so a shard damaged since is not blessed."""
     out, digests = locate(out), digests or {}
     present = set(out.names())  # a writable location can list
-    for entry in manifest["shards"]:
-        name = entry["name"]
-        if "sha256" in entry and name not in written:
-            continue
-        if name in digests and name in present:
-            entry["bytes"], entry["sha256"] = digests[name]
-            continue
-        try:
-            entry["bytes"], entry["sha256"] = out.size_and_sha256(name)
-        except FileNotFoundError:
-            raise StoreError(f"{out / name} is missing after all ranks finished: re-run the same command") from None
-    manifest["complete"] = True
+    sealed = []
+    for entry in manifest.shards:
+        if entry.sha256 is None or entry.name in written:
+            try:
+                size, sha256 = digests[entry.name] if entry.name in digests and entry.name in present else \
+                    out.size_and_sha256(entry.name)
+            except FileNotFoundError:
+                raise StoreError(f"{out / entry.name} is missing after all ranks finished: re-run the same "
+                                 "command") from None
+            entry = replace(entry, bytes=size, sha256=sha256)
+        sealed.append(entry)
+    manifest.shards, manifest.complete = sealed, True
     write_manifest(out, manifest)

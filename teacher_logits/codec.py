@@ -85,12 +85,19 @@ def decode_values(values: np.ndarray, mode: str, num_classes: int) -> tuple[np.n
     return (weights / total[:, None]).astype(np.float32), (tail / total).astype(np.float32)
 
 
+def tail_share(tail, num_classes: int, k: int):
+    """What each class outside the top-k gets of the tail mass (numpy or torch): an even share
+    of the C - k others, TinyViT's rule, and nothing when the top-k is every class. The one
+    rule both dense targets follow: dense_distribution here, distill.loss.SparseTarget.dense
+    on the training device."""
+    return tail / max(num_classes - k, 1) if num_classes > k else tail * 0
+
+
 def dense_distribution(topk_idx: np.ndarray, values: np.ndarray, mode: str, num_classes: int) -> np.ndarray:
-    """Stored top-k -> (N, C) soft target: the k probabilities where they were,
-    the tail mass spread evenly over the other C - k classes (TinyViT's rule)."""
+    """Stored top-k -> (N, C) soft target: the k probabilities where they were, the tail mass
+    spread over the other classes (tail_share)."""
     top, tail = decode_values(values, mode, num_classes)
-    n, k = top.shape
-    rest = tail / max(num_classes - k, 1) if num_classes > k else np.zeros_like(tail)
+    rest = tail_share(tail, num_classes, top.shape[1])
     dense = np.repeat(rest[:, None], num_classes, axis=1).astype(np.float32)
     np.put_along_axis(dense, topk_idx.astype(np.int64), top, axis=1)
     return dense

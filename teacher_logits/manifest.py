@@ -5,6 +5,10 @@ planned shards) and again when every shard exists (complete: true, with sizes
 and sha256). Its `settings` are the fingerprints a re-run or a student must
 agree with: codec, k, classes, epochs, seed, dataset, augmentation, teacher.
 
+In code a manifest is a `Manifest` (its `StoreSettings` and a list of `ShardEntry`);
+JSON is only its file format, read and checked by `load_manifest`, written by
+`write_manifest`.
+
 A store grows (save_logits with a larger --epochs): the manifest is rewritten,
 unsealed, with the new epochs' shards appended and the old entries untouched, then
 sealed again. The store id (in every chunk header) stays the one the store was
@@ -13,7 +17,7 @@ created with; `id_epochs` records the epochs it was computed with.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -21,21 +25,71 @@ from .codec import CODEC_VERSION
 from .errors import StoreError, UserError  # noqa: F401  (StoreError: importers take it from here too)
 from .files import sha256_bytes
 from .location import locate
+from .schema import StoreSettings
 
 MANIFEST = "manifest.json"
 FORMAT = "tinyvit-distill logit store"
 
 
 @dataclass(frozen=True)
-class ShardPlan:
+class ShardEntry:
+    """One shard: its slice [start, stop) of epoch `epoch`'s seeded sample order, and once it
+    is written, its size and sha256."""
     name: str
     epoch: int
     start: int  # first position in the epoch's sample order
     stop: int  # one past the last
+    bytes: int | None = None
+    sha256: str | None = None
 
     @property
     def records(self) -> int:
         return self.stop - self.start
+
+    @property
+    def plan(self) -> tuple[str, int, int, int]:
+        """What the store's settings decide (name, epoch, start, stop), without the digests."""
+        return self.name, self.epoch, self.start, self.stop
+
+    def as_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass
+class Manifest:
+    """What a store holds and how it was made. `id_epochs`: a grown store's epochs when its
+    id was computed (None: its epochs)."""
+    settings: StoreSettings
+    shards: list[ShardEntry]
+    store_id: str
+    complete: bool = False
+    id_epochs: int | None = None
+    format: str = field(default=FORMAT, repr=False)
+
+    @property
+    def records(self) -> int:
+        return sum(s.records for s in self.shards)
+
+    def epoch_shards(self, epoch: int | None = None) -> list[ShardEntry]:
+        return [s for s in self.shards if epoch is None or s.epoch == epoch]
+
+    def as_json(self) -> dict:
+        out = {"format": self.format, "store_id": self.store_id, "settings": self.settings.as_dict(),
+               "complete": self.complete, "records": self.records, "shards": [s.as_json() for s in self.shards]}
+        return out if self.id_epochs is None else {**out, "id_epochs": self.id_epochs}
+
+    @classmethod
+    def from_json(cls, tree: dict) -> Manifest:
+        """A manifest tree load_manifest has checked."""
+        return cls(StoreSettings(**tree["settings"]), [ShardEntry(**e) for e in tree["shards"]], tree["store_id"],
+                   tree["complete"], tree.get("id_epochs"), tree["format"])
+
+
+def seeded_order(entries: list, order_seed: int | None) -> list:
+    """`entries` (a stored epoch's shards) in the order `order_seed` fixes; None: as stored."""
+    if order_seed is None:
+        return entries
+    return [entries[i] for i in np.random.default_rng(order_seed).permutation(len(entries))]
 
 
 def epoch_order(run_seed: int, epoch: int, num_samples: int) -> np.ndarray:
@@ -44,56 +98,48 @@ def epoch_order(run_seed: int, epoch: int, num_samples: int) -> np.ndarray:
     return np.random.default_rng([run_seed, epoch, 0x5EED]).permutation(num_samples)
 
 
-def shard_indices(settings: dict, plan: ShardPlan) -> np.ndarray:
+def shard_indices(settings: StoreSettings, shard: ShardEntry) -> np.ndarray:
     """The sample indices a shard holds, ascending."""
-    order = epoch_order(settings["seed"], plan.epoch, settings["dataset"]["size"])
-    return np.sort(order[plan.start : plan.stop])
+    order = epoch_order(settings.seed, shard.epoch, settings.dataset["size"])
+    return np.sort(order[shard.start:shard.stop])
 
 
-def plan_shards(epochs: int, num_samples: int, shard_records: int) -> list[ShardPlan]:
+def plan_shards(epochs: int, num_samples: int, shard_records: int) -> list[ShardEntry]:
     """Shards split each epoch's sample order into slices: resumable, disjoint per rank."""
-    return [ShardPlan(f"e{e:04d}-{a:09d}.tar", e, a, min(a + shard_records, num_samples))
+    return [ShardEntry(f"e{e:04d}-{a:09d}.tar", e, a, min(a + shard_records, num_samples))
             for e in range(epochs) for a in range(0, num_samples, shard_records)]
 
 
-def store_id(settings: dict) -> str:
+def store_id(settings: StoreSettings | dict) -> str:
+    settings = settings.as_dict() if isinstance(settings, StoreSettings) else settings
     return sha256_bytes(json.dumps(settings, sort_keys=True).encode())[:16]
 
 
-def new_manifest(settings: dict) -> dict:
-    settings = {**settings, "codec_version": CODEC_VERSION}
-    plan = plan_shards(settings["epochs"], settings["dataset"]["size"], settings["shard_records"])
-    return {"format": FORMAT, "store_id": store_id(settings), "settings": settings, "complete": False,
-            "records": sum(s.records for s in plan),
-            "shards": [{"name": s.name, "epoch": s.epoch, "start": s.start, "stop": s.stop} for s in plan]}
+def new_manifest(settings: StoreSettings) -> Manifest:
+    settings = replace(settings, codec_version=CODEC_VERSION)
+    return Manifest(settings, plan_shards(settings.epochs, settings.dataset["size"], settings.shard_records),
+                    store_id(settings))
 
 
-
-def grown_manifest(manifest: dict, epochs: int) -> dict:
+def grown_manifest(manifest: Manifest, epochs: int) -> Manifest:
     """`manifest` extended to `epochs` epochs, unsealed: the new epochs' shards are planned,
     the existing entries (names, sizes, sha256) and the store id are kept as they are, so the
     existing shards stay valid byte for byte. Epoch e's shards depend only on e, the run
     seed, the dataset size and --shard-records, never on the number of epochs.
     `id_epochs` records the epochs the store id was computed with."""
-    settings = {**manifest["settings"], "epochs": epochs}
-    grown = new_manifest(settings)
-    old = {entry["name"]: entry for entry in manifest["shards"]}
-    grown["shards"] = [old.get(entry["name"], entry) for entry in grown["shards"]]
-    grown["store_id"] = manifest["store_id"]
-    grown["id_epochs"] = manifest.get("id_epochs", manifest["settings"]["epochs"])
-    return grown
-
-def shard_plans(manifest: dict) -> list[ShardPlan]:
-    return [ShardPlan(s["name"], s["epoch"], s["start"], s["stop"]) for s in manifest["shards"]]
+    old = {entry.name: entry for entry in manifest.shards}
+    planned = plan_shards(epochs, manifest.settings.dataset["size"], manifest.settings.shard_records)
+    return Manifest(replace(manifest.settings, epochs=epochs), [old.get(p.name, p) for p in planned],
+                    manifest.store_id, False, manifest.id_epochs or manifest.settings.epochs)
 
 
-def write_manifest(store, manifest: dict) -> None:
+def write_manifest(store, manifest: Manifest) -> None:
     """Write manifest.json of `store` (a path, URL or StoreLocation) whole: atomically on disk, one put remotely."""
 
-    locate(store).write_bytes(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
+    locate(store).write_bytes(MANIFEST, json.dumps(manifest.as_json(), indent=1, sort_keys=True).encode() + b"\n")
 
 
-def load_manifest(store) -> dict:
+def load_manifest(store) -> Manifest:
     """The checked manifest of `store` (a path, URL or StoreLocation)."""
 
     store = locate(store)
@@ -120,10 +166,14 @@ def load_manifest(store) -> dict:
     if problem:
         raise StoreError(f"{path}: {problem} (edited or crafted manifest?); re-create the store")
     planned = plan_shards(settings["epochs"], settings["dataset"]["size"], settings["shard_records"])
-    if shard_plans(manifest) != planned:
+    try:
+        typed = Manifest.from_json(manifest)
+    except TypeError:  # settings or shard entries with other keys than the schema's
+        raise StoreError(f"{path} is not a valid store manifest: re-create the store with tools/save_logits.py") from None
+    if [s.plan for s in typed.shards] != [p.plan for p in planned]:
         raise StoreError(f"{path}: the shard list does not match the store's settings (edited manifest?); "
                          "re-create the store")
-    return manifest
+    return typed
 
 
 MAX_SAMPLES = (1 << 31) - 1  # partners are int32

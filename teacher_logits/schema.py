@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .codec import decode_values, encode_topk, index_dtype
+from .codec import CODEC_VERSION, decode_values, encode_topk, index_dtype
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class StoreSettings:
     dataset: dict         # distill.datasets.fingerprint
     augmentation: dict    # distill.augment.ViewMaker.fingerprint
     teacher: dict         # distill.store_teachers.teacher_settings
+    codec_version: int = CODEC_VERSION  # the codec that wrote the chunks (manifest.new_manifest sets it)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -44,9 +45,9 @@ class StoreSettings:
 def chunk_header(manifest: dict) -> dict:
     """What every chunk of a store's shards carries besides its records (shards.py adds the
     shard, epoch and chunk number): readers refuse a chunk of another store."""
-    settings = manifest["settings"]
-    return {"store_id": manifest["store_id"], "values": settings["values"], "k": settings["k"],
-            "num_classes": settings["num_classes"]}
+    settings = manifest.settings
+    return {"store_id": manifest.store_id, "values": settings.values, "k": settings.k,
+            "num_classes": settings.num_classes}
 
 
 def check_chunk(header: dict, columns: dict, settings: dict, shard: dict, chunk: int) -> str | None:
@@ -56,16 +57,16 @@ def check_chunk(header: dict, columns: dict, settings: dict, shard: dict, chunk:
     reader assumes; a store made by someone else is checked for that too: every header
     field present with its value, exactly the schema's columns with their dtypes and
     shapes, class indices below C, values in range, partners among the dataset's samples."""
-    expected_header = {"store_id": None, "shard": shard["name"], "epoch": shard["epoch"], "chunk": chunk,
-                       "k": settings["k"], "num_classes": settings["num_classes"], "values": settings["values"]}
+    expected_header = {"store_id": None, "shard": shard.name, "epoch": shard.epoch, "chunk": chunk,
+                       "k": settings.k, "num_classes": settings.num_classes, "values": settings.values}
     for field, want in expected_header.items():
         got = header.get(field)
         if type(got) is not (str if field in ("store_id", "shard", "values") else int) or \
                 (want is not None and got != want):
             return f"header field {field!r} is {got!r}, expected {want!r}"
-    k, layout = settings["k"], {"index": ("<i8", ()), "seed": ("<u4", ())}
-    layout["topk_idx"] = (index_dtype(settings["num_classes"]).str, (k,))
-    layout["topk_val"] = ("|u1" if settings["values"] == "log8" else "<f2", (k,))
+    k, layout = settings.k, {"index": ("<i8", ()), "seed": ("<u4", ())}
+    layout["topk_idx"] = (index_dtype(settings.num_classes).str, (k,))
+    layout["topk_val"] = ("|u1" if settings.values == "log8" else "<f2", (k,))
     if "partner" in columns or "lam" in columns:  # mixed stores: both columns
         layout.update(partner=("<i4", ()), lam=("<f2", ()))
     if set(columns) != set(layout):
@@ -73,8 +74,8 @@ def check_chunk(header: dict, columns: dict, settings: dict, shard: dict, chunk:
     for name, (dtype, shape) in layout.items():
         if columns[name].dtype.str != np.dtype(dtype).str or columns[name].shape[1:] != shape:
             return f"column {name!r} is {columns[name].dtype.str} {columns[name].shape[1:]}, expected {dtype} {shape}"
-    values, size = columns["topk_val"], settings["dataset"]["size"]
-    problems = {"topk_idx": columns["topk_idx"] >= settings["num_classes"],
+    values, size = columns["topk_val"], settings.dataset["size"]
+    problems = {"topk_idx": columns["topk_idx"] >= settings.num_classes,
                 "topk_val": (values == 0) if values.dtype == np.uint8 else ~((values >= 0) & (values <= 1)),
                 "partner": (columns["partner"] < -1) | (columns["partner"] >= size) if "partner" in columns else None,
                 "lam": ~((columns["lam"] >= 0) & (columns["lam"] <= 1)) if "lam" in columns else None}
@@ -94,8 +95,8 @@ def stored_mix_weight(lam) -> np.ndarray:
 def pack_records(index, seed, top_classes, top_probs, settings: dict, partner=None, lam=None) -> dict:
     """Columns for the codec from labelled views: top_classes/top_probs are the teacher's (N, k)
     most probable classes and their probabilities; partner and lam only for mixed stores."""
-    coded = encode_topk(np.asarray(top_probs), settings["num_classes"], settings["values"])
-    columns = pack_coded(index, seed, top_classes, coded, settings["num_classes"])
+    coded = encode_topk(np.asarray(top_probs), settings.num_classes, settings.values)
+    columns = pack_coded(index, seed, top_classes, coded, settings.num_classes)
     if partner is not None:
         columns["partner"] = np.asarray(partner).astype("<i4")
         columns["lam"] = stored_mix_weight(lam)
@@ -121,7 +122,7 @@ class StoredRecords:
 
     @classmethod
     def from_columns(cls, columns: dict, settings: dict) -> StoredRecords:
-        probs, tail = decode_values(columns["topk_val"], settings["values"], settings["num_classes"])
+        probs, tail = decode_values(columns["topk_val"], settings.values, settings.num_classes)
         n = len(columns["index"])
         return cls(columns["index"], columns["seed"], columns["topk_idx"].astype(np.int64), probs, tail,
                    columns.get("partner", np.full(n, -1, np.int32)),

@@ -22,7 +22,7 @@ from webdataset.tariterators import tar_file_iterator
 from .codec import CorruptChunk, decode_records, encode_records
 from .location import locate
 from .files import sha256_bytes
-from .manifest import ShardPlan, StoreError, shard_indices
+from .manifest import ShardEntry, StoreError, shard_indices
 from .schema import check_chunk
 
 CHUNK_SUFFIX = "rec.zst"
@@ -32,7 +32,7 @@ class CorruptShard(StoreError):
     """A shard whose bytes differ from what the manifest promises."""
 
 
-def shard_bytes(plan: ShardPlan, columns: dict[str, np.ndarray], header: dict, chunk_records: int) -> bytes:
+def shard_bytes(plan: ShardEntry, columns: dict[str, np.ndarray], header: dict, chunk_records: int) -> bytes:
     buf = io.BytesIO()
     writer = wds.TarWriter(buf, encoder=False, mtime=0, user="tvd", group="tvd")
     stem = plan.name.removesuffix(".tar")
@@ -47,7 +47,7 @@ def shard_bytes(plan: ShardPlan, columns: dict[str, np.ndarray], header: dict, c
     return buf.getvalue()[:end]
 
 
-def write_shard(store, plan: ShardPlan, columns: dict[str, np.ndarray], header: dict,
+def write_shard(store, plan: ShardEntry, columns: dict[str, np.ndarray], header: dict,
                 chunk_records: int) -> tuple[int, str]:
     """Write one shard whole (atomic on disk, one object put remotely); its (size, sha256)."""
     data = shard_bytes(plan, columns, header, chunk_records)
@@ -61,22 +61,22 @@ def read_shard(store, entry: dict, store_id: str, settings: dict,
     (schema.check_chunk) and its planned indices (derived only once its bytes are proven, so
     a manifest's claims allocate nothing the store does not hold)."""
     store = locate(store)
-    path = store / entry["name"]
+    path = store / entry.name
     try:
-        data = store.read_bytes(entry["name"])
+        data = store.read_bytes(entry.name)
     except FileNotFoundError:
         raise CorruptShard(f"{path}: shard missing; re-run the save_logits command to rewrite it") from None
-    if len(data) != entry.get("bytes") or sha256_bytes(data) != entry.get("sha256"):
+    if len(data) != entry.bytes or sha256_bytes(data) != entry.sha256:
         raise CorruptShard(f"{path}: size or sha256 differs from the manifest (truncated, corrupted or "
                            "replaced); delete it and re-run the save_logits command")
-    stem = entry["name"].removesuffix(".tar")
+    stem = entry.name.removesuffix(".tar")
     parts = []
     try:
         for c, member in enumerate(tar_file_iterator(io.BytesIO(data))):
             if member["fname"] != f"{stem}-{c:05d}.{CHUNK_SUFFIX}":
                 raise CorruptShard(f"{path}: unexpected member {member['fname']!r}")
             header, cols = decode_records(member["data"], max_chunk_bytes)
-            if header.get("store_id") != store_id or header.get("shard") != entry["name"]:
+            if header.get("store_id") != store_id or header.get("shard") != entry.name:
                 raise CorruptShard(f"{path}: chunk {c} belongs to another store or shard")
             problem = check_chunk(header, cols, settings, entry, c)
             if problem:
@@ -88,7 +88,6 @@ def read_shard(store, entry: dict, store_id: str, settings: dict,
             raise
         raise CorruptShard(f"{path}: undecodable ({e}); delete it and re-run the save_logits command") from None
     columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
-    plan = ShardPlan(entry["name"], entry["epoch"], entry["start"], entry["stop"])
-    if not parts or not np.array_equal(columns["index"], shard_indices(settings, plan)):
+    if not parts or not np.array_equal(columns["index"], shard_indices(settings, entry)):
         raise CorruptShard(f"{path}: records do not cover the shard's planned sample indices once each")
     return columns

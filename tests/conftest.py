@@ -62,6 +62,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def pytest_xdist_auto_num_workers(config):
+    """-n auto (pyproject's addopts): a worker per core, at most 4 (each holds torch, and many
+    tests start programs of their own)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # the workers share the cores: torch's threads too
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="run tests marked slow (full kill-harness trials)")
 
@@ -302,7 +312,7 @@ def teacher_side(store, maker, labels, workers):
 
     epochs = np.repeat(np.arange(store.epochs), maker.num_samples)
     indices = np.tile(np.arange(maker.num_samples), store.epochs)
-    views = TeacherViews(maker, store.settings["seed"], epochs, indices, labels)
+    views = TeacherViews(maker, store.settings.seed, epochs, indices, labels)
     out, n = {}, 0
     for batch in DataLoader(views, batch_size=5, num_workers=workers):
         for r in range(len(batch["index"])):
@@ -322,8 +332,8 @@ def check_student_side(store, maker, labels, reference, epoch, workers) -> tuple
     stream.set_epoch(epoch)
     seen, mixed = [], 0
     for batch in DataLoader(stream, batch_size=None, num_workers=workers):
-        for n, index in enumerate(batch["index"].tolist()):
-            assert torch.equal(batch["view"][n], reference[(epoch, index)]), (workers, epoch, index)
-        seen += batch["index"].tolist()
-        mixed += int((batch["lam"] < 1).sum())
+        for n, index in enumerate(batch.index.tolist()):
+            assert torch.equal(batch.view[n], reference[(epoch, index)]), (workers, epoch, index)
+        seen += batch.index.tolist()
+        mixed += int((batch.lam < 1).sum())
     return seen, mixed

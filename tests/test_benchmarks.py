@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tools import bench_memory, bench_store, bench_student_step, bench_teacher_stage
+from benchmarks import bench_memory, bench_store, bench_student_step, bench_teacher_stage
 
 
 def finite_positive(*values):
@@ -28,11 +28,11 @@ def test_bench_teacher_stage_quick(tmp_path):
     result = bench_teacher_stage.main(["--quick", "--json", str(tmp_path / "r.json")])
     assert finite_positive(result["bare_img_s"]["median"], result["save_logits_img_s"]["median"], result["ratio"])
     assert json.loads((tmp_path / "r.json").read_text()) == result
-    assert result["command"] == f"python tools/bench_teacher_stage.py --quick --json {tmp_path / 'r.json'}"
+    assert result["command"] == f"python benchmarks/bench_teacher_stage.py --quick --json {tmp_path / 'r.json'}"
 
 
 def test_bench_reader_quick():
-    from tools import bench_reader
+    from benchmarks import bench_reader
 
     result = bench_reader.main(["--quick", "--no-rss"])  # the 2-rank RSS runs take minutes: docs/benchmarks.md
     assert finite_positive(result["reader_c100_k10_records_per_s"], result["reader_c21841_k100_records_per_s"],
@@ -56,7 +56,7 @@ def test_bench_student_step_quick():
 
 
 def test_bench_distill_quick(tmp_path):
-    from tools import bench_distill
+    from benchmarks import bench_distill
 
     result = bench_distill.main(["--quick", "--out", str(tmp_path / "bench")])
     for mode in bench_distill.MODES:
@@ -68,12 +68,12 @@ def test_bench_distill_quick(tmp_path):
     assert set(result["scratch_top1"]) == set(bench_distill.SCRATCH_RECIPES.values())
     assert result["best_scratch_top1"] == max(result["scratch_top1"].values())
     assert result["kd_top1"] == result["runs"]["kd"]["test_top1"]
-    assert result["command"].startswith("python tools/bench_distill.py") and "--quick" in result["command"]
+    assert result["command"].startswith("python benchmarks/bench_distill.py") and "--quick" in result["command"]
 
 
 def test_bench_replay_quick():
     from conftest import needs_shared
-    from tools import bench_replay
+    from benchmarks import bench_replay
 
     needs_shared(bench_replay.CIFAR_TEST)  # real JPEGs
     result = bench_replay.main(["--quick"])
@@ -82,4 +82,4 @@ def test_bench_replay_quick():
         assert r["recipe"] == recipe and r["resolution"] == size and r["images"] == 16
         assert finite_positive(r["scoped_views_per_s"], r["unscoped_views_per_s"], r["ratio"])
         assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
-    assert result["command"].startswith("python tools/bench_replay.py") and "--quick" in result["command"]
+    assert result["command"].startswith("python benchmarks/bench_replay.py") and "--quick" in result["command"]

@@ -1,9 +1,11 @@
 """The library stays easy to change: files and functions small enough to read at once, the
-store's schema spelled only inside teacher_logits/, and no import-path tricks in the packages.
+store's schema spelled only inside teacher_logits/, no import-path tricks outside tests/ (the
+packages, benchmarks included, are installed), and no library module importing a program.
 
 A longer file or function is allowed where a `# long: <why>` comment stands in its first lines.
 """
 import ast
+import subprocess
 
 import pytest
 from conftest import REPO
@@ -30,15 +32,43 @@ def test_library_file_shape(path):
 
 
 @pytest.mark.parametrize("path", [p for p in LIBRARY if p.parent.name != "teacher_logits"] +
-                         sorted(REPO.glob("tools/*.py")), ids=lambda p: str(p.relative_to(REPO)))
+                         sorted([*REPO.glob("tools/*.py"), *REPO.glob("benchmarks/*.py")]),
+                         ids=lambda p: str(p.relative_to(REPO)))
 def test_store_columns_are_named_only_in_teacher_logits(path):
     names = {node.value for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     assert not names & STORE_COLUMNS, f"store column names {sorted(names & STORE_COLUMNS)}: use teacher_logits' schema"
 
 
-def imports_of(path) -> set[str]:
-    """The project modules `path` imports, at module level or inside functions (absolute names)."""
+def project_python() -> list:
+    """Every .py file git tracks or would track (untracked, not ignored) outside tests/; without
+    git (a copy of the tree), those of the packages and programs."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.py"],
+                                cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        listed = [str(p.relative_to(REPO)) for folder in ("distill", "teacher_logits", "tools", "benchmarks")
+                  for p in (REPO / folder).rglob("*.py")]
+    return sorted({REPO / p for p in listed if p and not p.startswith("tests/") and (REPO / p).is_file()})
+
+
+def test_no_sys_path_outside_tests():
+    """Programs and benchmarks import the installed packages (pip install -e .): no sys.path edits,
+    read or written, in code (comments and docstrings may name it)."""
+    found = []
+    for path in project_python():
+        for node in ast.walk(ast.parse(path.read_text())):
+            attribute = isinstance(node, ast.Attribute) and node.attr == "path" and \
+                isinstance(node.value, ast.Name) and node.value.id == "sys"
+            imported = isinstance(node, ast.ImportFrom) and node.module == "sys" and \
+                any(alias.name == "path" for alias in node.names)
+            if attribute or imported:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not found, f"sys.path used outside tests/: {', '.join(found)}"
+
+
+def imported_names(path) -> set[str]:
+    """Every module name `path` imports, at module level or inside functions (absolute names)."""
     module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
@@ -51,8 +81,21 @@ def imports_of(path) -> set[str]:
                 parent = package.split(".")[:len(package.split(".")) - node.level + 1]
                 base = ".".join([*parent, base] if base else parent)
             found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return found
+
+
+def imports_of(path) -> set[str]:
+    """The project modules `path` imports, at module level or inside functions (absolute names)."""
+    module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
     modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__") for p in LIBRARY}
-    return {name for name in found if name in modules and name != module}
+    return {name for name in imported_names(path) if name in modules and name != module}
+
+
+def test_the_library_imports_no_benchmark_or_program_shim():
+    """benchmarks/ and tools/ build on distill/ and teacher_logits/, never the other way round."""
+    outside = {f"{path.relative_to(REPO)}: {name}" for path in LIBRARY for name in imported_names(path)
+               if name.split(".")[0] in ("benchmarks", "tools", "tests")}
+    assert not outside, f"the library imports what builds on it: {sorted(outside)}"
 
 
 def test_no_import_cycle_and_the_store_imports_no_model_code():

@@ -78,7 +78,7 @@ def replayed_average(store: LogitStore, paths, weights):
     its replayed view, each teacher's probabilities)."""
     from distill.models import create_teacher
 
-    data, aug = store.settings["dataset"], store.settings["augmentation"]
+    data, aug = store.settings.dataset, store.settings.augmentation
     dataset = build_dataset(data["name"], None, train=True)
     maker = ViewMaker(dataset, aug["recipe"], Mixing(**aug["mixing"]), num_samples=data["size"])
     cols = [store.read(entry) for entry in store.shards()]
@@ -95,16 +95,16 @@ def replayed_average(store: LogitStore, paths, weights):
 def test_stored_targets_are_the_weighted_mean_of_the_teachers(stores, teachers, name):
     path, weights = stores[name]
     store = LogitStore(path)
-    teacher = store.settings["teacher"]
+    teacher = store.settings.teacher
     assert teacher["weights"] == weights and teacher["precision"] == "fp32"
     assert [(m["name"], m["pretrained"]) for m in teacher["members"]] == [(R20, False), (R20, False)]
     assert len({m["checkpoint_sha256"] for m in teacher["members"]}) == 2
     cols, avg, (p1, p2) = replayed_average(store, teachers, weights)
     assert len(avg) == 64
     idx = cols["topk_idx"].astype(np.int64)
-    stored, _ = decode_values(cols["topk_val"], store.settings["values"], 10)
+    stored, _ = decode_values(cols["topk_val"], store.settings.values, 10)
     expected = np.take_along_axis(avg, idx, 1)
-    if store.settings["values"] == "fp16":  # 11-bit mantissa
+    if store.settings.values == "fp16":  # 11-bit mantissa
         np.testing.assert_allclose(stored, expected, rtol=1e-3, atol=1e-6)
     else:  # codec.py: each log-ratio within STEP/2 (one STEP for a near-tie): <= ~8 % each side of the renorm
         np.testing.assert_allclose(stored, expected, rtol=0.13, atol=1e-6)

@@ -106,9 +106,9 @@ def test_strong_recipes_replay_exactly_across_workers(recipe, cifar_root, teache
                           "--limit", "40", "--shard-records", "16", *MIX)
         dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
     store = LogitStore(store_path)
-    assert store.settings["augmentation"]["recipe"] == recipe
-    size = store.settings["dataset"]["size"]
-    maker = ViewMaker(dataset, recipe, Mixing(**store.settings["augmentation"]["mixing"]), num_samples=size)
+    assert store.settings.augmentation["recipe"] == recipe
+    size = store.settings.dataset["size"]
+    maker = ViewMaker(dataset, recipe, Mixing(**store.settings.augmentation["mixing"]), num_samples=size)
     labels = labels_of(dataset)[:size]
     side0, side2 = teacher_side(store, maker, labels, 0), teacher_side(store, maker, labels, 2)
     assert side0.keys() == side2.keys() and len(side0) == 2 * size
@@ -132,14 +132,14 @@ def test_strong_recipes_replay_exactly_across_workers(recipe, cifar_root, teache
 def test_online_teacher_equals_stored_targets(log8_store, cifar_root, spread_teacher):
     store = LogitStore(log8_store)
     dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
-    maker = ViewMaker(dataset, "cifar", Mixing(**store.settings["augmentation"]["mixing"]), num_samples=200)
+    maker = ViewMaker(dataset, "cifar", Mixing(**store.settings.augmentation["mixing"]), num_samples=200)
     stream = StoreViews(store, maker, labels_of(dataset), 50)
     teacher = load_teacher(spread_teacher)
-    k, clear, mixed, checked = store.settings["k"], 0, 0, 0
+    k, clear, mixed, checked = store.settings.k, 0, 0, 0
     with torch.no_grad():
         for batch in stream.batches(num_workers=0):
-            online = teacher(batch["view"]).float().softmax(-1).double()  # train_student.py, loss.mode=online
-            target = batch["target"].dense(store.num_classes).double()
+            online = teacher(batch.view).float().softmax(-1).double()  # train_student.py, loss.mode=online
+            target = batch.target.dense(store.num_classes).double()
             top = online.topk(k, dim=1)
             # the teacher's probabilities are spread: not near-constant over samples
             assert online.max(1).values.std() > 0.05
@@ -171,7 +171,7 @@ def test_online_teacher_equals_stored_targets(log8_store, cifar_root, spread_tea
             assert bool((log_err[ok] <= row_bound[ok] + 1e-5).all()), (log_err - row_bound).max()
             assert bool(((got_p - true_p).abs()[ok] <= (true_p * torch.expm1(row_bound))[ok] + 1e-6).all())
             assert not torch.equal(target.float(), online.float())  # 8-bit: not bit-identical
-            mixed += int((batch["lam"] < 1).sum())
+            mixed += int((batch.lam < 1).sum())
             checked += len(target)
     assert checked == 200 and clear >= 190 and mixed > 50
 
@@ -202,7 +202,7 @@ def test_verify_check_error_within_codec_bound(log8_store, fp16_store, cifar_roo
 
 def test_fp16_store_targets_and_student(fp16_store, cifar_root, spread_teacher, tmp_path):
     store = LogitStore(fp16_store)
-    assert store.settings["values"] == "fp16"
+    assert store.settings.values == "fp16"
     dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
     maker = ViewMaker(dataset, "cifar", num_samples=200)
     teacher = load_teacher(spread_teacher)
@@ -356,5 +356,5 @@ def test_mix_weight_check_accepts_every_float16_rounding(cifar_root, teacher_ckp
                "--seed", DOUBLE_ROUNDING_SEED)
     store, data = LogitStore(out), build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
     stream = StoreViews(store, store_view_maker(data, store), labels_of(data), 8)
-    seen = [i for batch in stream.batches() for i in batch["index"].tolist()]
+    seen = [i for batch in stream.batches() for i in batch.index.tolist()]
     assert sorted(seen) == list(range(40))

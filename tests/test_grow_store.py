@@ -15,7 +15,8 @@ import pytest
 
 from conftest import REPO, call_tool, tool
 from teacher_logits.files import sha256_bytes
-from teacher_logits.manifest import shard_plans
+from teacher_logits.manifest import load_manifest
+from teacher_logits.schema import chunk_header
 from teacher_logits.reader import LogitStore
 from teacher_logits.shards import shard_bytes
 from teacher_logits.verify import verify_store
@@ -72,14 +73,12 @@ def three_epochs(teacher_ckpt, tmp_path_factory):
 def assert_same_store_as_direct(grown, direct):
     """Same settings and shard plan; every shard holds the same records, and re-encoded under
     the direct store's id its bytes are the direct shard's (sha256 equal)."""
-    g, d = manifest(grown), manifest(direct)
-    assert g["settings"] == d["settings"] and shard_plans(g) == shard_plans(d) and g["records"] == d["records"]
-    store, settings = LogitStore(grown), d["settings"]
-    header = {"store_id": d["store_id"], "values": settings["values"], "k": settings["k"],
-              "num_classes": settings["num_classes"]}
-    for entry, plan, want in zip(g["shards"], shard_plans(g), d["shards"]):
-        rebuilt = shard_bytes(plan, store.read(entry), header, settings["chunk_records"])
-        assert sha256_bytes(rebuilt) == want["sha256"], entry["name"]
+    g, d = load_manifest(grown), load_manifest(direct)
+    assert g.settings == d.settings and [s.plan for s in g.shards] == [s.plan for s in d.shards]
+    store = LogitStore(grown)
+    for entry, want in zip(g.shards, d.shards):
+        rebuilt = shard_bytes(entry, store.read(entry), chunk_header(d), d.settings.chunk_records)
+        assert sha256_bytes(rebuilt) == want.sha256, entry.name
 
 
 def test_growing_labels_only_the_new_epochs(one_epoch, three_epochs, teacher_ckpt, tmp_path):

@@ -7,8 +7,8 @@ import re
 import pytest
 from conftest import REPO
 
-PROGRAMS = sorted(str(p.relative_to(REPO)) for p in REPO.glob("tools/*.py") if p.name not in ("__init__.py",
-                                                                                              "bench_report.py"))
+PROGRAMS = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("tools/*.py"), *REPO.glob("benchmarks/*.py")]
+                  if p.name not in ("__init__.py", "bench_report.py"))
 PROGRAMS.append("distill/train_student.py")
 
 

@@ -59,9 +59,9 @@ def test_imagenet_config_trains_two_steps_at_64px(size, folder_store, one_thread
                                  cfg.loss.teacher_target, cfg.loss.standardize)
     before = [p.detach().clone() for p in student.parameters()]
     for _, batch in zip(range(2), batches.batches(num_workers=0)):
-        assert batch["view"].shape == (4, 3, 64, 64)
-        loss = criterion(student(batch["view"]), batch["target"], batch["label"], batch["partner_label"],
-                         batch["lam"])
+        assert batch.view.shape == (4, 3, 64, 64)
+        loss = criterion(student(batch.view), batch.target, batch.label, batch.partner_label,
+                         batch.lam)
         assert torch.isfinite(loss)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.deepspeed.grad_clip)

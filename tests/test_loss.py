@@ -65,14 +65,6 @@ def test_soften_equals_teacher_softmax_at_temperature():
         torch.testing.assert_close(soften(z.softmax(1), T), (z / T).softmax(1))
 
 
-def test_partner_minus_one_means_unmixed():
-    logits, teacher, label, partner, lam = random_batch(4)
-    unmixed = DistillationLoss("scratch", label_smoothing=0.1)
-    ones = torch.ones(B)
-    torch.testing.assert_close(unmixed(logits, None, label, torch.full((B,), -1), ones),
-                               unmixed(logits, None, label, label, ones))
-
-
 def test_online_matches_dense_reference():
     """online mode on the teacher's own softmax: the same formula as kd, checked against the
     float64 reference on the teacher's logits (not against kd's code path)."""

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.bench_store import synthetic_probs  # a confident teacher's distribution over C classes
 from teacher_logits import codec
 from teacher_logits.files import sha256_bytes
-from teacher_logits.manifest import ShardPlan
+from teacher_logits.manifest import ShardEntry
+from teacher_logits.schema import StoreSettings
 from teacher_logits.shards import read_shard, shard_bytes, write_shard
-from tools.bench_store import synthetic_probs  # a confident teacher's distribution over C classes
 
 
 @pytest.mark.parametrize("num_classes,k,n", [(21841, 100, 300), (codec.MAX_CLASSES, 256, 60)])
@@ -22,11 +23,11 @@ def test_shard_round_trip_and_dense_rebuild(tmp_path, num_classes, k, n):
                "topk_idx": idx.astype(codec.index_dtype(num_classes)),
                "topk_val": codec.encode_values(probs, idx, "log8")}
     assert columns["topk_idx"].dtype == np.dtype("<u2")
-    plan = ShardPlan("e0000-000000000.tar", 0, 0, n)
-    settings = {"k": k, "num_classes": num_classes, "values": "log8", "seed": 0, "dataset": {"size": n}}
+    plan = ShardEntry("e0000-000000000.tar", 0, 0, n)
+    settings = StoreSettings(k, num_classes, "log8", 1, 0, n, 128, {"size": n}, {}, {})
     header = {"store_id": "s", "k": k, "num_classes": num_classes, "values": "log8"}
     size, digest = write_shard(tmp_path, plan, columns, header, chunk_records=128)
-    entry = {"name": plan.name, "epoch": 0, "start": 0, "stop": n, "bytes": size, "sha256": digest}
+    entry = dataclasses.replace(plan, bytes=size, sha256=digest)
     read = read_shard(tmp_path, entry, "s", settings)
     for name in columns:
         assert read[name].dtype == columns[name].dtype and np.array_equal(read[name], columns[name]), name
@@ -67,8 +68,8 @@ def test_top_k_from_the_device_encodes_like_the_dense_probabilities():
     batch = {"view": torch.randn(n, 3, 8, 8), "index": torch.arange(n), "seed": torch.arange(n),
              "label": torch.zeros(n, dtype=torch.long), "partner_label": torch.zeros(n, dtype=torch.long),
              "lam": torch.ones(n), "mix_partner": torch.full((n,), -1)}
-    settings = {"k": k, "num_classes": num_classes, "values": "log8", "teacher": {"name": "linear"},
-                "augmentation": {"mixing": dataclasses.asdict(Mixing())}}  # no mixing
+    settings = StoreSettings(k, num_classes, "log8", 1, 0, n, 128, {"size": n},
+                             {"mixing": dataclasses.asdict(Mixing())}, {"name": "linear"})  # no mixing
     columns = label_batch(teacher, batch, settings, torch.device("cpu"), "fp32").columns
     with torch.no_grad():
         probs = teacher(batch["view"]).float().softmax(1)
@@ -85,6 +86,6 @@ def test_many_class_chunks_are_deterministic():
     columns = {"index": np.arange(50), "seed": np.arange(50, dtype="<u4"),
                "topk_idx": idx.astype(codec.index_dtype(21841)),
                "topk_val": codec.encode_values(probs, idx, "log8")}
-    plan = ShardPlan("e0000-000000000.tar", 0, 0, 50)
+    plan = ShardEntry("e0000-000000000.tar", 0, 0, 50)
     digests = {sha256_bytes(shard_bytes(plan, dict(columns), {"store_id": "s"}, 16)) for _ in range(2)}
     assert len(digests) == 1

@@ -1,6 +1,6 @@
 """The published CIFAR-10 rows (configs/seed_rows/): every row's model builds from its config
 with the parameter count its architecture implies, and that count matches the figure the
-source publishes where it states one; tools/bench_seeds.py --quick runs one row end to end."""
+source publishes where it states one; benchmarks/bench_seeds.py --quick runs one row end to end."""
 import json
 
 import pytest
@@ -66,7 +66,7 @@ def test_row_model_has_its_published_size(row):
 def test_bench_seeds_quick(tmp_path):
     """One row (S1) on 256 images for one epoch: scratch, kd, scratch-mixed and kd from one
     stored epoch, with the table's fields filled from the runs."""
-    from tools import bench_seeds
+    from benchmarks import bench_seeds
 
     cifar_root = write_cifar(tmp_path / "data", per_batch=60)  # 300 training images
 

@@ -46,7 +46,7 @@ def teacher_side_views(store, maker, labels):
     """Every view as the teacher stage builds it: TeacherViews through a 2-worker DataLoader."""
     epochs = np.repeat(np.arange(store.epochs), 200)
     indices = np.tile(np.arange(200), store.epochs)
-    views = TeacherViews(maker, store.settings["seed"], epochs, indices, labels)
+    views = TeacherViews(maker, store.settings.seed, epochs, indices, labels)
     out = {}
     for batch in DataLoader(views, batch_size=33, num_workers=2):
         for n in range(len(batch["index"])):
@@ -58,7 +58,7 @@ def teacher_side_views(store, maker, labels):
 def test_student_replay_equals_teacher_view(mixed_store, cifar_root, workers, batch_size):
     store = LogitStore(mixed_store)
     dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
-    mixing = Mixing(**store.settings["augmentation"]["mixing"])
+    mixing = Mixing(**store.settings.augmentation["mixing"])
     maker = ViewMaker(dataset, "cifar", mixing, num_samples=200)
     expected = teacher_side_views(store, maker, labels_of(dataset))
     stream = StoreViews(store, maker, labels_of(dataset), batch_size)
@@ -67,10 +67,10 @@ def test_student_replay_equals_teacher_view(mixed_store, cifar_root, workers, ba
         stream.set_epoch(epoch)
         seen = []
         for batch in DataLoader(stream, batch_size=None, num_workers=workers):
-            for n, index in enumerate(batch["index"].tolist()):
-                assert torch.equal(batch["view"][n], expected[(epoch, index)]), (epoch, index)
-            seen += batch["index"].tolist()
-            mixed += int((batch["lam"] < 1).sum())
+            for n, index in enumerate(batch.index.tolist()):
+                assert torch.equal(batch.view[n], expected[(epoch, index)]), (epoch, index)
+            seen += batch.index.tolist()
+            mixed += int((batch.lam < 1).sum())
         assert sorted(seen) == list(range(200))
     assert mixed > 100  # Mixup/CutMix views were part of the comparison
 
@@ -78,12 +78,12 @@ def test_student_replay_equals_teacher_view(mixed_store, cifar_root, workers, ba
 def test_batches_identical_across_workers_and_ranks(mixed_store, cifar_root):
     store = LogitStore(mixed_store)
     dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
-    maker = ViewMaker(dataset, "cifar", Mixing(**store.settings["augmentation"]["mixing"]), num_samples=200)
+    maker = ViewMaker(dataset, "cifar", Mixing(**store.settings.augmentation["mixing"]), num_samples=200)
 
     def batches(workers, rank=0, world=1):
         stream = StoreViews(store, maker, labels_of(dataset), 10, rank=rank, world=world)
         stream.set_epoch(1)
-        return [b["index"].tolist() for b in DataLoader(stream, batch_size=None, num_workers=workers)]
+        return [b.index.tolist() for b in DataLoader(stream, batch_size=None, num_workers=workers)]
 
     single = batches(0)
     assert batches(1) == single and batches(2) == single

@@ -122,7 +122,7 @@ def test_fuzzed_chunks_are_refused_in_one_line_or_decoded_exactly(mixed_store, t
     store = LogitStore(mixed_store)
     entry = store.shards(0)[0]
     reference = store.read(entry)
-    chunks = {name: raw_payload(blob) for name, blob in chunks_of((mixed_store / entry["name"]).read_bytes())}
+    chunks = {name: raw_payload(blob) for name, blob in chunks_of((mixed_store / entry.name).read_bytes())}
     rng = np.random.default_rng(0)
     outcomes = {"refused": 0, "decoded": 0}
     for case in range(FUZZ_CASES):
@@ -135,7 +135,7 @@ def test_fuzzed_chunks_are_refused_in_one_line_or_decoded_exactly(mixed_store, t
             columns = LogitStore(out).read(LogitStore(out).shards(0)[0])
         except CorruptShard as e:
             message = str(e)
-            assert "\n" not in message and entry["name"] in message, message
+            assert "\n" not in message and entry.name in message, message
             outcomes["refused"] += 1
         else:  # what the crafted bytes say, within the schema: flipped seeds or in-range values
             written = [split_payload(raw)[1] for raw in crafted.values()]
@@ -154,7 +154,7 @@ def test_fuzzed_chunks_are_refused_in_one_line_or_decoded_exactly(mixed_store, t
 def class_index_200(mixed_store, out):
     """The mixed store with one class index of 200 (10 classes), sealed with a correct sha256."""
     entry = LogitStore(mixed_store).shards(0)[0]
-    chunks = {name: raw_payload(blob) for name, blob in chunks_of((mixed_store / entry["name"]).read_bytes())}
+    chunks = {name: raw_payload(blob) for name, blob in chunks_of((mixed_store / entry.name).read_bytes())}
     first = next(iter(chunks))
     header, columns = split_payload(chunks[first])
     columns["topk_idx"][3, 0] = 200

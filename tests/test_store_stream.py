@@ -11,10 +11,10 @@ from conftest import run_tool, save_logits_args
 from distill.augment import Mixing, ViewMaker, record_seed
 from distill.datasets import build_dataset, labels_of
 from distill.loss import DistillationLoss, SparseTarget
-from distill.replay import StoreViews
+from distill.replay import Batch, StoreViews, TeacherViews
+from store_doubles import CountingStore
 from teacher_logits.codec import decode_values, dense_distribution, encode_values
 from teacher_logits.reader import LogitStore
-from tools.bench_reader import CountingStore
 
 SAMPLES, SHARD = 200, 50  # 4 shards per epoch: one per (rank, worker) of 2 ranks x 2 workers
 
@@ -32,7 +32,7 @@ def store_path(tmp_path_factory, cifar_root, teacher_ckpt):
 def parts(store_path, cifar_root):
     store = LogitStore(store_path)
     dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
-    maker = ViewMaker(dataset, "cifar", Mixing(**store.settings["augmentation"]["mixing"]), num_samples=SAMPLES)
+    maker = ViewMaker(dataset, "cifar", Mixing(**store.settings.augmentation["mixing"]), num_samples=SAMPLES)
     return store, maker, labels_of(dataset)[:SAMPLES]
 
 
@@ -41,17 +41,32 @@ def stream(parts, rank=0, world=1, store=None, **kw):
     return StoreViews(store or base, maker, labels, 12, rank=rank, world=world, **kw)
 
 
-def run_epoch(views: StoreViews, epoch: int, workers: int, skip: int = 0) -> list[dict]:
+def run_epoch(views: StoreViews, epoch: int, workers: int, skip: int = 0) -> list[Batch]:
     views.set_epoch(epoch, skip_batches=skip)
     return list(views.batches(num_workers=workers))
 
 
-def same_batches(a: list[dict], b: list[dict]) -> bool:
-    keys = ("view", "index", "seed", "label", "partner_label", "lam")
+def same_batches(a: list[Batch], b: list[Batch]) -> bool:
+    keys = ("view", "index", "seed", "label", "partner_label", "lam", "mix_partner")
     return len(a) == len(b) and all(
-        all(torch.equal(x[k], y[k]) for k in keys)
-        and torch.equal(x["target"].indices, y["target"].indices) and torch.equal(x["target"].probs, y["target"].probs)
-        and torch.equal(x["target"].tail, y["target"].tail) for x, y in zip(a, b))
+        all(torch.equal(getattr(x, k), getattr(y, k)) for k in keys)
+        and torch.equal(x.target.indices, y.target.indices) and torch.equal(x.target.probs, y.target.probs)
+        and torch.equal(x.target.tail, y.target.tail) for x, y in zip(a, b))
+
+
+def test_both_sides_give_an_unmixed_view_its_own_label_as_partner(parts):
+    """One rule for the partner label (distill.replay.mix_label), on the student side and the
+    teacher's: the partner's label where a view is mixed, the sample's own where it is not."""
+    store, maker, labels = parts
+    teacher = TeacherViews(maker, store.settings.seed, np.zeros(SAMPLES, int), np.arange(SAMPLES), labels)
+    sides = [Batch.collate([teacher[n] for n in range(SAMPLES)]), *run_epoch(stream(parts), 0, 0)]
+    mixed = 0
+    for b in sides:
+        partner = b.mix_partner.numpy()
+        expected = np.where(partner >= 0, labels[np.maximum(partner, 0)], labels[b.index.numpy()])
+        assert np.array_equal(b.partner_label.numpy(), expected)
+        mixed += int((partner >= 0).sum())
+    assert 0 < mixed < 2 * SAMPLES  # --mix-prob 0.7: both kinds of view are there
 
 
 def test_each_shard_is_read_once_per_epoch_across_two_ranks_and_two_workers(parts, tmp_path):
@@ -62,19 +77,19 @@ def test_each_shard_is_read_once_per_epoch_across_two_ranks_and_two_workers(part
         seen = []
         for rank in range(2):
             batches = run_epoch(stream(parts, rank, 2, store=counting), epoch, workers=2)
-            seen += [i for b in batches for i in b["index"].tolist()]
+            seen += [i for b in batches for i in b.index.tolist()]
         reads = [line.split() for line in log.read_text().splitlines()]
         names = sorted(name for _, name, _ in reads)
-        assert names == sorted(e["name"] for e in counting.shards(epoch))  # every shard of the epoch, once
+        assert names == sorted(e.name for e in counting.shards(epoch))  # every shard of the epoch, once
         assert {int(pid) for pid, _, _ in reads} == {os.getpid()}  # by the rank's process; workers read none
         assert sorted(seen) == list(range(SAMPLES))
 
 
 def test_epoch_records_are_one_set_for_any_ranks_and_workers(parts):
     single = run_epoch(stream(parts), 1, workers=0)
-    records = sorted(i for b in single for i in b["index"].tolist())
+    records = sorted(i for b in single for i in b.index.tolist())
     assert records == list(range(SAMPLES))
-    per_rank = [[i for b in run_epoch(stream(parts, rank, 2), 1, workers=2) for i in b["index"].tolist()]
+    per_rank = [[i for b in run_epoch(stream(parts, rank, 2), 1, workers=2) for i in b.index.tolist()]
                 for rank in range(2)]
     assert len(per_rank[0]) == len(per_rank[1]) == SAMPLES // 2  # equal steps
     assert sorted(per_rank[0] + per_rank[1]) == records  # each record once
@@ -97,9 +112,9 @@ def test_resume_mid_epoch_repeats_the_uninterrupted_batches(parts):
 
 def test_shuffled_per_epoch_and_ranks_unequal_shards_trimmed(parts):
     first, second = (run_epoch(stream(parts, 0, 2), e, 0) for e in (0, 2))  # both read stored epoch 0
-    assert [b["index"].tolist() for b in first] != [b["index"].tolist() for b in second]
+    assert [b.index.tolist() for b in first] != [b.index.tolist() for b in second]
     # 3 ranks over 4 shards of 50: shares 100, 50, 50; every rank streams 50
-    shares = [sum(len(b["index"]) for b in run_epoch(stream(parts, r, 3), 0, 0)) for r in range(3)]
+    shares = [sum(len(b.index) for b in run_epoch(stream(parts, r, 3), 0, 0)) for r in range(3)]
     assert shares == [50, 50, 50]
 
 
@@ -113,22 +128,22 @@ def test_more_ranks_than_shards_share_shards_by_records(parts, tmp_path):
     per_rank, shards_read = [], set()
     for rank in range(5):
         log.write_text("")
-        per_rank.append([i for b in run_epoch(stream(parts, rank, 5, store=counting), 1, 0) for i in b["index"].tolist()])
+        per_rank.append([i for b in run_epoch(stream(parts, rank, 5, store=counting), 1, 0) for i in b.index.tolist()])
         reads = [line.split()[1] for line in log.read_text().splitlines()]
         assert len(reads) == len(set(reads)) <= 4
         shards_read |= set(reads)
     assert [len(r) for r in per_rank] == [40] * 5
     assert sorted(sum(per_rank, [])) == list(range(SAMPLES))
-    assert shards_read == {e["name"] for e in counting.shards(1)}
+    assert shards_read == {e.name for e in counting.shards(1)}
     reference = run_epoch(stream(parts, 3, 5), 1, workers=0)
     assert same_batches(run_epoch(stream(parts, 3, 5), 1, workers=2), reference)
 
 
 def test_student_cycles_through_the_first_stored_epochs(parts):
-    run_seed = parts[0].settings["seed"]
+    run_seed = parts[0].settings.seed
     for epoch in range(3):
         for b in run_epoch(stream(parts, stored_epochs=1), epoch, 0):
-            assert np.array_equal(b["seed"].numpy(), record_seed(run_seed, 0, b["index"].numpy()))
+            assert np.array_equal(b.seed.numpy(), record_seed(run_seed, 0, b.index.numpy()))
 
 
 def stored_dense(store) -> dict[tuple[int, int], np.ndarray]:
@@ -136,7 +151,7 @@ def stored_dense(store) -> dict[tuple[int, int], np.ndarray]:
     out = {}
     for epoch in range(store.epochs):
         for cols in store.iter_shards(epoch):
-            dense = dense_distribution(cols["topk_idx"], cols["topk_val"], store.settings["values"], store.num_classes)
+            dense = dense_distribution(cols["topk_idx"], cols["topk_val"], store.settings.values, store.num_classes)
             out.update({(epoch, int(i)): d for i, d in zip(cols["index"], dense)})
     return out
 
@@ -153,11 +168,11 @@ def test_sparse_target_loss_equals_the_dense_reference(parts, settings):
     g = torch.Generator().manual_seed(0)
     for epoch in range(2):
         for b in run_epoch(stream(parts), epoch, 0):
-            dense = torch.from_numpy(np.stack([reference[(epoch, i)] for i in b["index"].tolist()]))
-            assert torch.equal(b["target"].dense(store.num_classes), dense)
+            dense = torch.from_numpy(np.stack([reference[(epoch, i)] for i in b.index.tolist()]))
+            assert torch.equal(b.target.dense(store.num_classes), dense)
             logits = torch.randn(len(dense), store.num_classes, generator=g) * 3
-            extra = (b["label"], b["partner_label"], b["lam"])
-            assert torch.equal(criterion(logits, b["target"], *extra), criterion(logits, dense, *extra))
+            extra = (b.label, b.partner_label, b.lam)
+            assert torch.equal(criterion(logits, b.target, *extra), criterion(logits, dense, *extra))
 
 
 @pytest.mark.parametrize("values", ["log8", "fp16"])

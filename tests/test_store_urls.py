@@ -46,8 +46,8 @@ def records(store: LogitStore) -> list[dict[str, np.ndarray]]:
     return [store.read(entry) for entry in store.shards()]
 
 
-def shard_digests(manifest: dict) -> dict[str, str]:
-    return {s["name"]: s["sha256"] for s in manifest["shards"]}
+def shard_digests(manifest) -> dict[str, str]:
+    return {s.name: s.sha256 for s in manifest.shards}
 
 
 def test_memory_store_equals_the_disk_store_and_resumes(memory_url, disk_store, cifar_root, teacher_ckpt, capsys,
@@ -67,9 +67,9 @@ def test_memory_store_equals_the_disk_store_and_resumes(memory_url, disk_store, 
 
     # a run killed after some shards: unsealed manifest, one shard not yet put
     fs, root = fsspec.core.url_to_fs(memory_url)
-    lost = local.manifest["shards"][5]["name"]
+    lost = local.manifest.shards[5].name
     fs.rm_file(f"{root}/{lost}")
-    fs.pipe_file(f"{root}/manifest.json", json.dumps(new_manifest(local.settings)).encode())
+    fs.pipe_file(f"{root}/manifest.json", json.dumps(new_manifest(local.settings).as_json()).encode())
     code, out, err = call_tool("save_logits", args, capsys)
     assert code == 0, err
     assert "in 1 new shards" in out  # complete shards are skipped, as on disk

@@ -110,7 +110,7 @@ def write_attention(args, models, dataset, device, out):
 
     from distill.attention import class_token_maps, plot_attention, rollout_unsupported
     from distill.datasets import num_classes_of
-    from distill.datasets import test_view_spec
+    from distill.recipes import test_view_spec
     from distill.datasets import labels_of
     from distill.evaluation import one_per_class, test_views_loader
 

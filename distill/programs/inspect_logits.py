@@ -19,12 +19,12 @@ def main(argv=None):
     from teacher_logits.manifest import load_manifest, teacher_members
     from teacher_logits.verify import verify_store
 
-    settings = load_manifest(args.store)["settings"]
+    settings = load_manifest(args.store).settings
     problems, _, stats = verify_store(args.store)
-    summary = {"store": args.store, "records": stats.get("records"), "epochs": settings["epochs"],
-               "samples": settings["dataset"]["size"], "dataset": settings["dataset"]["name"],
-               "k": settings["k"], "num_classes": settings["num_classes"], "values": settings["values"],
-               "teacher": settings["teacher"], "augmentation": settings["augmentation"],
+    summary = {"store": args.store, "records": stats.get("records"), "epochs": settings.epochs,
+               "samples": settings.dataset["size"], "dataset": settings.dataset["name"],
+               "k": settings.k, "num_classes": settings.num_classes, "values": settings.values,
+               "teacher": settings.teacher, "augmentation": settings.augmentation,
                "bytes": stats.get("bytes"), "bytes_per_record": stats.get("bytes_per_record"),
                "framing_bytes": stats.get("framing_bytes"),
                "top1_histogram": stats.get("top1_histogram"), "problems": problems}
@@ -37,12 +37,12 @@ def main(argv=None):
         records = max(stats["records"], 1)
         print(f"{'bytes/record':>16}: {stats['bytes_per_record']:.2f} ({(stats['bytes'] - stats['framing_bytes']) / records:.2f}"
               f" of records, {stats['framing_bytes'] / records:.2f} of tar headers and manifest; "
-              f"{stats['shards']} shards of {settings['shard_records']} records)")
-    for n, member in enumerate(teacher_members(settings["teacher"])):
-        weight = f", weight {settings['teacher']['weights'][n]:.3g}" if "weights" in settings["teacher"] else ""
+              f"{stats['shards']} shards of {settings.shard_records} records)")
+    for n, member in enumerate(teacher_members(settings.teacher)):
+        weight = f", weight {settings.teacher['weights'][n]:.3g}" if "weights" in settings.teacher else ""
         print(f"{'teacher' if n == 0 else '':>16}: {member['name']} (checkpoint sha256 "
               f"{member['checkpoint_sha256']}{weight})")
-    print(f"{'augmentation':>16}: {json.dumps(settings['augmentation'])}")
+    print(f"{'augmentation':>16}: {json.dumps(settings.augmentation)}")
     if stats:
         hist = stats["top1_histogram"]
         total = max(sum(hist), 1)

@@ -26,7 +26,7 @@ import argparse
 import os
 
 
-from distill.catalog import RECIPES
+from distill.recipes import recipe_names, recipes_help
 from distill.cli import HelpFormatter, VIEW_SIZE_HELP, add_data_args, add_teacher_args, run_main
 
 
@@ -50,9 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=256, help="teacher batch size")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes building views")
     p.add_argument("--seed", type=int, default=0, help="run seed: every view's seed derives from it")
-    p.add_argument("--aug", default="cifar", choices=RECIPES,
-                   help="augmentation recipe of the stored views; imagenet: DeiT/TinyViT's (timm's create_transform "
-                        "with RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5, RandomErasing 0.25), at --img-size")
+    p.add_argument("--aug", default="cifar", choices=recipe_names(),
+                   help=f"augmentation recipe of the stored views ({recipes_help()})")
     p.add_argument("--mixup", type=float, default=0.0, help="pairwise Mixup alpha (0: off; timm default 0.8)")
     p.add_argument("--cutmix", type=float, default=0.0, help="pairwise CutMix alpha (0: off; timm default 1.0)")
     p.add_argument("--mix-prob", type=float, default=1.0, help="chance that a view is mixed when mixing is on")

@@ -18,6 +18,7 @@ import os
 
 
 from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main
+from distill.recipes import default_recipe, defaults_help, recipe_names
 
 CONFIG = "configs/teacher_finetune.yaml"  # the shipped copy where no such file is here (distill/config.py)
 
@@ -31,8 +32,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=2, help="training epochs")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
     p.add_argument("--batch-size", type=int, help="batch size per rank (default: the config's)")
-    p.add_argument("--aug", help="augmentation recipe (default: cifar; stl10 for STL-10, crop for digits, "
-                                 "imagenet for an image folder)")
+    p.add_argument("--aug", choices=recipe_names(),
+                   help=f"augmentation recipe (default: the dataset's: {defaults_help()})")
     p.add_argument("--limit", type=int, help="train on the first N samples only")
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     p.add_argument("--out", required=True, help="output directory; the weights land in OUT/final/model.pt")
@@ -42,7 +43,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
-    aug = args.aug or {"stl10": "stl10", "digits": "crop", "folder": "imagenet"}.get(args.dataset, "cifar")
+    aug = args.aug or default_recipe(args.dataset).name
     overrides = [f"model.name={args.teacher}", f"model.pretrained={str(args.pretrained).lower()}",
                  f"data.dataset={args.dataset}", f"data.skip_md5={str(args.skip_md5).lower()}", f"data.recipe={aug}",
                  f"data.workers={args.workers}", f"train.epochs={args.epochs}", f"output.dir={args.out}",

@@ -63,9 +63,9 @@ def check_with_teacher(args) -> dict:
     from teacher_logits.reader import LogitStore
 
     store = LogitStore(args.store)
-    names, checkpoints, weights = store_teachers(store.settings["teacher"], args.teacher, args.checkpoint,
+    names, checkpoints, weights = store_teachers(store.settings.teacher, args.teacher, args.checkpoint,
                                                  args.pretrained)  # refuses teachers the store was not made with
-    data = store.settings["dataset"]
+    data = store.settings.dataset
     device = resolve_device(args.device)
     train = data["split"] == "train"
     dataset = build_dataset(data["name"], args.data_root, train=train, skip_md5=args.skip_md5)

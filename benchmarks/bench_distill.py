@@ -14,10 +14,10 @@ evaluated epoch (a learning-curve PNG), final top-1 on the whole test split (the
 tools/evaluate.py for every model), wall time and images/s of each, and the teacher's top-1.
 A re-run with the same --out keeps the finished modes (delete OUT/MODE to redo one).
 
-  python tools/bench_distill.py --teacher cifar10_resnet56=runs/t_r56/final/model.pt \\
+  python benchmarks/bench_distill.py --teacher cifar10_resnet56=runs/t_r56/final/model.pt \\
       --data-root DATA --skip-md5 --limit 2000 --epochs 80 --out runs/bench_distill \\
       --json docs/results/bench_distill.json --plot docs/results/distill_curves.png
-  python tools/bench_distill.py --quick
+  python benchmarks/bench_distill.py --quick
 """
 import argparse
 import json
@@ -28,11 +28,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from benchmarks.bench_report import save_curves
+from distill.cli import HelpFormatter, add_data_args, run_main
 
-from distill.cli import HelpFormatter, run_main  # noqa: E402
-from tools.bench_report import save_curves  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODES = {  # mode -> train_student overrides (besides the common ones)
     "kd": ["loss.mode=kd"],
@@ -58,11 +57,11 @@ def run(cmd: list[str], log_path: str, threads: int | None = None) -> float:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    # not add_teacher_args: one flag NAME=CHECKPOINT per teacher, kept as one spec per mode and table row
     p.add_argument("--teacher", action="append", default=[],
                    help="NAME=CHECKPOINT of a (fine-tuned) teacher; repeat it for an ensemble store")
-    p.add_argument("--dataset", default="cifar10", help="dataset")
-    p.add_argument("--data-root", help="dataset directory")
-    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    add_data_args(p, required=False)
+    p.set_defaults(dataset="cifar10")
     p.add_argument("--config", default=os.path.join(REPO, "configs/cifar10_tinyvit5m.yaml"), help="student config")
     p.add_argument("--limit", type=int, default=2000, help="training subset (first N samples)")
     p.add_argument("--epochs", type=int, default=80, help="student epochs (every mode)")
@@ -79,13 +78,13 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/bench_distill", help="work directory (finished modes are kept)")
     p.add_argument("--json", help="write the results here too")
     p.add_argument("--plot", help="learning-curve PNG path (default OUT/curves.png)")
-    p.add_argument("--quick", action="store_true", help="digits, tiny student, 2 epochs, random teacher")
+    p.add_argument("--quick", action="store_true", help="digits, tiny student, 1 epoch, random teacher")
     p.add_argument("overrides", nargs="*", help="extra train_student overrides for every mode")
     return p.parse_args(argv)
 
 
 def quick_setup(args) -> str:
-    """--quick: a random ResNet-20 on 256 digits, the tiny demo student, 2 epochs."""
+    """--quick: a random ResNet-20 on 128 digits, the tiny demo student, 1 epoch."""
     import torch
 
     from distill.models import create_teacher
@@ -94,15 +93,15 @@ def quick_setup(args) -> str:
     ckpt = os.path.join(args.out, "teacher.pt")
     torch.save(create_teacher("cifar10_resnet20").model.state_dict(), ckpt)
     args.teacher, args.dataset, args.limit, args.store_epochs, args.epochs = [f"cifar10_resnet20={ckpt}"], \
-        "digits", 256, 2, 2
+        "digits", 128, 1, 1
     args.config = os.path.join(REPO, "configs/smoke_digits.yaml")
-    args.overrides = [*args.overrides, "train.batch_size=64", "data.test_limit=128"]
+    args.overrides = [*args.overrides, "train.batch_size=32", "data.test_limit=64"]
     return "crop"
 
 
 def main(argv=None):
     args = parse_args(argv)
-    command = "python tools/bench_distill.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    command = "python benchmarks/bench_distill.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     os.makedirs(args.out, exist_ok=True)
     aug = quick_setup(args) if args.quick else "cifar"
     if not args.teacher:

@@ -11,29 +11,33 @@ images, timed back to back per image in alternating order; the scoped side also 
 seeds and restores the global generators (torch's only, for the torch-only `cifar` recipe).
 Goal: scoped / unscoped >= 0.9.
 
-  python tools/bench_replay.py --images 256 --repeats 5 --json docs/results/bench_replay.json
-  python tools/bench_replay.py --quick     # 16 images, 1 repeat: seconds
+Device replay (distill/device_replay.py) against the per-sample path, for `cifar` with pairwise
+Mixup 0.8 / CutMix 1.0 at 32 px on the same in-memory images: batches of --batch records, each
+built by ViewMaker view by view (what a DataLoader worker does) and by DeviceReplay batch-wise on
+the CPU (and on the GPU where one is visible), alternating. Goal: >= 10x views/s per core on the CPU.
+
+  python benchmarks/bench_replay.py --images 256 --repeats 5 --json docs/results/bench_replay.json
+  python benchmarks/bench_replay.py --quick     # 16 images, 1 repeat: seconds
 """
 import argparse
 import io
 import json
-import os
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from distill.augment import TORCH_ONLY, build_transform, native_resolution, record_seed, scoped_rng  # noqa: E402
-from distill.cli import HelpFormatter, run_main  # noqa: E402
-from distill.datasets import build_dataset  # noqa: E402
-from teacher_logits.errors import UserError  # noqa: E402
+from distill.augment import Mixing, ViewMaker, build_transform, record_seed, scoped_rng
+from distill.cli import HelpFormatter, run_main
+from distill.datasets import build_dataset
+from distill.device_replay import DeviceReplay
+from distill.recipes import get_recipe
+from teacher_logits.errors import UserError
 
 CIFAR_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "test.npz"
 PHOTO_SIZE = (500, 375)  # width, height: a typical ImageNet photograph
@@ -90,15 +94,49 @@ def compare(dataset, recipe: str, size: int | None, repeats: int) -> dict:
     ratio's spread over the passes."""
     transform = build_transform(recipe, size)
     seeds = record_seed(0, 0, np.arange(len(dataset)))
-    torch_only = recipe in TORCH_ONLY  # as ViewMaker scopes this recipe
+    torch_only = get_recipe(recipe).torch_only  # as ViewMaker scopes this recipe
     paired_pass(dataset, transform, seeds, torch_only, False)  # warm-up: imports, page cache, allocator
     passes = [paired_pass(dataset, transform, seeds, torch_only, bool(r % 2)) for r in range(repeats)]
     scoped, unscoped = [p[0] for p in passes], [p[1] for p in passes]
     ratios = [s / u for s, u in passes]
-    return {"recipe": recipe, "resolution": size or native_resolution(recipe), "images": len(dataset),
+    return {"recipe": recipe, "resolution": size or get_recipe(recipe).native_size, "images": len(dataset),
             "repeats": repeats, "scoped_views_per_s": float(np.median(scoped)),
             "unscoped_views_per_s": float(np.median(unscoped)), "ratio": float(np.median(ratios)),
             "ratio_min": float(min(ratios)), "ratio_max": float(max(ratios))}
+
+
+def device_vs_cpu(dataset, batch: int, repeats: int) -> dict:
+    """views/s of the per-sample path and of device replay (CPU, and CUDA if visible) over the same
+    batches, alternated per batch; medians over `repeats` passes and the ratio's spread."""
+    mixing = Mixing(0.8, 1.0)
+    maker = ViewMaker(dataset, "cifar", mixing)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    replays = {d: DeviceReplay(dataset, "cifar", mixing, len(dataset), d) for d in devices}
+    indices = np.arange(len(dataset))
+    batches = [(indices[a:a + batch], record_seed(0, 0, indices[a:a + batch])) for a in range(0, len(indices), batch)]
+
+    def timed(build) -> float:
+        start = time.perf_counter()
+        for rows, seeds in batches:
+            build(rows, seeds)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return len(indices) / (time.perf_counter() - start)
+
+    per_sample = lambda rows, seeds: [maker(int(i), int(s)) for i, s in zip(rows, seeds)]  # noqa: E731
+    passes = []
+    for r in range(repeats + 1):  # the first pass warms up
+        sides = [("per_sample", per_sample)] + [(d, replays[d].views) for d in devices]
+        result = {name: timed(build) for name, build in (sides if r % 2 else sides[::-1])}
+        passes += [result] if r else []
+    out = {"recipe": "cifar", "mixing": "mixup 0.8 / cutmix 1.0", "images": len(indices), "batch": batch,
+           "repeats": repeats, "per_sample_views_per_s": float(np.median([p["per_sample"] for p in passes]))}
+    for d in devices:
+        ratios = [p[d] / p["per_sample"] for p in passes]
+        out[f"device_{d}_views_per_s"] = float(np.median([p[d] for p in passes]))
+        out[f"device_{d}_ratio"], out[f"device_{d}_ratio_min"], out[f"device_{d}_ratio_max"] = (
+            float(np.median(ratios)), float(min(ratios)), float(max(ratios)))
+    return out
 
 
 class InMemory:
@@ -116,7 +154,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--images", type=int, default=256, help="CIFAR-10 test images to use (JPEG folder and in memory)")
     p.add_argument("--repeats", type=int, default=5, help="alternated scoped/unscoped passes; medians reported")
+    # not add_data_args' --img-size: that one comes with --data-root/--skip-md5, and the images here are
+    # always ../shared's CIFAR-10 test file; this sets the imagenet recipe's size only, 224 unless told
     p.add_argument("--img-size", type=int, default=224, help="view resolution of the imagenet recipe")
+    p.add_argument("--batch", type=int, default=128, help="records per batch of the device replay comparison")
     p.add_argument("--quick", action="store_true", help="16 images, 1 repeat (the test suite's smoke run)")
     p.add_argument("--json", help="write the results here (e.g. docs/results/bench_replay.json)")
     args = p.parse_args(argv)
@@ -130,12 +171,17 @@ def main(argv=None):
         folder = build_dataset("folder", str(write_photo_folder(Path(tmp), images, labels)), train=True)
         imagenet = compare(folder, "imagenet", args.img_size, args.repeats)
     cifar = compare(InMemory(images, labels), "cifar", None, args.repeats)
-    result = {"command": "python tools/bench_replay.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "threads": 1, "imagenet": imagenet, "cifar": cifar}
+    device = device_vs_cpu(InMemory(images, labels), min(args.batch, args.images), args.repeats)
+    result = {"command": "python benchmarks/bench_replay.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+              "threads": 1, "imagenet": imagenet, "cifar": cifar, "device_replay": device}
     for r in (imagenet, cifar):
         print(f"{r['recipe']:>8} @ {r['resolution']} px: scoped {r['scoped_views_per_s']:.1f} views/s/core, "
               f"unscoped {r['unscoped_views_per_s']:.1f}, ratio {r['ratio']:.3f} "
               f"(min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f}, {r['repeats']} repeats)")
+    print(f"  device replay, cifar + Mixup/CutMix: per-sample {device['per_sample_views_per_s']:.0f} views/s/core, "
+          + ", ".join(f"{d} {device[f'device_{d}_views_per_s']:.0f} ({device[f'device_{d}_ratio']:.1f}x, "
+                      f"{device[f'device_{d}_ratio_min']:.1f}-{device[f'device_{d}_ratio_max']:.1f})"
+                      for d in ("cpu", "cuda") if f"device_{d}_ratio" in device))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return result

@@ -11,8 +11,8 @@
 4. peak RSS of a 2-rank x 2-worker student run (deepspeed launcher) reading an E-epoch vs a
    1-epoch store of the same data (goal <= 1.1).
 
-  python tools/bench_reader.py --json docs/results/bench_reader.json
-  python tools/bench_reader.py --quick          # small sizes, a minute or two
+  python benchmarks/bench_reader.py --json docs/results/bench_reader.json
+  python benchmarks/bench_reader.py --quick          # small sizes, a minute or two
 """
 import argparse
 import json
@@ -24,20 +24,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from benchmarks.bench_memory import peak_rss_mb
+from distill.cli import HelpFormatter, add_data_args, run_main
+from distill.distributed import free_port
+from teacher_logits.reader import LogitStore
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from distill.cli import HelpFormatter, run_main  # noqa: E402
-from distill.distributed import free_port  # noqa: E402
-from teacher_logits.reader import LogitStore  # noqa: E402
-from tools.bench_memory import peak_rss_mb  # noqa: E402
 
 
 class CountingStore(LogitStore):
-    """Appends `pid shard bytes` to a file on every shard read (reads in any process count)."""
+    """Appends `pid shard bytes` to a file on every shard read (reads in any process count):
+    the instrument of the read-amplification figure (the tests keep their own, tests/store_doubles.py)."""
 
     def __init__(self, path, log):
         super().__init__(path)
@@ -45,7 +45,7 @@ class CountingStore(LogitStore):
 
     def read(self, entry):
         with open(self.log, "a") as f:
-            f.write(f"{os.getpid()} {entry['name']} {entry['bytes']}\n")
+            f.write(f"{os.getpid()} {entry.name} {entry.bytes}\n")
         return super().read(entry)
 
 
@@ -55,18 +55,18 @@ def synthetic_store(path: str, num_classes: int, k: int, records: int, shard_rec
     from distill.teacher_stage import seal
     from teacher_logits.codec import encode_values
     from teacher_logits.schema import StoreSettings, chunk_header, pack_coded
-    from teacher_logits.manifest import new_manifest, shard_indices, shard_plans, write_manifest
+    from teacher_logits.manifest import new_manifest, shard_indices, write_manifest
     from teacher_logits.shards import write_shard
 
     settings = StoreSettings(k, num_classes, "log8", 1, 0, shard_records, 4096, {"name": "synthetic", "size": records},
-                             {}, {"name": "synthetic"}).as_dict()
+                             {}, {"name": "synthetic"})
     os.makedirs(path)
     manifest = new_manifest(settings)
     write_manifest(path, manifest)
     header = chunk_header(manifest)
     rng = np.random.default_rng(0)
-    for plan in shard_plans(manifest):
-        index = shard_indices(manifest["settings"], plan)
+    for plan in manifest.shards:
+        index = shard_indices(manifest.settings, plan)
         top_idx, top_val = [], []
         for a in range(0, len(index), 256):
             logits = rng.normal(0, 3, (min(256, len(index) - a), num_classes)).astype(np.float32)
@@ -78,7 +78,7 @@ def synthetic_store(path: str, num_classes: int, k: int, records: int, shard_rec
         columns = pack_coded(index, record_seed(0, 0, index), np.concatenate(top_idx), np.concatenate(top_val),
                              num_classes)
         write_shard(path, plan, columns, header, 4096)
-    seal(Path(path), manifest, {p.name for p in shard_plans(manifest)})
+    seal(Path(path), manifest, {p.name for p in manifest.shards})
     return path
 
 
@@ -127,8 +127,8 @@ def read_amplification(store_path: str, tmp: str, data: list[str], batch_size: i
 
     log = os.path.join(tmp, "reads.txt")
     store = CountingStore(store_path, log)
-    dataset = build_dataset(data[0], data[1], train=True, skip_md5=True)
-    size = store.settings["dataset"]["size"]
+    dataset = build_dataset(data[0], data[1], train=True, skip_md5=data[2])
+    size = store.settings.dataset["size"]
     maker = store_view_maker(dataset, store, size)
     open(log, "w").close()
     for rank in range(2):
@@ -138,7 +138,7 @@ def read_amplification(store_path: str, tmp: str, data: list[str], batch_size: i
             pass
     with open(log) as f:
         read = sum(int(line.split()[2]) for line in f)
-    epoch_bytes = sum(e["bytes"] for e in store.shards(0))
+    epoch_bytes = sum(e.bytes for e in store.shards(0))
     return {"bytes_read": read, "epoch_bytes": epoch_bytes, "read_ratio": read / epoch_bytes}
 
 
@@ -146,7 +146,7 @@ def save_store(out: str, ckpt: str, data: list[str], limit: int, epochs: int, sh
     cmd = [sys.executable, os.path.join(REPO, "tools/save_logits.py"), "--teacher", "cifar10_resnet20",
            "--checkpoint", ckpt, "--dataset", data[0], "--epochs", str(epochs), "--limit", str(limit),
            "--shard-records", str(shard_records), "--workers", "0", "--aug", "crop", "--out", out]
-    cmd += (["--data-root", data[1], "--skip-md5"] if data[1] else [])
+    cmd += (["--data-root", data[1]] if data[1] else []) + (["--skip-md5"] if data[2] else [])
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"})
 
 
@@ -156,7 +156,7 @@ def student_run_rss_mb(store: str, out: str, data: list[str], epochs: int, batch
            os.path.join(REPO, "distill/train_student.py"), "--config", os.path.join(REPO, "configs/smoke_digits.yaml"),
            f"data.dataset={data[0]}", f"logits.store={store}", f"output.dir={out}", "data.workers=2",
            f"train.epochs={epochs}", f"train.batch_size={batch_size}", "data.test_limit=64", "wandb.enabled=false"]
-    cmd += ([f"data.root={data[1]}", "data.skip_md5=true"] if data[1] else [])
+    cmd += ([f"data.root={data[1]}"] if data[1] else []) + (["data.skip_md5=true"] if data[2] else [])
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     return peak_rss_mb(cmd)
 
@@ -167,8 +167,8 @@ def main(argv=None):
     p.add_argument("--big-records", type=int, default=20_000, help="records of the synthetic C=21,841 store")
     p.add_argument("--batch-size", type=int, default=128, help="batch size of reader and student step")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats of each measurement")
-    p.add_argument("--dataset", default="digits", help="dataset of the real stores (amplification, RSS)")
-    p.add_argument("--data-root", help="its directory (not needed for digits)")
+    add_data_args(p, required=False)  # the real stores' data (amplification, RSS); digits needs no --data-root
+    p.set_defaults(dataset="digits")
     p.add_argument("--limit", type=int, default=1280, help="samples of the real stores")
     p.add_argument("--epochs", type=int, default=8, help="epochs of the large real store (the small one has 1)")
     p.add_argument("--student-epochs", type=int, default=2, help="student epochs of each RSS run")
@@ -179,14 +179,14 @@ def main(argv=None):
     if args.quick:
         args.records, args.big_records, args.batch_size, args.repeats = 4000, 1000, 16, 1
         args.limit, args.epochs, args.student_epochs = 256, 4, 1
-    tmp, data = tempfile.mkdtemp(prefix="bench_reader_"), [args.dataset, args.data_root]
-    result = {"command": "python tools/bench_reader.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    tmp, data = tempfile.mkdtemp(prefix="bench_reader_"), [args.dataset, args.data_root, args.skip_md5]
+    result = {"command": "python benchmarks/bench_reader.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     for name, classes, k, records in (("c100_k10", 100, 10, args.records), ("c21841_k100", 21841, 100, args.big_records)):
         path = synthetic_store(os.path.join(tmp, name), classes, k, records, max(records // 8, 1))
         rates = reader_records_per_s(path, args.batch_size, args.repeats)
         result[f"reader_{name}_records_per_s"] = statistics.median(rates)
         result[f"reader_{name}_spread"] = [min(rates), max(rates)]
-        result[f"store_{name}_bytes_per_record"] = sum(e["bytes"] for e in LogitStore(path).shards()) / records
+        result[f"store_{name}_bytes_per_record"] = sum(e.bytes for e in LogitStore(path).shards()) / records
     step = student_step_s(args.batch_size, args.repeats, 100, 10)
     result["tinyvit5m_step_s"] = step
     result["reader_share_of_step"] = args.batch_size / result["reader_c100_k10_records_per_s"] / step

@@ -5,9 +5,9 @@ Peak RSS of save_logits writing a 1-epoch and an E-epoch store of the same data,
 and of the reader streaming each whole store (every epoch's records and rebuilt
 soft targets), each in a fresh process. Goal: large/small ratio at most 1.1.
 
-  python tools/bench_memory.py --dataset cifar10 --data-root DATA --skip-md5 --limit 3000 --epochs 8 \\
+  python benchmarks/bench_memory.py --dataset cifar10 --data-root DATA --skip-md5 --limit 3000 --epochs 8 \\
       --repeats 3 --json docs/results/bench_memory.json
-  python tools/bench_memory.py --quick    # digits, 1 vs 4 epochs, under a minute
+  python benchmarks/bench_memory.py --quick    # digits, 1 vs 4 epochs, under a minute
 """
 import argparse
 import os
@@ -17,13 +17,12 @@ import sys
 import tempfile
 import time
 
+import psutil
+
+from benchmarks.bench_report import command_line, describe, spread, write_json
+from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import psutil  # noqa: E402
-
-from distill.cli import HelpFormatter, run_main  # noqa: E402
-from tools.bench_report import command_line, describe, spread, write_json  # noqa: E402
 
 READ_STORE = """
 import sys
@@ -60,10 +59,11 @@ def measure_round(args, tmp: str) -> dict:
         out = os.path.join(tmp, f"store{epochs}")
         shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, os.path.join(REPO, "tools/save_logits.py"), "--teacher", args.teacher,
-               "--checkpoint", args.checkpoint, "--dataset", args.dataset, "--epochs", str(epochs), "--limit",
+               "--dataset", args.dataset, "--epochs", str(epochs), "--limit",
                str(args.limit), "--shard-records", str(args.shard_records), "--workers", "0", "--out", out,
-               "--aug", "crop"] + (["--data-root", args.data_root] if args.data_root else []) \
-            + (["--skip-md5"] if args.skip_md5 else [])
+               "--aug", "crop"] + (["--checkpoint", args.checkpoint] if args.checkpoint else []) \
+            + (["--pretrained"] if args.pretrained else []) \
+            + (["--data-root", args.data_root] if args.data_root else []) + (["--skip-md5"] if args.skip_md5 else [])
         result[f"save_logits_{epochs}ep_mb"] = peak_rss_mb(cmd)
         result[f"reader_{epochs}ep_mb"] = peak_rss_mb([sys.executable, "-c", READ_STORE, out])
     return result
@@ -71,11 +71,10 @@ def measure_round(args, tmp: str) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--teacher", default="cifar10_resnet20", help="timm teacher (memory does not depend on weights)")
-    p.add_argument("--checkpoint", help="teacher weights (default: a fixed random init)")
-    p.add_argument("--dataset", default="cifar10", help="dataset")
-    p.add_argument("--data-root", help="dataset directory")
-    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    add_teacher_args(p, teacher_help="timm teacher (memory does not depend on weights)",
+                     checkpoint_help="teacher weights (default, without --pretrained: a fixed random init)")
+    add_data_args(p, required=False)
+    p.set_defaults(teacher="cifar10_resnet20", dataset="cifar10")
     p.add_argument("--limit", type=int, default=5000, help="samples per epoch")
     p.add_argument("--epochs", type=int, default=8, help="epochs of the large store (the small one has 1)")
     p.add_argument("--shard-records", type=int, default=2000, help="records per shard")
@@ -86,7 +85,7 @@ def main(argv=None):
     if args.quick:
         args.dataset, args.limit, args.epochs, args.shard_records, args.repeats = "digits", 512, 4, 128, 1
     tmp = tempfile.mkdtemp(prefix="bench_memory_")
-    if not args.checkpoint:
+    if not args.checkpoint and not args.pretrained:
         import torch
 
         from distill.models import create_teacher

@@ -8,11 +8,11 @@ targets (kd), hard labels (scratch), or a teacher run in the loop (online, once
 per teacher). Runs alternate mode by mode; images/s = steps x batch / training
 wall time (from train_log.jsonl timestamps, after WARMUP_STEPS steps).
 
-  python tools/bench_student_step.py --store STORE --data-root DATA --skip-md5 --steps 40 \\
+  python benchmarks/bench_student_step.py --store STORE --data-root DATA --skip-md5 --steps 40 \\
       --teacher cifar10_resnet20=../shared/teachers/cifar10/resnet20_akamaster-12fca82f.th \\
       --teacher cifar10_densenet_bc100=../shared/teachers/cifar10/densenet_bc100_k12_odin_cifar10_statedict.pt \\
       --repeats 3 --json docs/results/bench_student_step.json
-  python tools/bench_student_step.py --quick     # digits, tiny student, random teacher
+  python benchmarks/bench_student_step.py --quick     # digits, tiny student, random teacher
 """
 import argparse
 import json
@@ -21,12 +21,11 @@ import subprocess
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from benchmarks.bench_report import command_line, describe, spread, write_json
+from distill.cli import HelpFormatter, add_data_args, run_main
+from distill.distributed import free_port
 
-from distill.cli import HelpFormatter, run_main  # noqa: E402
-from distill.distributed import free_port  # noqa: E402
-from tools.bench_report import command_line, describe, spread, write_json  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WARMUP_STEPS = 3
 
@@ -59,8 +58,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--store", help="logit store the kd runs read (all modes train on its views)")
     p.add_argument("--config", default=os.path.join(REPO, "configs/smoke_cifar10.yaml"), help="student config")
-    p.add_argument("--data-root", help="dataset directory")
-    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    add_data_args(p, dataset=False)  # the dataset is the config's (and the store's)
+    # not add_teacher_args: each --teacher NAME=CHECKPOINT is a separate online run, not an ensemble
     p.add_argument("--teacher", action="append", default=[], help="online teacher NAME=CHECKPOINT (repeat)")
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
     p.add_argument("--batch-size", type=int, default=64, help="micro-batch per rank")

@@ -18,7 +18,7 @@ def describe(s: dict, digits: int = 3) -> str:
 
 def command_line(tool: str, argv) -> str:
     """The command as typed: `argv` of main(argv), or the process's own arguments."""
-    return f"python tools/{tool} " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    return f"python benchmarks/{tool} " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
 
 
 def write_json(path: str | None, result: dict) -> None:

@@ -8,29 +8,25 @@ fp16 and dense fp32 logits. Fidelity: mean KL(full teacher distribution ||
 target rebuilt from the store), the same for exact (unquantised) top-k
 truncation, their difference (the cost of our 8-bit values), and top-1 agreement.
 
-  python tools/bench_store.py --data-root DATA --skip-md5 --limit 10000 \\
+  python benchmarks/bench_store.py --data-root DATA --skip-md5 --limit 10000 \\
       --teacher cifar10_resnet56=../shared/teachers/cifar10/resnet56_akamaster-4bfd9763.th \\
       --teacher cifar100_resnet56=../shared/teachers/cifar100/cifar100_resnet56-f2eff4c8.pt
-  python tools/bench_store.py --quick      # digits, random-init teachers, under a minute
+  python benchmarks/bench_store.py --quick      # digits, random-init teachers, under a minute
 """
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from distill.augment import ViewMaker, record_seed  # noqa: E402
-from distill.cli import HelpFormatter, run_main  # noqa: E402
-from distill.datasets import build_dataset  # noqa: E402
-from distill.models import create_teacher  # noqa: E402
-from teacher_logits.codec import dense_distribution, encode_topk, encode_values  # noqa: E402
-from teacher_logits.manifest import ShardPlan  # noqa: E402
-from teacher_logits.schema import pack_coded  # noqa: E402
-from teacher_logits.shards import shard_bytes  # noqa: E402
+from distill.augment import ViewMaker, record_seed
+from distill.cli import HelpFormatter, add_data_args, run_main
+from distill.datasets import build_dataset
+from distill.models import create_teacher
+from teacher_logits.codec import dense_distribution, encode_topk, encode_values
+from teacher_logits.manifest import ShardEntry
+from teacher_logits.schema import chunk_header, pack_coded
+from teacher_logits.shards import shard_bytes
 
 KS = (1, 3, 5, 10, 20, "all")
 MANIFEST_BYTES_PER_SHARD = 250  # one manifest entry (name, range, size, sha256), measured on real stores
@@ -57,7 +53,7 @@ def bytes_per_record(idx: np.ndarray, values: np.ndarray, num_classes: int, shar
     columns = pack_coded(np.arange(n), record_seed(0, 0, np.arange(n)), idx, values, num_classes)
     size = 0
     for a in range(0, n, shard_records):
-        plan = ShardPlan(f"e0000-{a:09d}.tar", 0, a, min(a + shard_records, n))
+        plan = ShardEntry(f"e0000-{a:09d}.tar", 0, a, min(a + shard_records, n))
         part = {name: col[a : plan.stop] for name, col in columns.items()}
         size += len(shard_bytes(plan, part, {"store_id": "0" * 16}, 4096)) + MANIFEST_BYTES_PER_SHARD
     return size / n
@@ -115,10 +111,10 @@ def bench_k(probs: np.ndarray, k: int, shard_records: int) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    # not add_teacher_args: each --teacher is measured on its own (a row each, not an ensemble), as NAME=CHECKPOINT
     p.add_argument("--teacher", action="append", default=[], help="NAME=CHECKPOINT (repeat); NAME alone: random init")
-    p.add_argument("--dataset", default="cifar10", help="dataset whose training views the teachers label")
-    p.add_argument("--data-root", help="dataset directory")
-    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    add_data_args(p, required=False)  # the dataset whose training views the teachers label
+    p.set_defaults(dataset="cifar10")
     p.add_argument("--limit", type=int, default=10000, help="views per teacher")
     p.add_argument("--shard-records", type=int, default=10000,
                    help="records per shard (save_logits makes 10,000 for ImageNet-size data, 4,096 for CIFAR's)")
@@ -163,14 +159,13 @@ def reshard(path: str, sizes: list[int]) -> list[dict]:
     parts = [store.read(e) for e in store.shards(0)]
     columns = {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}
     n, settings = len(columns["index"]), store.settings
-    header = {"store_id": store.manifest["store_id"], "values": settings["values"], "k": settings["k"],
-              "num_classes": settings["num_classes"]}
-    entry = len(json.dumps(store.manifest["shards"][0], indent=1, sort_keys=True)) + 2
+    header = chunk_header(store.manifest)
+    entry = len(json.dumps(store.manifest.shards[0].as_json(), indent=1, sort_keys=True)) + 2
     rows = []
     for size in sizes:
-        total = sum(len(shard_bytes(ShardPlan(f"e0000-{a:09d}.tar", 0, a, min(a + size, n)),
+        total = sum(len(shard_bytes(ShardEntry(f"e0000-{a:09d}.tar", 0, a, min(a + size, n)),
                                     {k: v[a:a + size] for k, v in columns.items()}, header,
-                                    settings["chunk_records"])) + entry for a in range(0, n, size))
+                                    settings.chunk_records)) + entry for a in range(0, n, size))
         rows.append({"shard_records": size, "shards": -(-n // size), "records": n, "bytes_per_record": total / n})
         print(f"{size:>6} records a shard ({rows[-1]['shards']:>3} shards): {rows[-1]['bytes_per_record']:.2f} B/record")
     return rows

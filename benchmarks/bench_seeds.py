@@ -19,25 +19,24 @@ epoch, wall times, the epoch and wall time at which kd first reaches scratch's f
 (with and without the teacher stage's cost), and every command. A re-run with the same --out
 keeps what finished (a row's runs, the store); delete OUT/runs/ROW_MODE to redo one.
 
-  python tools/bench_seeds.py --teacher cifar10_resnet56=runs/t_r56/final/model.pt \\
+  python benchmarks/bench_seeds.py --teacher cifar10_resnet56=runs/t_r56/final/model.pt \\
       --data-root DATA --skip-md5 --rows s1_vit s0_cnn --epochs s0_cnn=15 --jobs 2 \\
       --out runs/seeds --json docs/results/seed_rows.json --plot docs/results/seed_rows.png
-  python tools/bench_seeds.py --quick --data-root TINY_CIFAR --skip-md5
+  python benchmarks/bench_seeds.py --quick --data-root TINY_CIFAR --skip-md5
 """
 import argparse
 import json
 import os
 import shlex
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from benchmarks.bench_distill import batch_size, run
+from benchmarks.bench_report import save_curves
+from distill.cli import HelpFormatter, add_data_args, run_main
+from teacher_logits.manifest import load_manifest
 
-from distill.cli import HelpFormatter, run_main  # noqa: E402
-from tools.bench_distill import batch_size, run  # noqa: E402
-from tools.bench_report import save_curves  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # row -> (published CIFAR-10 test top-1, what it is); epochs, batch and recipe are in its config
 ROWS = {
@@ -59,10 +58,11 @@ def parse_args(argv=None):
                    help="rows to run (default: %(default)s)")
     p.add_argument("--epochs", nargs="*", default=[], metavar="ROW=N",
                    help="a stated reduced budget for a row (default: the published epochs of its config)")
+    # not add_teacher_args: one flag NAME=CHECKPOINT per teacher (the store's and the table's spec), so that
+    # `--teacher A=a.pt --teacher B=b.pt` names an ensemble without a separate --checkpoint list
     p.add_argument("--teacher", action="append", default=[],
                    help="NAME=CHECKPOINT of the (fine-tuned) teacher; repeat it for an ensemble store")
-    p.add_argument("--data-root", help="CIFAR-10 in torchvision's layout")
-    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    add_data_args(p, dataset=False)  # the data is CIFAR-10 (the published rows'), in torchvision's layout
     p.add_argument("--limit", type=int, help="train on the first N images only (default: all 50,000)")
     p.add_argument("--mixup", type=float, default=0.8, help="pairwise Mixup alpha of the stored views (default: 0.8)")
     p.add_argument("--cutmix", type=float, default=1.0, help="pairwise CutMix alpha of the stored views (default: 1.0)")
@@ -127,8 +127,8 @@ def make_store(args, epochs: int) -> dict:
                 "command": as_typed(cmd)}
         with open(record, "w") as f:
             json.dump(done, f, indent=1)
-    manifest = json.load(open(os.path.join(path, "manifest.json")))
-    done["bytes_per_epoch"] = [sum(s["bytes"] for s in manifest["shards"] if s["epoch"] == e)
+    manifest = load_manifest(path)
+    done["bytes_per_epoch"] = [sum(s.bytes for s in manifest.shards if s.epoch == e)
                                for e in range(done["epochs"])]
     return done
 
@@ -204,7 +204,7 @@ def main(argv=None):
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
         done = {key: r for key, r in zip(runs, pool.map(lambda key: train(args, *key, runs[key], threads), runs)) if r}
-    results = {"command": "python tools/bench_seeds.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+    results = {"command": "python benchmarks/bench_seeds.py " + shlex.join(sys.argv[1:] if argv is None else argv),
                "train_images": args.limit or 50000, "test_images": 200 if args.quick else 10000,
                "teacher": args.teacher, "teacher_top1": teacher_top1(args), "store": store, "rows": {}}
     for row, (config, epochs, published_epochs) in plan.items():

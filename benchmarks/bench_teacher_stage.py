@@ -6,33 +6,30 @@ teacher on the same augmented batches (same views, model, batch size, workers,
 threads, device), alternating the two so machine noise hits both. Reports
 images/s of each and their ratio (1.0: storage is free).
 
-  python tools/bench_teacher_stage.py --teacher cifar10_resnet56 \\
+  python benchmarks/bench_teacher_stage.py --teacher cifar10_resnet56 \\
       --checkpoint ../shared/teachers/cifar10/resnet56_akamaster-4bfd9763.th \\
       --dataset cifar10 --data-root DATA --skip-md5 --limit 2048 --repeats 3 \\
       --json docs/results/bench_teacher_stage.json
-  python tools/bench_teacher_stage.py --quick   # digits, random ResNet-20, under a minute
+  python benchmarks/bench_teacher_stage.py --quick   # digits, random ResNet-20, under a minute
 """
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from distill.augment import ViewMaker  # noqa: E402
-from distill.cli import HelpFormatter, run_main  # noqa: E402
-from distill.datasets import NUM_CLASSES, build_dataset, labels_of  # noqa: E402
-from distill.models import create_teacher  # noqa: E402
-from distill.replay import TeacherViews  # noqa: E402
-from distill.teacher_stage import run as save_logits  # noqa: E402
-from tools.bench_report import command_line, describe, spread, write_json  # noqa: E402
-from tools.save_logits import parse_args as save_logits_args  # noqa: E402
+from benchmarks.bench_report import command_line, describe, spread, write_json
+from distill.augment import ViewMaker
+from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main
+from distill.datasets import build_dataset, labels_of, num_classes_of
+from distill.models import create_teacher
+from distill.programs.save_logits import parse_args as save_logits_args
+from distill.replay import TeacherViews
+from distill.teacher_stage import run as save_logits
 
 
 @torch.no_grad()
@@ -41,7 +38,8 @@ def bare_teacher(args) -> float:
     it loads the dataset and the teacher too, as save_logits does, so both pay the same set-up."""
     start = time.perf_counter()
     dataset = build_dataset(args.dataset, args.data_root, train=True, skip_md5=args.skip_md5)
-    teacher = create_teacher(args.teacher, checkpoint=args.checkpoint, num_classes=NUM_CLASSES[args.dataset]).eval()
+    teacher = create_teacher(args.teacher, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                             num_classes=num_classes_of(args.dataset, dataset)).eval()
     n = args.limit
     views = TeacherViews(ViewMaker(dataset, args.aug, num_samples=n), 0, np.zeros(n, int), np.arange(n),
                          labels_of(dataset)[:n])
@@ -52,9 +50,11 @@ def bare_teacher(args) -> float:
 
 def stored(args, out: str) -> float:
     shutil.rmtree(out, ignore_errors=True)
-    argv = ["--teacher", args.teacher, "--checkpoint", args.checkpoint, "--dataset", args.dataset, "--out", out,
+    argv = ["--teacher", args.teacher, "--dataset", args.dataset, "--out", out,
             "--limit", str(args.limit), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
             "--aug", args.aug, "--device", "cpu", "--epochs", "1"]
+    argv += ["--checkpoint", args.checkpoint] if args.checkpoint else []
+    argv += ["--pretrained"] if args.pretrained else []
     argv += ["--data-root", args.data_root] if args.data_root else []
     argv += ["--skip-md5"] if args.skip_md5 else []
     start = time.perf_counter()
@@ -64,11 +64,10 @@ def stored(args, out: str) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--teacher", default="cifar10_resnet20", help="timm teacher name")
-    p.add_argument("--checkpoint", help="teacher weights (required unless --quick)")
-    p.add_argument("--dataset", default="cifar10", choices=sorted(NUM_CLASSES), help="dataset")
-    p.add_argument("--data-root", help="dataset directory")
-    p.add_argument("--skip-md5", action="store_true", help="accept a local re-created dataset copy")
+    add_teacher_args(p, teacher_help="timm teacher name",
+                     checkpoint_help="teacher weights (required unless --pretrained or --quick)")
+    add_data_args(p, required=False)
+    p.set_defaults(teacher="cifar10_resnet20", dataset="cifar10")
     p.add_argument("--aug", default="cifar", help="augmentation recipe")
     p.add_argument("--limit", type=int, default=2048, help="views per timed run")
     p.add_argument("--batch-size", type=int, default=256, help="teacher batch size (both sides)")
@@ -83,8 +82,8 @@ def main(argv=None):
         torch.manual_seed(0)
         args.checkpoint = os.path.join(tmp, "random_teacher.pt")
         torch.save(create_teacher(args.teacher).model.state_dict(), args.checkpoint)
-    if not args.checkpoint:
-        p.error("--checkpoint is required (or --quick)")
+    if not args.checkpoint and not args.pretrained:
+        p.error("--checkpoint or --pretrained is required (or --quick)")
     bare_teacher(args)  # warm-up: imports, first-touch allocations, file cache
     bare, store = [], []
     for _ in range(args.repeats):

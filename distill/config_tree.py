@@ -1,0 +1,90 @@
+"""A tree of dataclasses built from a nested dict (parsed YAML), strictly: every key must be a
+field and every value convert losslessly to the field's type, or a UserError names the dotted
+key. distill/config.py holds the schema (its dataclasses) and uses these to load it."""
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import fields, is_dataclass
+
+from teacher_logits.errors import UserError
+
+
+def set_dotted(tree: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    node = tree
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"config key {'.'.join(parents[:depth + 1])} is a value, not a section: cannot set {key}")
+        node = child
+    node[last] = value
+
+
+def build(cls, tree, prefix: str, choices: dict):
+    if not isinstance(tree, dict):
+        raise UserError(f"config key {prefix.rstrip('.')}: expected a section (mapping), got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in tree:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (valid: {', '.join(names)})"
+            raise UserError(f"unknown config key {prefix}{key}{hint}")
+    values = {}
+    for name in tree:
+        dotted, kind = prefix + name, hints[name]
+        if is_dataclass(kind):
+            values[name] = build(kind, tree[name], dotted + ".", choices)
+        else:
+            values[name] = coerce(tree[name], kind, dotted)
+        allowed = choices[dotted]() if callable(choices.get(dotted)) else choices.get(dotted)
+        if allowed is not None and values[name] not in allowed:
+            raise UserError(f"config key {dotted}: expected one of {', '.join(map(str, allowed))}, "
+                            f"got {values[name]!r}")
+    return cls(**values)
+
+
+def coerce(value, kind, key: str):
+    """`value` as type `kind`, or a ValueError naming `key`. Only lossless conversions."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None, X | list[X] | None
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for option in options[:-1]:
+            try:
+                return coerce(value, option, key)
+            except ValueError:
+                pass
+        try:
+            return coerce(value, options[-1], key)
+        except ValueError:
+            if len(options) == 1:
+                raise
+        raise UserError(f"config key {key}: expected {' or '.join(map(type_name, options))}, got {value!r}")
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key}: expected a list, got {value!r}")
+        return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if kind is dict and isinstance(value, dict):
+        return value
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and not isinstance(value, bool):
+        # YAML 1.1 reads `3e-4` (no dot) as a string; accept any string float() accepts.
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise UserError(f"config key {key}: expected {type_name(kind)}, got {value!r}")
+
+
+def type_name(kind) -> str:
+    """'str', 'list[str]': how a type reads in an error message."""
+    return kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
