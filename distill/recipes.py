@@ -107,8 +107,9 @@ def default_input_size(recipe: str) -> int:
 
 def sizes_help() -> str:
     """'96 for stl10, 224 for imagenet, else 32': the native sizes that are not the default, for --help."""
-    special = [f"{r.native_size} for {r.name}" for r in REGISTRY.values() if r.training and r.native_size != 32]
-    return ", ".join(special + ["else 32"])
+    special = [f"{r.native_size} for {r.name}" for r in REGISTRY.values()
+               if r.training and r.native_size != DEFAULT_INPUT_SIZE]
+    return ", ".join(special + [f"else {DEFAULT_INPUT_SIZE}"])
 
 
 def recipes_help() -> str:
