@@ -30,12 +30,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WARMUP_STEPS = 3
 
 
-def train(args, mode: str, out: str, ranks: int = 1, teacher: str | None = None) -> float:
+def run_env(ranks: int = 1) -> dict:
+    return {**os.environ, "PYTHONPATH": REPO, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled",
+            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
+
+
+def bare_run(args) -> float:
+    """bare_loop(args) in a fresh process, as the trainer runs are."""
+    cmd = [sys.executable, "-m", "benchmarks.bench_student_step", "--bare-loop-run", "--store", args.store,
+           "--config", args.config, "--steps", str(args.steps), "--batch-size", str(args.batch_size), *args.overrides]
+    proc = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bare loop failed: {proc.stderr[-800:]}")
+    return float(proc.stdout.split()[-1])
+
+
+def train(args, mode: str, out: str, ranks: int = 1, teacher: str | None = None, replay: str | None = None) -> float:
     """Images/s of one training run of `args.steps` optimizer steps."""
     overrides = [f"loss.mode={mode}", f"logits.store={args.store}", f"output.dir={out}", "output.resume=none",
                  f"train.max_steps={args.steps}", "train.epochs=1000", "train.eval_every=1000",
                  "train.checkpoint_every=0", "wandb.enabled=false", f"data.test_limit={args.batch_size}",
                  f"train.batch_size={args.batch_size}", f"data.workers={args.workers}", *args.overrides]
+    overrides += [f"data.replay_device={replay}"] if replay else []
     overrides += [f"data.root={args.data_root}"] if args.data_root else []
     overrides += ["data.skip_md5=true"] if args.skip_md5 else []
     if teacher:
@@ -44,14 +60,43 @@ def train(args, mode: str, out: str, ranks: int = 1, teacher: str | None = None)
     script = os.path.join(REPO, "distill/train_student.py")
     cmd = ([sys.executable, script] if ranks == 1 else
            ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), script])
-    env = {**os.environ, "PYTHONPATH": REPO, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled",
-           "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
-    proc = subprocess.run([*cmd, "--config", args.config, *overrides], env=env, capture_output=True, text=True)
+    proc = subprocess.run([*cmd, "--config", args.config, *overrides], env=run_env(ranks), capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"train_student ({mode}) failed: {proc.stderr[-800:]}")
     log = [json.loads(line) for line in open(os.path.join(out, "train_log.jsonl"))]
     timed = log[WARMUP_STEPS - 1 :]  # steady state: after start-up, first-touch and worker spin-up
     return (len(timed) - 1) * args.batch_size * ranks / (timed[-1]["time"] - timed[0]["time"])
+
+
+def bare_loop(args) -> float:
+    """Images/s of a bare fp32 loop of the config's student at the same batch: the module the
+    trainer builds (channels-last, as the trainer makes it at fp32), one fixed random batch,
+    cross-entropy, torch's AdamW; no data, no DeepSpeed. The trainer is measured against it.
+    Run in a process of its own with the trainer runs' environment (`--bare-loop-run`)."""
+    import time
+
+    import torch
+
+    from distill.config import load_config
+    from distill.student_stage import build_model
+    from teacher_logits.manifest import load_manifest
+
+    cfg = load_config(args.config, [f"train.batch_size={args.batch_size}", *args.overrides])
+    torch.manual_seed(0)
+    model = build_model(cfg, load_manifest(args.store).settings.num_classes)[0].to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    size = cfg.data.img_size or 32
+    views, labels = torch.rand(args.batch_size, 3, size, size), torch.randint(0, 10, (args.batch_size,))
+    stamps = []
+    for _ in range(args.steps):
+        loss = torch.nn.functional.cross_entropy(model(views), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stamps.append(time.perf_counter())
+    timed = stamps[WARMUP_STEPS - 1:]  # the trainer's own warm-up rule
+    return (len(timed) - 1) * args.batch_size / (timed[-1] - timed[0])
 
 
 def main(argv=None):
@@ -66,10 +111,18 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds of all modes")
     p.add_argument("--no-ranks", action="store_true", help="skip the 1-vs-2-rank scaling run")
+    p.add_argument("--kd-replay", action="append", default=[], choices=["cpu", "cuda", "auto"],
+                   help="also run kd with this data.replay_device in each round (repeat for several; cuda on a GPU)")
+    p.add_argument("--bare", action="store_true",
+                   help="also time a bare fp32 loop of the same student and batch in each round (kd_over_bare_loop)")
     p.add_argument("--quick", action="store_true", help="digits, tiny student, random ResNet-20, 10 steps")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--bare-loop-run", action="store_true", help=argparse.SUPPRESS)  # the bare loop's own process
     p.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     args = p.parse_args(argv)
+    if args.bare_loop_run:
+        print(bare_loop(args))
+        return None
     tmp = tempfile.mkdtemp(prefix="bench_student_")
     if args.quick:
         args.config, args.steps, args.batch_size, args.workers = os.path.join(REPO, "configs/smoke_digits.yaml"), 10, 32, 0
@@ -77,17 +130,25 @@ def main(argv=None):
         args.teacher = [f"cifar10_resnet20={os.path.join(tmp, 'teacher.pt')}"]
     if not args.store:
         p.error("--store is required (or --quick)")
-    runs = [("kd", None), ("scratch", None)] + [("online", t) for t in args.teacher]
-    results = {f"{m}:{t.partition('=')[0]}" if t else m: [] for m, t in runs}
+    runs = ([("kd", None), ("scratch", None)] + [("online", t) for t in args.teacher]
+            + [("kd", f"replay_device={d}") for d in args.kd_replay] + [("bare", None)] * args.bare)
+    results = {f"{m}:{t.partition('=')[0] if m == 'online' else t}" if t else m: [] for m, t in runs}
     for r in range(args.repeats):
-        for (mode, teacher), key in zip(runs, results):
-            results[key].append(train(args, mode, os.path.join(tmp, f"{key}-{r}".replace(":", "_")), 1, teacher))
+        for (mode, variant), key in zip(runs, results):
+            out = os.path.join(tmp, f"{key}-{r}".replace(":", "_").replace("=", "_"))
+            results[key].append(bare_run(args) if mode == "bare" else
+                                train(args, mode, out, 1, variant if mode == "online" else None,
+                                      variant.partition("=")[2] if variant and mode == "kd" else None))
             print(f"{key:>32}: {results[key][-1]:8.1f} img/s", flush=True)
     summary = {"command": command_line("bench_student_step.py", argv), "repeats": args.repeats, "steps": args.steps,
                **{k: float(sum(v) / len(v)) for k, v in results.items()}}
     # each round's ratios pair runs made back to back; the headline is their median
     ratios = {"kd_over_scratch": ("kd", "scratch")}
     ratios.update({f"kd_speedup_over_{key}": ("kd", key) for key in results if key.startswith("online")})
+    ratios.update({"kd_over_bare_loop": ("kd", "bare")} if args.bare else {})
+    for d in args.kd_replay:
+        ratios[f"kd_replay_{d}_over_kd"] = (f"kd:replay_device={d}", "kd")
+        ratios.update({f"kd_replay_{d}_over_bare_loop": (f"kd:replay_device={d}", "bare")} if args.bare else {})
     for name, (a, b) in ratios.items():
         summary[f"{name}_spread"] = spread([x / y for x, y in zip(results[a], results[b])])
         summary[name] = summary[f"{name}_spread"]["median"]

@@ -213,11 +213,13 @@ def run(args) -> dict:
     loader = DataLoader(views, batch_size=args.batch_size, num_workers=args.workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     writer, correct = ShardWriter(out, todo, manifest), 0
+    # not part of the store's settings: a compiled teacher computes the same function, re-fused
+    labeller = torch.compile(teacher) if args.compile and todo else teacher
     with tqdm(total=len(views), unit="img", desc=f"labelling {len(todo)} shards", disable=rank != 0,
               file=sys.stderr, dynamic_ncols=True) as bar:
         try:
             for batch in loader:
-                labelled = label_batch(teacher, batch, settings, device, args.precision)
+                labelled = label_batch(labeller, batch, settings, device, args.precision)
                 writer.add(labelled.columns)
                 correct += labelled.correct
                 bar.update(len(batch["index"]))

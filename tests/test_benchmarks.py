@@ -49,10 +49,11 @@ def test_bench_memory_quick(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_bench_student_step_quick():
-    result = bench_student_step.main(["--quick", "--no-ranks"])
-    assert {"kd", "scratch", "online:cifar10_resnet20"} <= set(result)
-    assert finite_positive(result["kd"], result["scratch"], result["online:cifar10_resnet20"],
-                           result["kd_over_scratch"], result["kd_speedup_over_online:cifar10_resnet20"])
+    result = bench_student_step.main(["--quick", "--no-ranks", "--bare", "--kd-replay", "auto"])
+    assert {"kd", "scratch", "online:cifar10_resnet20", "bare"} <= set(result)
+    assert finite_positive(result["kd"], result["scratch"], result["online:cifar10_resnet20"], result["bare"],
+                           result["kd_over_scratch"], result["kd_speedup_over_online:cifar10_resnet20"],
+                           result["kd_over_bare_loop"], result["kd_replay_auto_over_kd"])
 
 
 def test_bench_distill_quick(tmp_path):
@@ -83,3 +84,12 @@ def test_bench_replay_quick():
         assert finite_positive(r["scoped_views_per_s"], r["unscoped_views_per_s"], r["ratio"])
         assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
     assert result["command"].startswith("python benchmarks/bench_replay.py") and "--quick" in result["command"]
+
+
+def test_bench_student_fixes_quick():
+    from benchmarks import bench_student_fixes
+
+    result = bench_student_fixes.main(["--quick"])
+    assert set(result["images_per_s"]) == {"cifar_vit:as_shipped", "cifar_vit:nn_dropout", "cifar_cnn:channels_last",
+                                           "cifar_cnn:contiguous"}
+    assert finite_positive(result["cifar_vit_speedup"]["median"], result["cifar_cnn_speedup"]["median"])
