@@ -59,18 +59,19 @@ def mixed_store(cifar_root, teacher_ckpt, tmp_path_factory):
     return LogitStore(str(out))
 
 
-def test_a_store_streams_the_same_batches_replayed_on_the_device(mixed_store, train_set):
+@pytest.mark.parametrize("batch_size, cpu_workers", [(16, 2), (48, 0)])  # 48: a last batch of 24
+def test_a_store_streams_the_same_batches_replayed_on_the_device(mixed_store, train_set, batch_size, cpu_workers):
     maker = store_view_maker(train_set, mixed_store)
     labels = labels_of(train_set)[:120]
     replay = DeviceReplay(train_set, maker.recipe, maker.mixing, 120, "cpu")
-    for epoch, skip in ((0, 0), (1, 0), (1, 3)):
+    for epoch, skip in ((0, 0), (1, 0), (1, 1)):
         runs = []
-        for device_replay, workers in ((None, 2), (replay, 0)):
-            stream = StoreViews(mixed_store, maker, labels, 16, replay=device_replay)
+        for device_replay, workers in ((None, cpu_workers), (replay, 0)):
+            stream = StoreViews(mixed_store, maker, labels, batch_size, replay=device_replay)
             stream.set_epoch(epoch, skip_batches=skip)
             runs.append(list(stream.batches(num_workers=workers)))
         cpu, device = runs
-        assert len(cpu) == len(device) == -(-120 // 16) - skip
+        assert len(cpu) == len(device) == -(-120 // batch_size) - skip
         for a, b in zip(cpu, device):
             for name in ("view", "label", "partner_label", "lam", "index", "seed", "mix_partner"):
                 assert torch.equal(getattr(a, name), getattr(b, name)), (epoch, name)
