@@ -84,10 +84,11 @@ def bare_loop(args) -> float:
 
     cfg = load_config(args.config, [f"train.batch_size={args.batch_size}", *args.overrides])
     torch.manual_seed(0)
-    model = build_model(cfg, load_manifest(args.store).settings.num_classes)[0].to(memory_format=torch.channels_last)
+    classes = load_manifest(args.store).settings.num_classes
+    model = build_model(cfg, classes)[0].to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
     size = cfg.data.img_size or 32
-    views, labels = torch.rand(args.batch_size, 3, size, size), torch.randint(0, 10, (args.batch_size,))
+    views, labels = torch.rand(args.batch_size, 3, size, size), torch.randint(0, classes, (args.batch_size,))
     stamps = []
     for _ in range(args.steps):
         loss = torch.nn.functional.cross_entropy(model(views), labels)
@@ -130,15 +131,15 @@ def main(argv=None):
         args.teacher = [f"cifar10_resnet20={os.path.join(tmp, 'teacher.pt')}"]
     if not args.store:
         p.error("--store is required (or --quick)")
-    runs = ([("kd", None), ("scratch", None)] + [("online", t) for t in args.teacher]
-            + [("kd", f"replay_device={d}") for d in args.kd_replay] + [("bare", None)] * args.bare)
-    results = {f"{m}:{t.partition('=')[0] if m == 'online' else t}" if t else m: [] for m, t in runs}
+    runs = {"kd": ("kd", None, None), "scratch": ("scratch", None, None)}  # key: (mode, teacher, replay device)
+    runs.update({f"online:{t.partition('=')[0]}": ("online", t, None) for t in args.teacher})
+    runs.update({f"kd:replay_device={d}": ("kd", None, d) for d in args.kd_replay})
+    runs.update({"bare": ("bare", None, None)} if args.bare else {})
+    results = {key: [] for key in runs}
     for r in range(args.repeats):
-        for (mode, variant), key in zip(runs, results):
+        for key, (mode, teacher, replay) in runs.items():
             out = os.path.join(tmp, f"{key}-{r}".replace(":", "_").replace("=", "_"))
-            results[key].append(bare_run(args) if mode == "bare" else
-                                train(args, mode, out, 1, variant if mode == "online" else None,
-                                      variant.partition("=")[2] if variant and mode == "kd" else None))
+            results[key].append(bare_run(args) if mode == "bare" else train(args, mode, out, 1, teacher, replay))
             print(f"{key:>32}: {results[key][-1]:8.1f} img/s", flush=True)
     summary = {"command": command_line("bench_student_step.py", argv), "repeats": args.repeats, "steps": args.steps,
                **{k: float(sum(v) / len(v)) for k, v in results.items()}}
