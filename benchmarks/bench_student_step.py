@@ -100,6 +100,19 @@ def bare_loop(args) -> float:
     return (len(timed) - 1) * args.batch_size / (timed[-1] - timed[0])
 
 
+def ratio_pairs(results: dict) -> dict:
+    """name -> (numerator run, denominator run) of every ratio the runs allow. Each round's
+    ratio pairs runs made back to back; the headline is their median over the rounds."""
+    ratios = {"kd_over_scratch": ("kd", "scratch")}
+    ratios.update({f"kd_speedup_over_{key}": ("kd", key) for key in results if key.startswith("online")})
+    ratios.update({"kd_over_bare_loop": ("kd", "bare")} if "bare" in results else {})
+    for key in (k for k in results if k.startswith("kd:replay_device=")):
+        device = key.partition("=")[2]
+        ratios[f"kd_replay_{device}_over_kd"] = (key, "kd")
+        ratios.update({f"kd_replay_{device}_over_bare_loop": (key, "bare")} if "bare" in results else {})
+    return ratios
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--store", help="logit store the kd runs read (all modes train on its views)")
@@ -143,14 +156,7 @@ def main(argv=None):
             print(f"{key:>32}: {results[key][-1]:8.1f} img/s", flush=True)
     summary = {"command": command_line("bench_student_step.py", argv), "repeats": args.repeats, "steps": args.steps,
                **{k: float(sum(v) / len(v)) for k, v in results.items()}}
-    # each round's ratios pair runs made back to back; the headline is their median
-    ratios = {"kd_over_scratch": ("kd", "scratch")}
-    ratios.update({f"kd_speedup_over_{key}": ("kd", key) for key in results if key.startswith("online")})
-    ratios.update({"kd_over_bare_loop": ("kd", "bare")} if args.bare else {})
-    for d in args.kd_replay:
-        ratios[f"kd_replay_{d}_over_kd"] = (f"kd:replay_device={d}", "kd")
-        ratios.update({f"kd_replay_{d}_over_bare_loop": (f"kd:replay_device={d}", "bare")} if args.bare else {})
-    for name, (a, b) in ratios.items():
+    for name, (a, b) in ratio_pairs(results).items():
         summary[f"{name}_spread"] = spread([x / y for x, y in zip(results[a], results[b])])
         summary[name] = summary[f"{name}_spread"]["median"]
         print(f"{name:>48}: {describe(summary[f'{name}_spread'])}", flush=True)
