@@ -119,7 +119,8 @@ def make_store(args, epochs: int) -> dict:
     pairs = [a for name, ckpt in (t.split("=", 1) for t in args.teacher) for a in ("--teacher", name, "--checkpoint", ckpt)]
     cmd = [sys.executable, f"{REPO}/tools/save_logits.py", *pairs, "--dataset", "cifar10", *data_flags(args),
            "--aug", "cifar", "--mixup", str(args.mixup), "--cutmix", str(args.cutmix), "--topk", str(args.topk),
-           "--epochs", str(epochs), "--workers", "1", "--out", path, *(["--limit", str(args.limit)] * bool(args.limit))]
+           "--epochs", str(epochs), "--workers", "1", "--out", path, *(["--limit", str(args.limit)] * bool(args.limit)),
+           *(["--flip-average"] * getattr(args, "flip_average", False))]
     done = json.load(open(record)) if os.path.isfile(record) else {}
     if done.get("epochs", 0) < epochs:  # none yet, or grown: only the new epochs are labelled
         wall = run(cmd, os.path.join(args.out, "store.log"))

@@ -27,16 +27,24 @@ def file_sha256(path: str | None) -> str | None:
 
 
 def teacher_settings(names: list[str], checkpoints: list[str | None], pretrained: bool, weights: list[float],
-                     precision: str) -> dict:
+                     precision: str, flip_average: bool = False) -> dict:
     """The teacher fingerprint of a store. One teacher: {name, checkpoint_sha256, pretrained,
     precision}, as stores have always recorded it. Several: every member's {name,
-    checkpoint_sha256, pretrained}, the normalised weights, and the precision."""
+    checkpoint_sha256, pretrained}, the normalised weights, and the precision. A store of
+    flip-averaged targets (`FlipAveraged`) adds flip_average: true; others keep the old keys."""
     if len(names) == 1:
-        return {"name": names[0], "checkpoint_sha256": file_sha256(checkpoints[0]), "pretrained": bool(pretrained),
-                "precision": precision}
-    return {"members": [{"name": n, "checkpoint_sha256": file_sha256(c), "pretrained": bool(pretrained)}
-                        for n, c in zip(names, checkpoints)],
-            "weights": list(weights), "precision": precision}
+        found = {"name": names[0], "checkpoint_sha256": file_sha256(checkpoints[0]), "pretrained": bool(pretrained),
+                 "precision": precision}
+    else:
+        found = {"members": [{"name": n, "checkpoint_sha256": file_sha256(c), "pretrained": bool(pretrained)}
+                             for n, c in zip(names, checkpoints)],
+                 "weights": list(weights), "precision": precision}
+    return found | ({"flip_average": True} if flip_average else {})
+
+
+def flip_averaged(stored: dict) -> bool:
+    """Whether a store's targets average the teacher over each view and its mirror image."""
+    return bool(stored.get("flip_average", False))
 
 
 def store_teachers(stored: dict, names, checkpoints, pretrained: bool) -> tuple[list, list, list[float]]:

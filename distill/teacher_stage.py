@@ -25,7 +25,7 @@ from tqdm import tqdm
 from distill import distributed
 from distill.augment import Mixing, ViewMaker
 from distill.datasets import DatasetError, build_dataset, fingerprint, labels_of, num_classes_of
-from distill.models import create_teachers
+from distill.models import FlipAveraged, create_teachers
 from distill.replay import TeacherViews
 from distill.store_teachers import check_pretrained_heads, teacher_settings, teacher_spec
 from teacher_logits.codec import MAX_CLASSES
@@ -49,7 +49,8 @@ def store_settings(args, data_fp: dict, maker: ViewMaker, num_classes: int) -> S
     names, checkpoints, weights = teacher_spec(args)
     return StoreSettings(args.topk, num_classes, args.values, args.epochs, args.seed, args.shard_records,
                          args.chunk_records, data_fp, maker.fingerprint(),
-                         teacher_settings(names, checkpoints, args.pretrained, weights, args.precision))
+                         teacher_settings(names, checkpoints, args.pretrained, weights, args.precision,
+                                          args.flip_average))
 
 
 def open_store(out: StoreLocation, settings: StoreSettings, rank: int) -> Manifest:
@@ -146,6 +147,7 @@ def load_inputs(args, names, checkpoints, weights, device):
     classes = num_classes_of(args.dataset, dataset)
     check_pretrained_heads(names, checkpoints, args.pretrained, classes, args.dataset)
     teacher = create_teachers(names, checkpoints, args.pretrained, classes, weights).to(device)
+    teacher = FlipAveraged(teacher) if args.flip_average else teacher
     if teacher.num_classes > MAX_CLASSES:
         raise UserError(f"--teacher {' '.join(names)} has {teacher.num_classes} classes; the store holds at most "
                        f"{MAX_CLASSES} (uint16 class indices): use a teacher with fewer classes")

@@ -193,3 +193,33 @@ def test_ensemble_module_returns_log_of_the_weighted_mean():
     expected = 0.25 * torch.tensor(a).softmax(-1) + 0.75 * torch.tensor(b).softmax(-1)
     torch.testing.assert_close(probs, expected.expand(2, -1), rtol=1e-6, atol=1e-7)
     assert ensemble.weights == [0.25, 0.75] and ensemble.num_classes == 3
+
+
+def test_flip_averaged_targets_are_the_mean_over_the_view_and_its_mirror(teachers, tmp_path, capsys):
+    """--flip-average: the stored target is the mean of the teacher's probabilities on the view and
+    on its mirror image (not the plain view's), the store says so, and verify re-checks it."""
+    from distill.models import create_teacher
+
+    out = tmp_path / "flip"
+    tool("save_logits").main([str(a) for a in [*pairs(teachers[:1]), *BASE, "--flip-average", "--out", out]])
+    store = LogitStore(out)
+    assert store.settings.teacher["flip_average"] is True
+    data, aug = store.settings.dataset, store.settings.augmentation
+    maker = ViewMaker(build_dataset("digits", None, train=True), aug["recipe"], num_samples=data["size"])
+    cols = [store.read(entry) for entry in store.shards()]
+    cols = {k: np.concatenate([c[k] for c in cols]) for k in cols[0]}
+    views = torch.stack([maker(int(i), int(s))[0] for i, s in zip(cols["index"], cols["seed"])])
+    teacher = create_teacher(R20, teachers[0], num_classes=10)
+    with torch.no_grad():
+        plain, mirrored = (teacher(v).double().softmax(1).numpy() for v in (views, views.flip(-1)))
+    idx = cols["topk_idx"].astype(np.int64)
+    stored, _ = decode_values(cols["topk_val"], store.settings.values, 10)
+    expected = np.take_along_axis((plain + mirrored) / 2, idx, 1)
+    np.testing.assert_allclose(stored, expected, rtol=0.13, atol=1e-6)  # the 8-bit codec's bound, as above
+    assert np.abs(stored - expected).mean() < 0.01
+    assert np.abs(np.take_along_axis(plain, idx, 1) - expected).max() > 0.05  # the mirror changed the targets
+
+    code, text, err = call_tool("verify_logits", [out, *pairs(teachers[:1]), "--check", "64", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert float(text.split("top-1 agreement ")[1].split("%")[0]) == 100.0
+    assert float(text.split("mean |p - stored p| ")[1].split()[0]) < 0.01

@@ -86,3 +86,27 @@ def test_bench_seeds_quick(tmp_path):
     assert json.loads((tmp_path / "seeds.json").read_text())["rows"]["s1_vit"]["kd_top1"] == row["kd_top1"]
     again = bench_seeds.main(["--quick", "--data-root", str(cifar_root), "--skip-md5", "--out", str(out)])
     assert again["rows"]["s1_vit"]["runs"] == row["runs"], "a re-run keeps the finished runs"
+
+
+def test_bench_tinyvit_quick(tmp_path):
+    """TinyViT-5M on 256 images for one epoch: scratch (no store), kd and one ablation from one
+    stored epoch; a second call with --report trains nothing and reports the same runs."""
+    from benchmarks import bench_tinyvit
+
+    cifar_root = write_cifar(tmp_path / "data", per_batch=60)
+    out, report = tmp_path / "tinyvit", tmp_path / "tinyvit.json"
+    result = bench_tinyvit.main(["--quick", "--data-root", str(cifar_root), "--skip-md5", "--out", str(out),
+                                 "--json", str(report)])
+    assert set(result["runs"]) == {"scratch", "kd", "kd-T2"}
+    for name, r in result["runs"].items():
+        assert r["finished"] and r["epochs"] == 1 and r["curve"][-1][0] == 1 and 0 <= r["test_top1"] <= 100, name
+        assert "output.dir=" in r["command"] and ("logits.store=null" in r["command"]) == (name == "scratch")
+    assert "loss.temperature=2.0" in result["runs"]["kd-T2"]["command"]
+    budget = result["by_budget"]["1"]
+    assert budget["best_scratch"] == "scratch" and budget["ablations_minus_kd"].keys() == {"kd-T2"}
+    assert budget["kd_minus_best_scratch"] == round(result["runs"]["kd"]["test_top1"] - result["runs"]["scratch"]["test_top1"], 2)
+    assert json.loads(report.read_text())["runs"] == json.loads(json.dumps(result["runs"]))
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    again = bench_tinyvit.main(["--quick", "--data-root", str(cifar_root), "--skip-md5", "--out", str(out), "--report"])
+    assert again["runs"] == result["runs"]
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}

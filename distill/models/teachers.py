@@ -17,7 +17,7 @@ from teacher_logits.errors import UserError
 
 from .weights import load_weights
 
-__all__ = ["Preprocessed", "TeacherEnsemble", "create_teacher", "create_teachers", "ensemble_spec", "load_weights"]
+__all__ = ["FlipAveraged", "Preprocessed", "TeacherEnsemble", "create_teacher", "create_teachers", "ensemble_spec", "load_weights"]
 
 
 class Preprocessed(nn.Module):
@@ -110,6 +110,20 @@ class TeacherEnsemble(nn.Module):
     def forward(self, x):
         logp = torch.stack([m(x).float().log_softmax(dim=-1) for m in self.members])  # (T, N, C)
         return torch.logsumexp(logp + self.log_weights.view(-1, 1, 1), dim=0)
+
+
+class FlipAveraged(nn.Module):
+    """A teacher's output averaged over the view and its mirror image: the log of the mean of
+    its probabilities on both (the flip test-time augmentation of CIFAR classifiers), computed
+    as the ensemble's, so that `softmax` of the output is that mean. Costs two teacher passes."""
+
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher, self.num_classes = teacher, teacher.num_classes
+
+    def forward(self, x):
+        logp = torch.stack([self.teacher(v).float().log_softmax(dim=-1) for v in (x, x.flip(-1))])
+        return torch.logsumexp(logp, dim=0) - math.log(2)
 
 
 def normalised_weights(weights, count: int, flag: str = "--teacher-weights", prefix: str = ""):

@@ -63,6 +63,10 @@ def parse_args(argv=None):
     p.add_argument("--chunk-records", type=int, default=4096, help="records per compressed chunk in a shard")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="teacher inference precision")
+    p.add_argument("--flip-average", action="store_true",
+                   help="store the teacher's probabilities averaged over each view and its mirror image (flip "
+                        "test-time augmentation; two teacher passes a view; recorded in the store, re-checked by "
+                        "verify_logits --check)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the teacher (inductor): minutes of compilation on the first batches, "
                         "repaid on a long store on a GPU; stored values may differ from eager's in the last bits")

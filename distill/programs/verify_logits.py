@@ -57,8 +57,8 @@ def check_with_teacher(args) -> dict:
     from distill.replay import store_view_maker
     from distill.datasets import build_dataset, fingerprint
     from distill.distributed import resolve_device
-    from distill.models import create_teachers
-    from distill.store_teachers import check_teacher, store_teachers
+    from distill.models import FlipAveraged, create_teachers
+    from distill.store_teachers import check_teacher, flip_averaged, store_teachers
     from teacher_logits.manifest import StoreError, differences
     from teacher_logits.reader import LogitStore
 
@@ -75,6 +75,7 @@ def check_with_teacher(args) -> dict:
                          f"({'; '.join(diff)} [store != data]): pass the data the store was made from")
     maker = store_view_maker(dataset, store, data["size"])
     teacher = create_teachers(names, checkpoints, args.pretrained, store.num_classes, weights).to(device)
+    teacher = FlipAveraged(teacher) if flip_averaged(store.settings.teacher) else teacher
     return check_teacher(store, teacher, maker, args.check, device)
 
 
