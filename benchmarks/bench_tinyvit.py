@@ -137,6 +137,32 @@ def collect(args, key: str, overrides: list[str]) -> dict | None:
             "curve": [(c["epoch"], c["top1"], c["wall_s"]) for c in curve], "command": as_typed(cmd)}
 
 
+def store_teacher_top1(args) -> float:
+    """Test top-1 of the teacher as the store applies it: the ensemble of --teacher, flip-averaged
+    with --flip-average (evaluate.py scores each member alone). Kept in OUT/store_teacher.json."""
+    record = os.path.join(args.out, "store_teacher.json")
+    if os.path.isfile(record):
+        return json.load(open(record))["top1"]
+    import torch
+
+    from distill.datasets import build_dataset
+    from distill.evaluation import test_views_loader
+    from distill.models import FlipAveraged, create_teachers
+
+    names, checkpoints = zip(*(spec.split("=", 1) for spec in args.teacher))
+    teacher = create_teachers(list(names), list(checkpoints), num_classes=10)
+    teacher = FlipAveraged(teacher) if args.flip_average else teacher
+    dataset = build_dataset("cifar10", args.data_root, train=False, skip_md5=args.skip_md5)
+    correct = seen = 0
+    with torch.no_grad():
+        for batch in test_views_loader(dataset, 32, 500, limit=200 if args.quick else None):
+            correct += int((teacher(batch["view"]).argmax(1) == batch["label"]).sum())
+            seen += len(batch["label"])
+    with open(record, "w") as f:
+        json.dump({"top1": 100 * correct / seen, "test_images": seen}, f)
+    return 100 * correct / seen
+
+
 def comparisons(runs: dict, epochs: int, teacher_s: float) -> dict:
     """At one budget: the best scratch, kd's margin over it, and when kd first reached it."""
     done = {k.split("@")[0]: r for k, r in runs.items() if k.endswith(f"@{epochs}") and r and r["finished"]}
@@ -186,7 +212,9 @@ def report(args, runs, argv) -> dict:
     results = {"command": "python benchmarks/bench_tinyvit.py " + shlex.join(sys.argv[1:] if argv is None else argv),
                "train_images": args.limit or 50000, "test_images": 200 if args.quick else 10000,
                "student": "tiny_vit_5m (32 px)", "config": os.path.relpath(CONFIG, REPO),
-               "teacher": args.teacher, "teacher_top1": teacher_top1(args) if store else None,
+               "teacher": args.teacher, "flip_average": args.flip_average,
+               "teacher_top1": store_teacher_top1(args) if store else None,
+               "teacher_members_top1": teacher_top1(args) if store else None,
                "store": store, "runs": {}, "by_budget": {}}
     for key, r in collected.items():
         name, epochs = key.split("@")
@@ -223,8 +251,8 @@ def plot(results, path: str) -> None:
             if r["epochs"] == epochs:
                 x, top1, _ = zip(*r["curve"])
                 ax.plot(x, top1, marker="o", ms=2, label=f"{name.split('@')[0]} ({r['test_top1']:.1f}%)")
-        for teacher, top1 in (results["teacher_top1"] or {}).items():
-            ax.axhline(top1, color="gray", ls="--", label=f"teacher {teacher.split('=')[0]} ({top1:.1f}%)")
+        if results["teacher_top1"] is not None:
+            ax.axhline(results["teacher_top1"], color="gray", ls="--", label=f"teacher ({results['teacher_top1']:.1f}%)")
         ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=f"TinyViT-5M, CIFAR-10, {epochs} epochs")
     save_curves(fig, axes[0], path)
 
