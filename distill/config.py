@@ -101,6 +101,7 @@ class Output:
     resume: str = "auto"  # auto: continue from the newest complete checkpoint in dir, if it is a run of this
     # config; none: start over; continue: resume a run of another config deliberately (distill/run_folder.py)
     overwrite: bool = False  # write into a dir that holds files this trainer did not write
+    license: str | None = None  # the export's licence (config.json, model card), e.g. apache-2.0; None: none claimed
 
 
 @dataclass

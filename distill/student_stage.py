@@ -213,22 +213,28 @@ def train(cfg) -> None:
         log.evaluation(at, evaluate(engine, data.test_set, data.num_classes, cfg, rank, world, dtype))
     torch.distributed.barrier()  # every rank's checkpoint files are written
     if rank == 0:
-        export(engine, cfg, config, export_info, out_dir)
+        export(engine, cfg, config, export_info, out_dir, log.last_eval, data)
     log.finish(at, world)
     torch.distributed.barrier()
 
 
-def export(engine, cfg, config: dict, export_info: dict, out_dir: Path) -> Path:
+def export(engine, cfg, config: dict, export_info: dict, out_dir: Path, scores: dict, data) -> Path:
     """out_dir/final: model.pt (plain fp32 state_dict) and config.yaml (+ a `student` section)
     for this project's tools; the same weights as model.safetensors with timm's config.json for
-    any timm user (`timm.create_model("local-dir:RUN/final", pretrained=True)`, the hub)."""
+    any timm user (`timm.create_model("local-dir:RUN/final", pretrained=True)`, the hub), and
+    README.md, the Hugging Face model card (distill/model_card.py)."""
+    from distill.model_card import export_tag, write_model_card
     from distill.models.timm_export import save_for_timm
 
     final = out_dir / "final"
     final.mkdir(exist_ok=True)
     state = export_state_dict(engine, cfg.deepspeed.zero_stage, out_dir / "checkpoints")
     torch.save(state, final / "model.pt")
-    save_for_timm(engine.module.model, state, export_info, final)
+    classes = [str(c) for c in getattr(data.test_set, "classes", None) or []]
+    save_for_timm(engine.module.model, state, export_info, final, export_tag(config), cfg.output.license,
+                  classes if len(classes) == data.num_classes else None)
     (final / "config.yaml").write_text(yaml.safe_dump({**config, "student": export_info}, sort_keys=False))
+    store = data.store_views.store if data.store_views is not None else None
+    write_model_card(final, config, export_info, scores, store)
     return final
 
