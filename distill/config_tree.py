@@ -46,6 +46,30 @@ def build(cls, tree, prefix: str, choices: dict):
     return cls(**values)
 
 
+def dotted_keys(cls, prefix: str = "") -> list[str]:
+    """Every leaf key of a dataclass tree, dotted: ['data.dataset', 'data.root', ...]."""
+    hints = typing.get_type_hints(cls)
+    return [key for f in fields(cls) for key in (dotted_keys(hints[f.name], f"{prefix}{f.name}.")
+                                                 if is_dataclass(hints[f.name]) else [prefix + f.name])]
+
+
+def closest(name: str, keys: list[str]) -> str | None:
+    """The dotted key that a flag-like `name` ('data-root', 'warmup-epochs', 'warmup') most
+    likely means: the whole key spelled with '_', then its last part, then the only last part
+    starting with it, then the closest spelling; None if nothing is close."""
+    name = name.replace("-", "_").lower()
+    whole = {key.replace(".", "_"): key for key in keys}
+    last = {key: key.rsplit(".", 1)[-1] for key in keys}
+    for matches in ([whole[name]] if name in whole else [], [k for k in keys if last[k] == name],
+                    [k for k in keys if last[k].startswith(name)]):
+        if len(matches) == 1:
+            return matches[0]
+    spelled = difflib.get_close_matches(name, [*whole, *last.values()], n=1, cutoff=0.75)
+    if not spelled:
+        return None
+    return whole.get(spelled[0]) or next(k for k in keys if last[k] == spelled[0])
+
+
 def coerce(value, kind, key: str):
     """`value` as type `kind`, or a ValueError naming `key`. Only lossless conversions."""
     args = typing.get_args(kind)

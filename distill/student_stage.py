@@ -36,7 +36,7 @@ from distill.config import TEACHER_KEYS, check_runnable, load_config, resolved_c
 from distill.datasets import STATS
 from distill.recipes import test_view_spec
 from distill.distributed import port_in_use_said, set_single_process_env
-from distill.engine import Checkpoints, Position, build_engine, export_state_dict
+from distill.engine import Checkpoints, Position, build_engine, compute_dtype, deepspeed_config, export_state_dict
 from distill.evaluation import test_views_loader
 from distill.loss import DistillationLoss
 from distill.metrics import MetricAccumulator
@@ -110,7 +110,7 @@ def evaluate(engine, test_set, num_classes, cfg, rank, world, dtype):
 def optimizer_steps(engine, batches, criterion, teacher, cfg, at: Position, rank: int):
     """Train on `batches`, yielding (loss, lr, seconds) after each optimizer step (grad_accum
     micro-steps); the caller advances `at` before the next micro-step reads it."""
-    dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
+    dtype = compute_dtype(cfg)
     micro, step_loss, tick = 0, 0.0, time.time()
     for batch in batches:
         # dropout / drop-path draw from here: a function of the step, so a resumed run repeats them
@@ -159,7 +159,8 @@ def join_process_group() -> tuple[int, int]:
 def train(cfg) -> None:
     """One training run of `cfg` (see the module docstring); every rank calls it."""
     rank, world = join_process_group()
-    changed = check_run_folder(cfg)  # before anything is read or written
+    deepspeed_config(cfg)  # precision and a deepspeed.config file checked before anything is read or written
+    changed = check_run_folder(cfg)
     data = load_data(cfg, rank, world)
     steps_per_epoch = data.steps_per_epoch(cfg.train.grad_accum, world)
     schedule_steps = cfg.train.epochs * steps_per_epoch  # train.max_steps stops early, as a kill would
@@ -173,7 +174,7 @@ def train(cfg) -> None:
                                  cfg.loss.teacher_target, cfg.loss.standardize)
     engine = build_engine(cfg, model, steps_per_epoch, schedule_steps)
     teacher = teacher.to(engine.device) if teacher is not None else None
-    dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
+    dtype = compute_dtype(cfg)
 
     out_dir = Path(cfg.output.dir)
     checkpoints = Checkpoints(engine, out_dir / "checkpoints", rank)
