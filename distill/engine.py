@@ -74,6 +74,17 @@ class Position:
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
 
 
+def check_schedule(cfg) -> None:
+    """A warm-up as long as training or longer never reaches optim.lr nor decays: warned (not
+    refused: a shortened run of a published config, e.g. one epoch of bench_seeds, may mean it)."""
+    from distill.distributed import env_rank
+
+    if cfg.optim.warmup_epochs and cfg.optim.warmup_epochs >= cfg.train.epochs and env_rank()[0] == 0:
+        print(f"warning: config key optim.warmup_epochs ({cfg.optim.warmup_epochs:g}) is not shorter than "
+              f"train.epochs ({cfg.train.epochs}): the learning rate never reaches optim.lr nor decays; lower "
+              "optim.warmup_epochs or raise train.epochs")
+
+
 def lr_factor(step, warmup_steps, total_steps, min_ratio):
     """Linear warm-up to 1, then cosine decay to min_ratio at total_steps.
 

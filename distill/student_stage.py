@@ -35,12 +35,13 @@ from distill.augment import derive_seed
 from distill.config import TEACHER_KEYS, check_runnable, load_config, resolved_config
 from distill.datasets import STATS
 from distill.recipes import test_view_spec
-from distill.distributed import port_in_use_said, set_single_process_env
-from distill.engine import Checkpoints, Position, build_engine, compute_dtype, deepspeed_config, export_state_dict
+from distill.distributed import capped_workers, env_rank, port_in_use_said, set_rank_threads, set_single_process_env
+from distill.engine import (Checkpoints, Position, build_engine, check_schedule, compute_dtype, deepspeed_config,
+                           export_state_dict)
 from distill.evaluation import test_views_loader
 from distill.loss import DistillationLoss
 from distill.metrics import MetricAccumulator
-from distill.run_folder import check_run_folder, record_run
+from distill.run_folder import check_run_folder, finished_run, record_run
 from distill.run_log import RunLog
 from distill.student_data import load_data
 from distill.tracking import resolve_mode
@@ -135,13 +136,21 @@ def optimizer_steps(engine, batches, criterion, teacher, cfg, at: Position, rank
             step_loss, tick = 0.0, time.time()
 
 
-def run(config_path, overrides=()) -> None:
+def run(config_path, overrides=(), reevaluate: bool = False) -> None:
     """Load and check a config (refusing bad keys, values and W&B modes before anything is
-    written), then train it."""
+    written), then train it; a finished run of it is only reported, unless `reevaluate`."""
     cfg = load_config(config_path, list(overrides))
     check_runnable(cfg)
+    check_schedule(cfg)
     resolve_mode(cfg.wandb.mode)
-    train(cfg)
+    finished = None if reevaluate else finished_run(cfg)
+    if finished is None:
+        train(cfg)
+    elif env_rank()[0] == 0:
+        scores = finished["eval"]
+        print(f"{cfg.output.dir}: this run has finished: top1 {scores['top1']:.2f}% top5 {scores['top5']:.2f}% after "
+              f"{finished['steps']} steps (metrics.json); model in {Path(cfg.output.dir) / 'final'}. Nothing to do "
+              "(--reevaluate evaluates and exports it again)")
 
 
 def join_process_group() -> tuple[int, int]:
@@ -159,6 +168,8 @@ def join_process_group() -> tuple[int, int]:
 def train(cfg) -> None:
     """One training run of `cfg` (see the module docstring); every rank calls it."""
     rank, world = join_process_group()
+    threads = set_rank_threads()
+    cfg.data.workers = capped_workers(cfg.data.workers, "data.workers", say=rank == 0)
     deepspeed_config(cfg)  # precision and a deepspeed.config file checked before anything is read or written
     changed = check_run_folder(cfg)
     data = load_data(cfg, rank, world)
@@ -185,7 +196,8 @@ def train(cfg) -> None:
     if checkpoints.loaded_from:
         log.say(f"resumed from {checkpoints.loaded_from}: epoch {at.epoch}, step {at.step_in_epoch} of "
                 f"{steps_per_epoch}, global step {at.global_step}")
-    log.say(f"{cfg.model.name} on {cfg.data.dataset} ({data.size} samples, {world} rank(s)), mode {cfg.loss.mode}: "
+    log.say(f"{cfg.model.name} on {cfg.data.dataset} ({data.size} samples, {world} rank(s) of {threads} thread(s)), "
+            f"mode {cfg.loss.mode}: "
             f"{steps_per_epoch} steps/epoch, {total_steps} steps in all")
 
     while at.global_step < total_steps and at.epoch < cfg.train.epochs:

@@ -193,6 +193,8 @@ def run(args) -> dict:
     out_existed, fresh = out.exists(), not out.exists(MANIFEST)
     device = distributed.resolve_device(args.device)
     rank, world = distributed.init_process_group(device)
+    distributed.set_rank_threads()
+    args.workers = distributed.capped_workers(args.workers, "--workers", say=rank == 0)
     dataset, size, teacher, maker = load_inputs(args, names, checkpoints, weights, device)
     if args.shard_records is None:  # a store being resumed or grown keeps its own
         args.shard_records = default_shard_records(size, args.chunk_records) if fresh else \

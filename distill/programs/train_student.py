@@ -46,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (the file, then the overrides) as YAML, and exit; the output "
                         "is itself a config for --config")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="a finished run of this config (output.dir) is only reported; this evaluates it and "
+                        "exports it again")
     aliases = p.add_argument_group("aliases of config keys (timm's flags)")
     for flag, (key, options) in FLAG_KEYS.items():
         options = dict(options)
@@ -89,7 +92,7 @@ def main(argv=None):
         return
     from distill.student_stage import run  # after --help: importing the stage takes seconds
 
-    run(args.config, args.overrides)
+    run(args.config, args.overrides, reevaluate=args.reevaluate)
 
 
 def cli() -> None:
