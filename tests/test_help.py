@@ -9,7 +9,7 @@ from conftest import REPO
 
 PROGRAMS = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("tools/*.py"), *REPO.glob("benchmarks/*.py")]
                   if p.name not in ("__init__.py", "bench_report.py"))
-PROGRAMS.append("distill/train_student.py")
+PROGRAMS += ["distill/train_student.py", "distill/programs/list_models.py"]
 
 
 def parser_of(path: str) -> argparse.ArgumentParser:

@@ -187,3 +187,14 @@ def test_export_has_a_hugging_face_model_card(export_64px):
     top1, top5 = card.data.eval_results
     assert top1.metric_value == round(metrics["top1"], 2) and top5.metric_value == round(metrics["top5"], 2)
     assert "`cifar_vit`" in card.text and "labels only" in card.text and "timm.create_model" in card.text
+
+
+def test_a_run_folder_or_export_folder_names_the_exports_weights(export_64px):
+    """model.init (and every --checkpoint) takes RUN/final or RUN itself."""
+    from distill.models.weights import weights_file
+
+    assert weights_file(export_64px) == weights_file(export_64px.parent) == export_64px / "model.pt"
+    assert weights_file(export_64px / "model.safetensors") == export_64px / "model.safetensors"
+    plain = read_state_dict(export_64px / "model.pt")
+    run = read_state_dict(export_64px.parent)
+    assert run.keys() == plain.keys() and all(torch.equal(run[k], plain[k]) for k in plain)
