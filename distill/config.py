@@ -120,6 +120,7 @@ class DeepSpeed:
     fp16: bool = False  # GPUs without bf16 (V100, T4): fp16 with dynamic loss scaling
     grad_clip: float = 1.0  # 0: off
     config: str | None = None  # a DeepSpeed JSON (ZeRO offload, ...) merged under the keys above (distill/engine.py)
+    log_level: str = "warning"  # DeepSpeed's own logging in the ranks; info restores its INFO lines
 
 
 @dataclass
@@ -145,6 +146,7 @@ CHOICES = {
     "output.resume": ("auto", "none", "continue"),
     "wandb.mode": (None, "online", "offline", "disabled"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
+    "deepspeed.log_level": ("debug", "info", "warning", "error", "critical"),
 }
 
 

@@ -3,6 +3,7 @@ field and every value convert losslessly to the field's type, or a UserError nam
 key. distill/config.py holds the schema (its dataclasses) and uses these to load it."""
 from __future__ import annotations
 
+import copy
 import difflib
 import types
 import typing
@@ -20,6 +21,14 @@ def set_dotted(tree: dict, key: str, value) -> None:
             raise UserError(f"config key {'.'.join(parents[:depth + 1])} is a value, not a section: cannot set {key}")
         node = child
     node[last] = value
+
+
+def merged(under: dict, over: dict) -> dict:
+    """`under` with `over` written on top, section by section (neither is changed)."""
+    out = copy.deepcopy(under)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def build(cls, tree, prefix: str, choices: dict):

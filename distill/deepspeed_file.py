@@ -14,6 +14,7 @@ import copy
 import json
 from pathlib import Path
 
+from distill.config_tree import merged
 from teacher_logits.errors import UserError
 
 MISSING = object()
@@ -38,14 +39,6 @@ def at(tree: dict, dotted: str):
             return MISSING
         tree = tree[part]
     return tree
-
-
-def merged(under: dict, over: dict) -> dict:
-    """`under` with `over` written on top, section by section."""
-    out = copy.deepcopy(under)
-    for key, value in over.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def without_auto(tree: dict) -> dict:

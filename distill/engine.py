@@ -148,7 +148,8 @@ def deepspeed_config(cfg) -> dict:
         "fp16": {"enabled": cfg.deepspeed.fp16},
         "gradient_clipping": cfg.deepspeed.grad_clip,
     }
-    from distill.deepspeed_file import merge_under, merged, read_deepspeed_file
+    from distill.config_tree import merged
+    from distill.deepspeed_file import merge_under, read_deepspeed_file
 
     if not cfg.deepspeed.config:
         return merged(defaults, owned)

@@ -29,7 +29,7 @@ RUN_FILE = "run.json"
 FORMAT = "tinyvit-distill run"
 # what a run may change on resume: where it logs and how often, how many views it builds at once
 RESULT_FREE_KEYS = ("wandb", "output", "train.eval_every", "train.log_every", "train.checkpoint_every",
-                    "train.max_steps", "train.compile", "data.workers", "data.test_limit")
+                    "train.max_steps", "train.compile", "data.workers", "data.test_limit", "deepspeed.log_level")
 
 
 def training_config(config: dict) -> dict:
@@ -40,6 +40,14 @@ def training_config(config: dict) -> dict:
         if name and section in kept:
             kept[section].pop(name, None)
     return kept
+
+
+def recorded_config(record: dict) -> dict:
+    """The config a run.json records, with the defaults of keys added to the schema since."""
+    from distill.config import load_config
+    from distill.config_tree import merged
+
+    return merged(resolved_config(load_config(None)), record["config"])
 
 
 def check_run_folder(cfg) -> list[str]:
@@ -63,7 +71,7 @@ def check_run_folder(cfg) -> list[str]:
                         "it to write into this one") from None
     if cfg.output.resume == "none":
         return []  # started over, deliberately
-    changed = differences(training_config(earlier["config"]), training_config(resolved_config(cfg)))
+    changed = differences(training_config(recorded_config(earlier)), training_config(resolved_config(cfg)))
     if changed and cfg.output.resume != "continue":
         raise UserError(f"output.dir {out} holds a run of another config ({'; '.join(changed[:4])}): resuming it "
                         "would train this config on its checkpoint. Use another output.dir, output.resume=none to "
@@ -80,7 +88,7 @@ def finished_run(cfg) -> dict | None:
     try:
         earlier = json.loads((out / RUN_FILE).read_text())
         metrics = json.loads((out / "metrics.json").read_text())
-        same = earlier["format"] == FORMAT and not differences(training_config(earlier["config"]),
+        same = earlier["format"] == FORMAT and not differences(training_config(recorded_config(earlier)),
                                                                training_config(resolved_config(cfg)))
         done = metrics["epochs"] >= cfg.train.epochs or bool(cfg.train.max_steps and
                                                              metrics["steps"] >= cfg.train.max_steps)

@@ -153,12 +153,15 @@ def run(config_path, overrides=(), reevaluate: bool = False) -> None:
               "(--reevaluate evaluates and exports it again)")
 
 
-def join_process_group() -> tuple[int, int]:
+def join_process_group(log_level: str = "warning") -> tuple[int, int]:
     """(rank, world size) in DeepSpeed's process group: gloo on CPU, nccl on GPUs; one process
-    without a launcher."""
+    without a launcher. DeepSpeed's own logging is set to `log_level` first (its INFO lines
+    bury ours; DeepSpeed before 0.18 logs at INFO by default)."""
     set_single_process_env()  # no-op under a launcher, which sets these itself
     import deepspeed
+    from deepspeed.utils.logging import set_log_level_from_string
 
+    set_log_level_from_string(log_level)
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip a 30-80 s CPU build used only by inference
     with port_in_use_said():
         deepspeed.init_distributed()
@@ -167,7 +170,7 @@ def join_process_group() -> tuple[int, int]:
 
 def train(cfg) -> None:
     """One training run of `cfg` (see the module docstring); every rank calls it."""
-    rank, world = join_process_group()
+    rank, world = join_process_group(cfg.deepspeed.log_level)
     threads = set_rank_threads()
     cfg.data.workers = capped_workers(cfg.data.workers, "data.workers", say=rank == 0)
     deepspeed_config(cfg)  # precision and a deepspeed.config file checked before anything is read or written

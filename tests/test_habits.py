@@ -54,11 +54,30 @@ def test_an_unknown_flag_names_the_key_it_meant(argv, key, capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_epochs_flag_trains_that_many_epochs(tmp_path):
+def test_epochs_flag_trains_that_many_epochs_counted_alike_by_bar_and_log(tmp_path, capsys):
     train_student_module().main([*TINY, "--epochs", "2", "--batch-size", "32", "--output", str(tmp_path / "run")])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["steps"] == 4
     assert [json.loads(line)["epoch"] for line in (tmp_path / "run" / "evals.jsonl").read_text().splitlines()] == [1, 2]
+    out, err = capsys.readouterr()
+    assert "epoch 1: test top1" in out and "epoch 2: test top1" in out and "epoch 0" not in out
+    assert "epoch=1/2" in err and "epoch=2/2" in err and "epoch=0" not in err  # the bar: the epoch being trained
+
+
+@pytest.mark.parametrize("level", ["warning", "info"])
+def test_deepspeeds_own_logging_is_warnings_unless_a_key_says_info(level):
+    import logging
+
+    from deepspeed.utils import logger
+
+    from distill.student_stage import join_process_group
+
+    cfg = load_config(None, [f"deepspeed.log_level={level}"])
+    try:
+        join_process_group(cfg.deepspeed.log_level)
+        assert logger.level == getattr(logging, level.upper())
+    finally:
+        logger.setLevel(logging.WARNING)
 
 
 def test_fp16_is_refused_on_cpu_in_one_line(capsys, tmp_path):
