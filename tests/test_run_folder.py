@@ -108,3 +108,15 @@ def test_a_finished_runs_command_reports_it_in_seconds_and_writes_nothing(finish
     assert snapshot(run) == before  # no W&B run, no evaluation, final/ untouched
     again = train_ok(run, capsys, "--reevaluate")
     assert "resumed from" in again and f"final: top1 {metrics['eval']['top1']:.2f}%" in again
+
+
+def test_a_run_recorded_before_a_key_existed_is_still_this_configs(finished_run, tmp_path, capsys):
+    """run.json of an older trainer lacks the keys added since: they compare as their defaults."""
+    run = copy_of(finished_run, tmp_path)
+    record = json.loads((run / "run.json").read_text())
+    for section, key in (("deepspeed", "fp16"), ("deepspeed", "config"), ("output", "license")):
+        del record["config"][section][key]
+    (run / "run.json").write_text(json.dumps(record))
+    assert "this run has finished" in train_ok(run, capsys)
+    r = train(run, capsys, "deepspeed.grad_clip=0.5")  # a key that was recorded still counts
+    user_error(r, "another config", "deepspeed.grad_clip")
