@@ -168,12 +168,20 @@ def join_process_group(log_level: str = "warning") -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
-def train(cfg) -> None:
-    """One training run of `cfg` (see the module docstring); every rank calls it."""
+def start_rank(cfg) -> tuple[int, int, int]:
+    """(rank, world size, torch threads) of this process, in the process group, with its share
+    of the cores (threads, DataLoader workers) and the DeepSpeed config checked (precision, a
+    deepspeed.config file) before anything is read or written."""
     rank, world = join_process_group(cfg.deepspeed.log_level)
     threads = set_rank_threads()
     cfg.data.workers = capped_workers(cfg.data.workers, "data.workers", say=rank == 0)
-    deepspeed_config(cfg)  # precision and a deepspeed.config file checked before anything is read or written
+    deepspeed_config(cfg)
+    return rank, world, threads
+
+
+def train(cfg) -> None:
+    """One training run of `cfg` (see the module docstring); every rank calls it."""
+    rank, world, threads = start_rank(cfg)
     changed = check_run_folder(cfg)
     data = load_data(cfg, rank, world)
     steps_per_epoch = data.steps_per_epoch(cfg.train.grad_accum, world)
@@ -200,8 +208,7 @@ def train(cfg) -> None:
         log.say(f"resumed from {checkpoints.loaded_from}: epoch {at.epoch}, step {at.step_in_epoch} of "
                 f"{steps_per_epoch}, global step {at.global_step}")
     log.say(f"{cfg.model.name} on {cfg.data.dataset} ({data.size} samples, {world} rank(s) of {threads} thread(s)), "
-            f"mode {cfg.loss.mode}: "
-            f"{steps_per_epoch} steps/epoch, {total_steps} steps in all")
+            f"mode {cfg.loss.mode}: {steps_per_epoch} steps/epoch, {total_steps} steps in all")
 
     while at.global_step < total_steps and at.epoch < cfg.train.epochs:
         batches = data.batches(cfg, at.epoch, rank, world, skip=at.step_in_epoch * cfg.train.grad_accum)
