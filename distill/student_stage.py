@@ -7,7 +7,9 @@ and checkpoints -> export. Outputs in output.dir: config.yaml (resolved), checkp
 evals.jsonl (test metrics per evaluated epoch), metrics.json (final test metrics), wandb/
 (offline runs), and final/ (model.pt: the fp32 state_dict; config.yaml: the resolved config
 plus a `student` section, all that tools/evaluate.py needs to rebuild it without DeepSpeed;
-model.safetensors + config.json: the same weights as a timm model folder).
+model.safetensors + config.json: the same weights as a timm model folder; README.md: its
+Hugging Face model card). A finished run of the same config is not trained again: `run`
+reports it (distill/run_folder.py's finished_run) unless asked to re-evaluate it.
 
 Views. With a store, every mode (kd, scratch, online) trains on the store's views, rebuilt
 from the records' seeds; kd also takes their soft targets (sparse top-k, densified on the
