@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from distill.config_tree import build, set_dotted
+from distill.config_tree import build, closest, dotted_keys, set_dotted
 from distill.datasets import DATASETS
 from distill.device_replay import REPLAY_DEVICES
 from distill.loss import MODES, TEACHER_TARGETS
@@ -101,6 +101,7 @@ class Output:
     resume: str = "auto"  # auto: continue from the newest complete checkpoint in dir, if it is a run of this
     # config; none: start over; continue: resume a run of another config deliberately (distill/run_folder.py)
     overwrite: bool = False  # write into a dir that holds files this trainer did not write
+    license: str | None = None  # the export's licence (config.json, model card), e.g. apache-2.0; None: none claimed
 
 
 @dataclass
@@ -116,7 +117,10 @@ class Wandb:
 class DeepSpeed:
     zero_stage: int = 0
     bf16: bool = False
+    fp16: bool = False  # GPUs without bf16 (V100, T4): fp16 with dynamic loss scaling
     grad_clip: float = 1.0  # 0: off
+    config: str | None = None  # a DeepSpeed JSON (ZeRO offload, ...) merged under the keys above (distill/engine.py)
+    log_level: str = "warning"  # DeepSpeed's own logging in the ranks; info restores its INFO lines
 
 
 @dataclass
@@ -142,6 +146,7 @@ CHOICES = {
     "output.resume": ("auto", "none", "continue"),
     "wandb.mode": (None, "online", "offline", "disabled"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
+    "deepspeed.log_level": ("debug", "info", "warning", "error", "critical"),
 }
 
 
@@ -187,6 +192,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     if cfg.data.img_size is None:
         cfg.data.img_size = default_input_size(cfg.data.recipe)
     return cfg
+
+
+def closest_key(name: str) -> str | None:
+    """The config key a flag name most likely means (`--warmup-epochs` -> optim.warmup_epochs)."""
+    return closest(name, dotted_keys(Config))
 
 
 def resolved_config(cfg: Config) -> dict:

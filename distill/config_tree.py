@@ -3,6 +3,7 @@ field and every value convert losslessly to the field's type, or a UserError nam
 key. distill/config.py holds the schema (its dataclasses) and uses these to load it."""
 from __future__ import annotations
 
+import copy
 import difflib
 import types
 import typing
@@ -20,6 +21,14 @@ def set_dotted(tree: dict, key: str, value) -> None:
             raise UserError(f"config key {'.'.join(parents[:depth + 1])} is a value, not a section: cannot set {key}")
         node = child
     node[last] = value
+
+
+def merged(under: dict, over: dict) -> dict:
+    """`under` with `over` written on top, section by section (neither is changed)."""
+    out = copy.deepcopy(under)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def build(cls, tree, prefix: str, choices: dict):
@@ -44,6 +53,30 @@ def build(cls, tree, prefix: str, choices: dict):
             raise UserError(f"config key {dotted}: expected one of {', '.join(map(str, allowed))}, "
                             f"got {values[name]!r}")
     return cls(**values)
+
+
+def dotted_keys(cls, prefix: str = "") -> list[str]:
+    """Every leaf key of a dataclass tree, dotted: ['data.dataset', 'data.root', ...]."""
+    hints = typing.get_type_hints(cls)
+    return [key for f in fields(cls) for key in (dotted_keys(hints[f.name], f"{prefix}{f.name}.")
+                                                 if is_dataclass(hints[f.name]) else [prefix + f.name])]
+
+
+def closest(name: str, keys: list[str]) -> str | None:
+    """The dotted key that a flag-like `name` ('data-root', 'warmup-epochs', 'warmup') most
+    likely means: the whole key spelled with '_', then its last part, then the only last part
+    starting with it, then the closest spelling; None if nothing is close."""
+    name = name.replace("-", "_").lower()
+    whole = {key.replace(".", "_"): key for key in keys}
+    last = {key: key.rsplit(".", 1)[-1] for key in keys}
+    for matches in ([whole[name]] if name in whole else [], [k for k in keys if last[k] == name],
+                    [k for k in keys if last[k].startswith(name)]):
+        if len(matches) == 1:
+            return matches[0]
+    spelled = difflib.get_close_matches(name, [*whole, *last.values()], n=1, cutoff=0.75)
+    if not spelled:
+        return None
+    return whole.get(spelled[0]) or next(k for k in keys if last[k] == spelled[0])
 
 
 def coerce(value, kind, key: str):

@@ -22,6 +22,39 @@ def env_rank() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def local_ranks() -> int:
+    """Processes on this machine: torchrun's LOCAL_WORLD_SIZE, the deepspeed launcher's
+    LOCAL_SIZE, else 1."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a container's or taskset's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def set_rank_threads() -> int:
+    """Torch's threads on this rank: its share of the cores (cores / local ranks), so that
+    ranks on one machine do not oversubscribe it (two CPU ranks on two cores with two threads
+    each ran ~4x slower); an OMP_NUM_THREADS the user (or `deepspeed --bind_cores_to_rank`)
+    set is kept. Returns the thread count."""
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, usable_cores() // local_ranks()))
+    return torch.get_num_threads()
+
+
+def capped_workers(workers: int, key: str, say: bool) -> int:
+    """`workers` DataLoader processes, at most this rank's share of the cores (more only queue
+    for them, and torch warns); the cap is said once, by the rank that `say`s."""
+    share = max(1, usable_cores() // local_ranks())
+    if workers <= share:
+        return workers
+    if say:
+        print(f"{key}: {workers} DataLoader workers capped to {share}, this rank's share of the "
+              f"{usable_cores()} cores ({local_ranks()} rank(s) here)")
+    return share
+
+
 def set_single_process_env() -> None:
     """Let DeepSpeed initialise under plain `python`: it expects a launcher's variables."""
     os.environ.setdefault("RANK", "0")

@@ -24,16 +24,16 @@ KEEP_CHECKPOINTS = 2
 
 
 def safe_checkpoint_globals() -> list:
-    """The non-tensor types DeepSpeed's checkpoint files hold (ZeRO 0-3, fp32 and bf16): its
-    ZeRO stage enum, loss scaler and fragment addresses, and numpy scalars in the LR state."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    """The non-tensor types DeepSpeed's checkpoint files hold (ZeRO 0-3, fp32, bf16 and fp16): its
+    ZeRO stage enum, loss scalers and fragment addresses, and numpy scalars in the LR state."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
     multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray  # numpy 2 moved it
     numpy_scalars = [np.dtype, multiarray.scalar] + [
         type(np.dtype(t)) for t in ("f2", "f4", "f8", "i4", "i8", "u1", "bool")]
-    return [ZeroStageEnum, LossScaler, fragment_address, *numpy_scalars]
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address, *numpy_scalars]
 
 
 class WeightsOnlyLoads:
@@ -74,6 +74,17 @@ class Position:
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
 
 
+def check_schedule(cfg) -> None:
+    """A warm-up as long as training or longer never reaches optim.lr nor decays: warned (not
+    refused: a shortened run of a published config, e.g. one epoch of bench_seeds, may mean it)."""
+    from distill.distributed import env_rank
+
+    if cfg.optim.warmup_epochs and cfg.optim.warmup_epochs >= cfg.train.epochs and env_rank()[0] == 0:
+        print(f"warning: config key optim.warmup_epochs ({cfg.optim.warmup_epochs:g}) is not shorter than "
+              f"train.epochs ({cfg.train.epochs}): the learning rate never reaches optim.lr nor decays; lower "
+              "optim.warmup_epochs or raise train.epochs")
+
+
 def lr_factor(step, warmup_steps, total_steps, min_ratio):
     """Linear warm-up to 1, then cosine decay to min_ratio at total_steps.
 
@@ -87,21 +98,63 @@ def lr_factor(step, warmup_steps, total_steps, min_ratio):
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
 
 
+# the DeepSpeed keys the trainer sets from the run config, and the config key each comes from
+OWNED_KEYS = {
+    "train_micro_batch_size_per_gpu": "train.batch_size", "gradient_accumulation_steps": "train.grad_accum",
+    "optimizer": "optim.*", "scheduler": "optim.* (the trainer's warm-up + cosine)",
+    "zero_optimization.stage": "deepspeed.zero_stage", "bf16.enabled": "deepspeed.bf16",
+    "fp16.enabled": "deepspeed.fp16", "gradient_clipping": "deepspeed.grad_clip",
+}
+
+
+def compute_dtype(cfg) -> torch.dtype:
+    """The dtype the student computes in: bf16 or fp16 under DeepSpeed's mixed precision, else fp32."""
+    return torch.bfloat16 if cfg.deepspeed.bf16 else torch.float16 if cfg.deepspeed.fp16 else torch.float32
+
+
+def check_precision(cfg) -> None:
+    """One of bf16 and fp16; fp16 only on a GPU (DeepSpeed's fp16 optimizer is CUDA's)."""
+    from teacher_logits.errors import UserError
+
+    if cfg.deepspeed.bf16 and cfg.deepspeed.fp16:
+        raise UserError("config keys deepspeed.bf16 and deepspeed.fp16 are both true: choose one")
+    if cfg.deepspeed.fp16 and not torch.cuda.is_available():
+        raise UserError("config key deepspeed.fp16 (--amp) needs a GPU, and none is visible: on CPU train in fp32, "
+                        "or with deepspeed.bf16=true (--bf16)")
+
+
 def deepspeed_config(cfg) -> dict:
-    """AdamW (torch's, not the fused build), ZeRO, bf16 and clipping from the run config."""
-    return {
+    """DeepSpeed's config: defaults, then the user's `deepspeed.config` file (ZeRO offload,
+    communication, anything DeepSpeed has; distill/deepspeed_file.py), then what the trainer
+    owns (OWNED_KEYS: AdamW, torch's not the fused build; the ZeRO stage; bf16 or fp16;
+    clipping). fp16 scales the loss dynamically (DeepSpeed's loss_scale 0: from 2^16, halved on
+    an overflow, whose step is skipped) unless the file says otherwise."""
+    check_precision(cfg)
+    half = "bf16" if cfg.deepspeed.bf16 else "fp16" if cfg.deepspeed.fp16 else None
+    defaults = {
+        "fp16": {"loss_scale": 0, "initial_scale_power": 16},
+        # DeepSpeed >= 0.18 casts parameters only; BatchNorm's running statistics (TinyViT,
+        # cifar_cnn) must follow them, or batch_norm refuses the mixed dtypes.
+        **({"data_types": {"buffer_dtype": half}} if half else {}),
+        "steps_per_print": 1 << 30,  # we print our own progress
+    }
+    owned = {
         "train_micro_batch_size_per_gpu": cfg.train.batch_size,  # no train_batch_size: it pins the world size
         "gradient_accumulation_steps": cfg.train.grad_accum,
         "optimizer": {"type": "AdamW", "params": {"lr": cfg.optim.lr, "betas": cfg.optim.betas,
                                                   "weight_decay": cfg.optim.weight_decay, "torch_adam": True}},
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
         "bf16": {"enabled": cfg.deepspeed.bf16},
-        # DeepSpeed >= 0.18 casts parameters only; BatchNorm's running statistics (TinyViT,
-        # cifar_cnn) must follow them, or batch_norm refuses the mixed dtypes.
-        **({"data_types": {"buffer_dtype": "bf16"}} if cfg.deepspeed.bf16 else {}),
+        "fp16": {"enabled": cfg.deepspeed.fp16},
         "gradient_clipping": cfg.deepspeed.grad_clip,
-        "steps_per_print": 1 << 30,  # we print our own progress
     }
+    from distill.config_tree import merged
+    from distill.deepspeed_file import merge_under, read_deepspeed_file
+
+    if not cfg.deepspeed.config:
+        return merged(defaults, owned)
+    user = merged(defaults, read_deepspeed_file(cfg.deepspeed.config))
+    return merge_under(user, owned, OWNED_KEYS, cfg.deepspeed.config)
 
 
 def build_engine(cfg, model, steps_per_epoch: int, schedule_steps: int):
@@ -125,7 +178,7 @@ def build_engine(cfg, model, steps_per_epoch: int, schedule_steps: int):
     engine.checkpoint_engine = WeightsOnlyLoads(engine.checkpoint_engine)
     if cfg.train.compile:  # compiles on the first step (minutes on a CPU); checkpoints stay the eager module's
         engine.compile()
-    if cfg.deepspeed.zero_stage == 0 and not cfg.deepspeed.bf16:
+    if cfg.deepspeed.zero_stage == 0 and compute_dtype(cfg) == torch.float32:
         # Channels-last convolution weights: cifar_cnn trains ~1.1-1.3x faster with oneDNN here. Only
         # after initialize (it broadcasts parameters as flat bytes) and only where DeepSpeed keeps the
         # parameters themselves (ZeRO 1-3 and its bf16 optimizer make them views of flat buffers).

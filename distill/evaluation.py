@@ -21,14 +21,20 @@ from distill.recipes import test_view_spec
 from distill.metrics import MetricAccumulator
 from distill.model_cost import count_flops, count_params, measure_throughput
 from distill.models import Preprocessed, create_student, create_teacher, load_weights
+from distill.models.weights import weights_file
 from distill.replay import TeacherViews
 from teacher_logits.errors import UserError
 
 
 def student_export_dir(spec: str) -> Path | None:
+    """The export that `spec` names: an export folder (a run's final/), a file in one, or a
+    run folder (its final/); None if it names none."""
     path = Path(spec)
     folder = path.parent if path.is_file() else path
-    return folder if (folder / "config.yaml").is_file() and (folder / "model.pt").is_file() else None
+    for export in (folder, folder / "final"):
+        if (export / "config.yaml").is_file() and (export / "model.pt").is_file():
+            return export
+    return None
 
 
 def load_student(folder: Path) -> Preprocessed:
@@ -64,8 +70,10 @@ def load_model(spec: str, num_classes: int) -> tuple[str, Preprocessed]:
     if "/" in name and not timm.is_model(name):
         raise UserError(f"{spec}: no such path, and not a timm model name: pass a student export (the final/ "
                         "directory train_student.py wrote) or a teacher NAME=CHECKPOINT")
+    checkpoint = str(weights_file(checkpoint)) if checkpoint else ""  # an export or run folder: its weights
     if checkpoint and not Path(checkpoint).is_file():
-        raise UserError(f"checkpoint {checkpoint} of teacher {name} not found: pass the teacher's weights file")
+        raise UserError(f"checkpoint {checkpoint} of teacher {name} not found: pass the teacher's weights file, "
+                        "export folder or run folder")
     teacher = create_teacher(name, checkpoint=checkpoint or None, pretrained=not checkpoint, num_classes=num_classes)
     return name, teacher.eval()
 

@@ -10,6 +10,10 @@
   then list each change under `continued`.
 - anything else (a user's files, a colleague's folder from another tool): refused unless
   `output.overwrite: true`.
+
+A run of this config that has finished (trained to its end, exported, metrics.json written
+last) is not run again: `finished_run` finds it in milliseconds, so re-running a command costs
+nothing (no evaluation, no W&B run, final/ untouched) unless a re-evaluation is asked for.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ RUN_FILE = "run.json"
 FORMAT = "tinyvit-distill run"
 # what a run may change on resume: where it logs and how often, how many views it builds at once
 RESULT_FREE_KEYS = ("wandb", "output", "train.eval_every", "train.log_every", "train.checkpoint_every",
-                    "train.max_steps", "train.compile", "data.workers", "data.test_limit")
+                    "train.max_steps", "train.compile", "data.workers", "data.test_limit", "deepspeed.log_level")
 
 
 def training_config(config: dict) -> dict:
@@ -36,6 +40,14 @@ def training_config(config: dict) -> dict:
         if name and section in kept:
             kept[section].pop(name, None)
     return kept
+
+
+def recorded_config(record: dict) -> dict:
+    """The config a run.json records, with the defaults of keys added to the schema since."""
+    from distill.config import load_config
+    from distill.config_tree import merged
+
+    return merged(resolved_config(load_config(None)), record["config"])
 
 
 def check_run_folder(cfg) -> list[str]:
@@ -59,12 +71,30 @@ def check_run_folder(cfg) -> list[str]:
                         "it to write into this one") from None
     if cfg.output.resume == "none":
         return []  # started over, deliberately
-    changed = differences(training_config(earlier["config"]), training_config(resolved_config(cfg)))
+    changed = differences(training_config(recorded_config(earlier)), training_config(resolved_config(cfg)))
     if changed and cfg.output.resume != "continue":
         raise UserError(f"output.dir {out} holds a run of another config ({'; '.join(changed[:4])}): resuming it "
                         "would train this config on its checkpoint. Use another output.dir, output.resume=none to "
                         "start over, or output.resume=continue to go on with the new values")
     return changed
+
+
+def finished_run(cfg) -> dict | None:
+    """The metrics.json of the run in output.dir if it is a finished run of this training
+    config (see the module docstring); None otherwise, and under `output.resume: none`."""
+    out = Path(cfg.output.dir)
+    if cfg.output.resume == "none" or not (out / "final" / "model.pt").is_file():
+        return None
+    try:
+        earlier = json.loads((out / RUN_FILE).read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
+        same = earlier["format"] == FORMAT and not differences(training_config(recorded_config(earlier)),
+                                                               training_config(resolved_config(cfg)))
+        done = metrics["epochs"] >= cfg.train.epochs or bool(cfg.train.max_steps and
+                                                             metrics["steps"] >= cfg.train.max_steps)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not a finished run of this trainer: check_run_folder says what it is
+    return metrics if same and done else None
 
 
 def record_run(cfg, changed: list[str]) -> dict:

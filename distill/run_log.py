@@ -20,7 +20,7 @@ from distill.tracking import start_tracking
 class RunLog:
     def __init__(self, cfg, config: dict, out_dir: Path, rank: int, at, steps_per_epoch: int, total_steps: int):
         self.out_dir, self.rank, self.steps_per_epoch = Path(out_dir), rank, steps_per_epoch
-        self.log_every = cfg.train.log_every
+        self.log_every, self.epochs = cfg.train.log_every, cfg.train.epochs
         if rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -50,7 +50,9 @@ class RunLog:
         if at.global_step % self.log_every == 0:
             self.tracker.log({"train/loss": loss, "train/lr": lr, "train/img_per_s": img_per_s,
                               "train/epoch": at.epoch + at.step_in_epoch / self.steps_per_epoch}, step=at.global_step)
-        self.bar.set_postfix(epoch=at.epoch, loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_per_s:.0f}")
+        # the epoch being trained, counted from 1 as the evaluation lines count the epochs done
+        self.bar.set_postfix(epoch=f"{at.epoch + 1}/{self.epochs}", loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                             img_s=f"{img_per_s:.0f}")
         self.bar.update(1)
 
     def evaluation(self, at, scores: dict) -> None:
@@ -58,7 +60,9 @@ class RunLog:
         self.last_eval, self.evaluated_at = scores, at.global_step
         self.tracker.log({f"eval/{k}": v for k, v in scores.items()}, step=at.global_step)
         if self.rank == 0:
-            self.bar.write(f"epoch {at.epoch}: test top1 {scores['top1']:.2f}% top5 {scores['top5']:.2f}% "
+            where = f"epoch {at.epoch + 1}, step {at.step_in_epoch} of {self.steps_per_epoch}" if at.step_in_epoch \
+                else f"epoch {at.epoch}"  # mid-epoch (train.max_steps): the epoch it stopped in
+            self.bar.write(f"{where}: test top1 {scores['top1']:.2f}% top5 {scores['top5']:.2f}% "
                            f"loss {scores['loss']:.4f}")
             with open(self.out_dir / "evals.jsonl", "a") as f:  # the learning curve, machine-readable
                 f.write(json.dumps({"epoch": at.epoch, "step": at.global_step,

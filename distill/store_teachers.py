@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from distill.augment import ViewMaker
 from distill.models.teachers import ensemble_spec
+from distill.models.weights import weights_file
 from teacher_logits.errors import UserError
 from teacher_logits.files import sha256_file
 from teacher_logits.manifest import describe_teacher, differences, teacher_members
@@ -72,8 +73,11 @@ def store_teachers(stored: dict, names, checkpoints, pretrained: bool) -> tuple[
 
 
 def teacher_spec(args) -> tuple[list[str], list[str | None], list[float]]:
-    """(names, checkpoints, normalised weights) of save_logits' --teacher/--checkpoint pairs."""
-    return ensemble_spec(args.teacher, args.checkpoint, args.pretrained, getattr(args, "teacher_weights", None))
+    """(names, checkpoints, normalised weights) of save_logits' --teacher/--checkpoint pairs; a
+    checkpoint that is an export or run folder is its weights file (models.weights.weights_file)."""
+    names, checkpoints, weights = ensemble_spec(args.teacher, args.checkpoint, args.pretrained,
+                                                getattr(args, "teacher_weights", None))
+    return names, [None if c is None else str(weights_file(c)) for c in checkpoints], weights
 
 
 def check_pretrained_heads(names, checkpoints, pretrained: bool, classes: int, dataset: str) -> None:

@@ -7,7 +7,9 @@ and checkpoints -> export. Outputs in output.dir: config.yaml (resolved), checkp
 evals.jsonl (test metrics per evaluated epoch), metrics.json (final test metrics), wandb/
 (offline runs), and final/ (model.pt: the fp32 state_dict; config.yaml: the resolved config
 plus a `student` section, all that tools/evaluate.py needs to rebuild it without DeepSpeed;
-model.safetensors + config.json: the same weights as a timm model folder).
+model.safetensors + config.json: the same weights as a timm model folder; README.md: its
+Hugging Face model card). A finished run of the same config is not trained again: `run`
+reports it (distill/run_folder.py's finished_run) unless asked to re-evaluate it.
 
 Views. With a store, every mode (kd, scratch, online) trains on the store's views, rebuilt
 from the records' seeds; kd also takes their soft targets (sparse top-k, densified on the
@@ -35,12 +37,13 @@ from distill.augment import derive_seed
 from distill.config import TEACHER_KEYS, check_runnable, load_config, resolved_config
 from distill.datasets import STATS
 from distill.recipes import test_view_spec
-from distill.distributed import port_in_use_said, set_single_process_env
-from distill.engine import Checkpoints, Position, build_engine, export_state_dict
+from distill.distributed import capped_workers, env_rank, port_in_use_said, set_rank_threads, set_single_process_env
+from distill.engine import (Checkpoints, Position, build_engine, check_schedule, compute_dtype, deepspeed_config,
+                           export_state_dict)
 from distill.evaluation import test_views_loader
 from distill.loss import DistillationLoss
 from distill.metrics import MetricAccumulator
-from distill.run_folder import check_run_folder, record_run
+from distill.run_folder import check_run_folder, finished_run, record_run
 from distill.run_log import RunLog
 from distill.student_data import load_data
 from distill.tracking import resolve_mode
@@ -110,7 +113,7 @@ def evaluate(engine, test_set, num_classes, cfg, rank, world, dtype):
 def optimizer_steps(engine, batches, criterion, teacher, cfg, at: Position, rank: int):
     """Train on `batches`, yielding (loss, lr, seconds) after each optimizer step (grad_accum
     micro-steps); the caller advances `at` before the next micro-step reads it."""
-    dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
+    dtype = compute_dtype(cfg)
     micro, step_loss, tick = 0, 0.0, time.time()
     for batch in batches:
         # dropout / drop-path draw from here: a function of the step, so a resumed run repeats them
@@ -135,31 +138,53 @@ def optimizer_steps(engine, batches, criterion, teacher, cfg, at: Position, rank
             step_loss, tick = 0.0, time.time()
 
 
-def run(config_path, overrides=()) -> None:
+def run(config_path, overrides=(), reevaluate: bool = False) -> None:
     """Load and check a config (refusing bad keys, values and W&B modes before anything is
-    written), then train it."""
+    written), then train it; a finished run of it is only reported, unless `reevaluate`."""
     cfg = load_config(config_path, list(overrides))
     check_runnable(cfg)
+    check_schedule(cfg)
     resolve_mode(cfg.wandb.mode)
-    train(cfg)
+    finished = None if reevaluate else finished_run(cfg)
+    if finished is None:
+        train(cfg)
+    elif env_rank()[0] == 0:
+        scores = finished["eval"]
+        print(f"{cfg.output.dir}: this run has finished: top1 {scores['top1']:.2f}% top5 {scores['top5']:.2f}% after "
+              f"{finished['steps']} steps (metrics.json); model in {Path(cfg.output.dir) / 'final'}. Nothing to do "
+              "(--reevaluate evaluates and exports it again)")
 
 
-def join_process_group() -> tuple[int, int]:
+def join_process_group(log_level: str = "warning") -> tuple[int, int]:
     """(rank, world size) in DeepSpeed's process group: gloo on CPU, nccl on GPUs; one process
-    without a launcher."""
+    without a launcher. DeepSpeed's own logging is set to `log_level` first (its INFO lines
+    bury ours; DeepSpeed before 0.18 logs at INFO by default)."""
     set_single_process_env()  # no-op under a launcher, which sets these itself
     import deepspeed
+    from deepspeed.utils.logging import set_log_level_from_string
 
+    set_log_level_from_string(log_level)
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip a 30-80 s CPU build used only by inference
     with port_in_use_said():
         deepspeed.init_distributed()
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+def start_rank(cfg) -> tuple[int, int, int]:
+    """(rank, world size, torch threads) of this process, in the process group, with its share
+    of the cores (threads, DataLoader workers) and the DeepSpeed config checked (precision, a
+    deepspeed.config file) before anything is read or written."""
+    rank, world = join_process_group(cfg.deepspeed.log_level)
+    threads = set_rank_threads()
+    cfg.data.workers = capped_workers(cfg.data.workers, "data.workers", say=rank == 0)
+    deepspeed_config(cfg)
+    return rank, world, threads
+
+
 def train(cfg) -> None:
     """One training run of `cfg` (see the module docstring); every rank calls it."""
-    rank, world = join_process_group()
-    changed = check_run_folder(cfg)  # before anything is read or written
+    rank, world, threads = start_rank(cfg)
+    changed = check_run_folder(cfg)
     data = load_data(cfg, rank, world)
     steps_per_epoch = data.steps_per_epoch(cfg.train.grad_accum, world)
     schedule_steps = cfg.train.epochs * steps_per_epoch  # train.max_steps stops early, as a kill would
@@ -173,7 +198,7 @@ def train(cfg) -> None:
                                  cfg.loss.teacher_target, cfg.loss.standardize)
     engine = build_engine(cfg, model, steps_per_epoch, schedule_steps)
     teacher = teacher.to(engine.device) if teacher is not None else None
-    dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
+    dtype = compute_dtype(cfg)
 
     out_dir = Path(cfg.output.dir)
     checkpoints = Checkpoints(engine, out_dir / "checkpoints", rank)
@@ -184,8 +209,8 @@ def train(cfg) -> None:
     if checkpoints.loaded_from:
         log.say(f"resumed from {checkpoints.loaded_from}: epoch {at.epoch}, step {at.step_in_epoch} of "
                 f"{steps_per_epoch}, global step {at.global_step}")
-    log.say(f"{cfg.model.name} on {cfg.data.dataset} ({data.size} samples, {world} rank(s)), mode {cfg.loss.mode}: "
-            f"{steps_per_epoch} steps/epoch, {total_steps} steps in all")
+    log.say(f"{cfg.model.name} on {cfg.data.dataset} ({data.size} samples, {world} rank(s) of {threads} thread(s)), "
+            f"mode {cfg.loss.mode}: {steps_per_epoch} steps/epoch, {total_steps} steps in all")
 
     while at.global_step < total_steps and at.epoch < cfg.train.epochs:
         batches = data.batches(cfg, at.epoch, rank, world, skip=at.step_in_epoch * cfg.train.grad_accum)
@@ -213,22 +238,28 @@ def train(cfg) -> None:
         log.evaluation(at, evaluate(engine, data.test_set, data.num_classes, cfg, rank, world, dtype))
     torch.distributed.barrier()  # every rank's checkpoint files are written
     if rank == 0:
-        export(engine, cfg, config, export_info, out_dir)
+        export(engine, cfg, config, export_info, out_dir, log.last_eval, data)
     log.finish(at, world)
     torch.distributed.barrier()
 
 
-def export(engine, cfg, config: dict, export_info: dict, out_dir: Path) -> Path:
+def export(engine, cfg, config: dict, export_info: dict, out_dir: Path, scores: dict, data) -> Path:
     """out_dir/final: model.pt (plain fp32 state_dict) and config.yaml (+ a `student` section)
     for this project's tools; the same weights as model.safetensors with timm's config.json for
-    any timm user (`timm.create_model("local-dir:RUN/final", pretrained=True)`, the hub)."""
+    any timm user (`timm.create_model("local-dir:RUN/final", pretrained=True)`, the hub), and
+    README.md, the Hugging Face model card (distill/model_card.py)."""
+    from distill.model_card import export_tag, write_model_card
     from distill.models.timm_export import save_for_timm
 
     final = out_dir / "final"
     final.mkdir(exist_ok=True)
     state = export_state_dict(engine, cfg.deepspeed.zero_stage, out_dir / "checkpoints")
     torch.save(state, final / "model.pt")
-    save_for_timm(engine.module.model, state, export_info, final)
+    classes = [str(c) for c in getattr(data.test_set, "classes", None) or []]
+    save_for_timm(engine.module.model, state, export_info, final, export_tag(config), cfg.output.license,
+                  classes if len(classes) == data.num_classes else None)
     (final / "config.yaml").write_text(yaml.safe_dump({**config, "student": export_info}, sort_keys=False))
+    store = data.store_views.store if data.store_views is not None else None
+    write_model_card(final, config, export_info, scores, store)
     return final
 

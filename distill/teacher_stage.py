@@ -137,13 +137,20 @@ def check_flags(args, checkpoints) -> None:
             raise UserError(f"--checkpoint {checkpoint}: no such file; pass the path of the teacher's weights file")
 
 
-def load_inputs(args, names, checkpoints, weights, device):
-    """(dataset, samples to label, teacher, view maker), each checked against the others."""
+def load_views(args):
+    """(dataset, samples to label, view maker): what a store's views are made of."""
     dataset = build_dataset(args.dataset, args.data_root, train=args.split == "train", skip_md5=args.skip_md5)
     if args.limit is not None and args.limit > len(dataset):
         raise UserError(f"--limit {args.limit} exceeds the {len(dataset)} samples of {args.dataset} {args.split}: "
                        "lower it, or leave it out to label them all")
     size = args.limit or len(dataset)
+    mixing = Mixing(args.mixup, args.cutmix, args.mix_prob)
+    maker = ViewMaker(dataset, args.aug, mixing, resolution=getattr(args, "img_size", None), num_samples=size)
+    return dataset, size, maker
+
+
+def load_teacher(args, names, checkpoints, weights, device, dataset):
+    """The teacher (or ensemble) on `device`, checked against the data and the flags."""
     classes = num_classes_of(args.dataset, dataset)
     check_pretrained_heads(names, checkpoints, args.pretrained, classes, args.dataset)
     teacher = create_teachers(names, checkpoints, args.pretrained, classes, weights).to(device)
@@ -154,9 +161,21 @@ def load_inputs(args, names, checkpoints, weights, device):
     if args.topk > teacher.num_classes:
         raise UserError(f"--topk {args.topk} exceeds the teacher's {teacher.num_classes} classes: "
                        f"pass --topk {teacher.num_classes} or less")
-    mixing = Mixing(args.mixup, args.cutmix, args.mix_prob)
-    maker = ViewMaker(dataset, args.aug, mixing, resolution=getattr(args, "img_size", None), num_samples=size)
-    return dataset, size, teacher, maker
+    return teacher
+
+
+def complete_already(out: StoreLocation, args, data_fp: dict, maker, rank: int) -> Manifest | None:
+    """The manifest of the store at `out` if it is complete, made with these settings and holds
+    every shard: a re-run then has nothing to do, and builds no teacher (its settings name the
+    same checkpoint, hence the same classes). None otherwise, and nothing is written."""
+    if not out.exists(MANIFEST):
+        return None
+    stored = load_manifest(out)
+    if not stored.complete or args.epochs != stored.settings.epochs:
+        return None
+    manifest = open_store(out, store_settings(args, data_fp, maker, stored.settings.num_classes), rank)
+    present = set(out.names() or [])
+    return manifest if all(p.name in present for p in manifest.shards) else None
 
 
 class ShardWriter:
@@ -195,13 +214,19 @@ def run(args) -> dict:
     out_existed, fresh = out.exists(), not out.exists(MANIFEST)
     device = distributed.resolve_device(args.device)
     rank, world = distributed.init_process_group(device)
-    dataset, size, teacher, maker = load_inputs(args, names, checkpoints, weights, device)
+    distributed.set_rank_threads()
+    args.workers = distributed.capped_workers(args.workers, "--workers", say=rank == 0)
+    dataset, size, maker = load_views(args)
     if args.shard_records is None:  # a store being resumed or grown keeps its own
         args.shard_records = default_shard_records(size, args.chunk_records) if fresh else \
             load_manifest(out).settings.shard_records
-    settings = store_settings(args, fingerprint(args.dataset, dataset, args.split == "train", size), maker,
-                              teacher.num_classes)
-    manifest = open_store(out, settings, rank)
+    data_fp = fingerprint(args.dataset, dataset, args.split == "train", size)
+    done = complete_already(out, args, data_fp, maker, rank)
+    if done is not None:
+        return {"labelled": 0, "shards_written": 0, "store": str(out), "epochs": done.settings.epochs,
+                "records": done.records}
+    teacher = load_teacher(args, names, checkpoints, weights, device, dataset)
+    manifest = open_store(out, store_settings(args, data_fp, maker, teacher.num_classes), rank)
     settings = manifest.settings
     present = set(out.names() or [])  # one listing, not one request per shard
     missing = [p for p in manifest.shards if p.name not in present]

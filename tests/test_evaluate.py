@@ -42,13 +42,27 @@ def test_evaluate_compares_student_teacher_export_and_checkpoint(exports, teache
     assert f"confusion PNGs in {out.resolve()}" in proc.stdout  # says where it wrote them
 
 
-def test_teacher_export_feeds_save_logits(exports, tmp_path):
-    """A fine-tuned teacher's export is a checkpoint save_logits accepts."""
+@pytest.mark.parametrize("checkpoint", ["teacher/final/model.pt", "teacher"])  # the file, or the run's folder
+def test_teacher_export_feeds_save_logits(exports, tmp_path, checkpoint):
+    """A fine-tuned teacher's export is a checkpoint save_logits accepts, named by its weights
+    file or by a folder; either way the store fingerprints the same file."""
+    from teacher_logits.files import sha256_file
+
     store = tmp_path / "store"
-    run_tool("tools/save_logits.py", "--teacher", "cifar10_resnet20", "--checkpoint",
-             exports / "teacher/final/model.pt", "--dataset", "digits", "--aug", "crop", "--limit", "64",
-             "--workers", "0", "--out", store)
+    run_tool("tools/save_logits.py", "--teacher", "cifar10_resnet20", "--checkpoint", exports / checkpoint,
+             "--dataset", "digits", "--aug", "crop", "--limit", "64", "--workers", "0", "--out", store)
     assert run_tool("tools/verify_logits.py", store).returncode == 0
+    teacher = json.loads((store / "manifest.json").read_text())["settings"]["teacher"]
+    assert teacher["checkpoint_sha256"] == sha256_file(exports / "teacher/final/model.pt")
+
+
+def test_evaluate_takes_run_folders_for_exports_and_teacher_checkpoints(exports, tmp_path):
+    out = tmp_path / "eval"
+    run_tool("tools/evaluate.py", "--dataset", "digits", "--out", out, "--throughput-iters", "0", "--limit", "32",
+             "--teacher", "cifar10_resnet20", "--checkpoint", exports / "teacher/final", "--compare",
+             exports / "student")
+    results = json.loads((out / "metrics.json").read_text())["models"]
+    assert set(results) == {"cifar10_resnet20", "student"}
 
 
 def test_wandb_gets_the_table_per_class_scores_and_confusion_image(exports, tmp_path):

@@ -161,3 +161,20 @@ def test_killed_while_growing_keeps_the_old_epochs_and_resumes(one_epoch, three_
     assert save_logits(teacher_ckpt, store, 3)[0] == 0
     assert verify_store(store)[0] == [] and manifest(store)["shards"][:3] == old["shards"]
     assert_same_store_as_direct(store, three_epochs)
+
+
+def test_a_complete_stores_command_builds_no_teacher_and_writes_nothing(one_epoch, teacher_ckpt, tmp_path, capsys,
+                                                                        monkeypatch):
+    import distill.teacher_stage
+
+    store = tmp_path / "store"
+    shutil.copytree(one_epoch, store)
+    stamps = {p.name: p.stat().st_mtime_ns for p in store.iterdir()}
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("a complete store's re-run built its teacher")
+
+    monkeypatch.setattr(distill.teacher_stage, "load_teacher", no_teacher)
+    code, out, _ = call_tool("save_logits", command(teacher_ckpt, store, 1), capsys)
+    assert code == 0 and "complete already (1 epochs, 100 records), nothing to label" in out
+    assert {p.name: p.stat().st_mtime_ns for p in store.iterdir()} == stamps  # not even the manifest rewritten

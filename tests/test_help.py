@@ -9,7 +9,7 @@ from conftest import REPO
 
 PROGRAMS = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("tools/*.py"), *REPO.glob("benchmarks/*.py")]
                   if p.name not in ("__init__.py", "bench_report.py"))
-PROGRAMS.append("distill/train_student.py")
+PROGRAMS += ["distill/train_student.py", "distill/programs/list_models.py"]
 
 
 def parser_of(path: str) -> argparse.ArgumentParser:
@@ -18,18 +18,18 @@ def parser_of(path: str) -> argparse.ArgumentParser:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     built = []
-    original = argparse.ArgumentParser.parse_args
+    original = argparse.ArgumentParser.parse_known_args
 
     def capture(self, *args, **kwargs):
         built.append(self)
         raise SystemExit(0)
 
-    argparse.ArgumentParser.parse_args = capture
+    argparse.ArgumentParser.parse_known_args = capture
     try:
         with pytest.raises(SystemExit):
             (getattr(module, "parse_args", None) or module.main)([])
     finally:
-        argparse.ArgumentParser.parse_args = original
+        argparse.ArgumentParser.parse_known_args = original
     return built[0]
 
 

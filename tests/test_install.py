@@ -33,7 +33,7 @@ def test_console_scripts_and_shipped_configs_work_from_an_installed_copy(tmp_pat
         return proc.stdout
 
     assert run(sys.executable, "-c", "import distill; print(distill.__file__)").startswith(str(site))  # the copy
-    assert len(SCRIPTS) == 6
+    assert len(SCRIPTS) == 8
     for script in SCRIPTS:
         assert "usage:" in run(str(site / "bin" / script), "--help"), script
     printed = run(str(site / "bin" / "tvd-train-student"), "--config", "configs/smoke_digits.yaml", "--print-config")

@@ -224,3 +224,34 @@ def test_non_checkpoint_and_missing_files(tmp_path):
         load_weights(timm.create_model("cifar10_resnet20"), tmp_path / "notes.txt")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_weights(timm.create_model("cifar10_resnet20"), tmp_path / "missing.pt")
+
+
+def test_the_model_list_names_every_student_and_teacher_with_its_size(capsys):
+    """`python -m distill.models` (tvd-models): one row per registered model."""
+    import timm
+
+    from distill.model_cost import count_params
+    from distill.programs.list_models import main
+
+    main(["--num-classes", "10"])
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line}
+    rows.pop("model")
+    assert {"cifar_vit", "cct_7_3x1", "tiny_vit_5m", "tiny_vit_21m", "cifar10_resnet56", "cifar100_resnet56"} <= set(rows)
+    assert rows["cifar_vit"][:1] == ["student"] and rows["cifar10_resnet56"][:1] == ["teacher"]
+    assert float(rows["cifar_vit"][1]) == pytest.approx(count_params(create_student("cifar_vit", 10, 32)) / 1e6, abs=0.01)
+    assert float(rows["cifar10_resnet20"][1]) == pytest.approx(count_params(timm.create_model("cifar10_resnet20")) / 1e6,
+                                                                abs=0.01)
+    assert "dist_in22k" in rows["tiny_vit_5m"][3] and rows["cifar_vit"][3] == "-"
+    assert all(float(r[2]) > 0 for r in rows.values())
+
+
+def test_python_dash_m_distill_models_runs():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-m", "distill.models", "--help"], capture_output=True, text=True, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert proc.returncode == 0 and "tvd-models" in proc.stdout

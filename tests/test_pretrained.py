@@ -149,3 +149,52 @@ def test_the_in22k_config_names_a_timm_weight_set():
     assert cfg.model.pretrained and timm.models.get_pretrained_cfg(cfg.model.name).num_classes == 21841
     model = create_student(cfg.model.name, 10, cfg.data.img_size).eval()
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_export_config_describes_this_run_not_timms_defaults(export_64px):
+    """cifar_vit's default config says `license: mit`; TinyViT's (below) names its IN-22k weights."""
+    from distill.models.timm_export import timm_data_config
+
+    config = json.loads((export_64px / "config.json").read_text())
+    student = yaml.safe_load((export_64px / "config.yaml").read_text())["student"]
+    cfg = config["pretrained_cfg"]
+    assert cfg["tag"] == "scratch_digits" and "license" not in cfg
+    wanted = json.loads(json.dumps(timm_data_config(student)))  # tuples as JSON lists
+    assert {k: cfg[k] for k in wanted} == wanted
+    assert config["label_names"] == [str(d) for d in range(10)]
+
+
+def test_tinyvit_export_drops_the_imagenet_weights_description(tmp_path):
+    from distill.models.timm_export import save_for_timm
+
+    model = create_student("tiny_vit_5m", 10, 32)
+    assert model.pretrained_cfg["tag"] == "dist_in22k"  # what the export must not repeat
+    info = {"img_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    save_for_timm(model, model.state_dict(), info, tmp_path, "kd_cifar10", license="cc-by-4.0")
+    cfg = json.loads((tmp_path / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["tag"] == "kd_cifar10" and cfg["license"] == "cc-by-4.0" and cfg["num_classes"] == 10
+    assert not {"pool_size", "hf_hub_id", "url", "test_input_size"} & set(cfg)
+    assert cfg["input_size"] == [3, 32, 32] and cfg["mean"] == [0.5] * 3
+
+
+def test_export_has_a_hugging_face_model_card(export_64px):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(export_64px / "README.md")
+    metrics = json.loads((export_64px.parent / "metrics.json").read_text())["eval"]
+    assert card.data.library_name == "timm" and "knowledge-distillation" in card.data.tags
+    assert card.data.license is None  # none claimed: output.license unset
+    top1, top5 = card.data.eval_results
+    assert top1.metric_value == round(metrics["top1"], 2) and top5.metric_value == round(metrics["top5"], 2)
+    assert "`cifar_vit`" in card.text and "labels only" in card.text and "timm.create_model" in card.text
+
+
+def test_a_run_folder_or_export_folder_names_the_exports_weights(export_64px):
+    """model.init (and every --checkpoint) takes RUN/final or RUN itself."""
+    from distill.models.weights import weights_file
+
+    assert weights_file(export_64px) == weights_file(export_64px.parent) == export_64px / "model.pt"
+    assert weights_file(export_64px / "model.safetensors") == export_64px / "model.safetensors"
+    plain = read_state_dict(export_64px / "model.pt")
+    run = read_state_dict(export_64px.parent)
+    assert run.keys() == plain.keys() and all(torch.equal(run[k], plain[k]) for k in plain)

@@ -89,4 +89,34 @@ def test_keys_that_cannot_change_the_result_may_differ(finished_run, tmp_path, c
     assert exported["train"]["epochs"] == 2 and exported["continued"] == [["train.epochs: 1 != 2"]]
     assert json.loads((run / "run.json").read_text())["continued"] == [["train.epochs: 1 != 2"]]
     again = train_ok(run, capsys, "train.epochs=2", "train.log_every=7", "wandb.name=other")  # result-free keys
-    assert "resumed from" in again
+    assert "this run has finished" in again  # the same training config: nothing to redo
+
+
+def test_a_finished_runs_command_reports_it_in_seconds_and_writes_nothing(finished_run, tmp_path, capsys):
+    """As a user re-runs it: a fresh process, W&B on (offline); --reevaluate evaluates on purpose."""
+    import time
+
+    from conftest import run_tool, snapshot
+
+    run = copy_of(finished_run, tmp_path)
+    before, started = snapshot(run), time.time()
+    proc = run_tool("distill/train_student.py", *TINY, f"output.dir={run}", "wandb.enabled=true")
+    assert time.time() - started < 15
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert f"this run has finished: top1 {metrics['eval']['top1']:.2f}%" in proc.stdout
+    assert str(run / "final") in proc.stdout and "--reevaluate" in proc.stdout
+    assert snapshot(run) == before  # no W&B run, no evaluation, final/ untouched
+    again = train_ok(run, capsys, "--reevaluate")
+    assert "resumed from" in again and f"final: top1 {metrics['eval']['top1']:.2f}%" in again
+
+
+def test_a_run_recorded_before_a_key_existed_is_still_this_configs(finished_run, tmp_path, capsys):
+    """run.json of an older trainer lacks the keys added since: they compare as their defaults."""
+    run = copy_of(finished_run, tmp_path)
+    record = json.loads((run / "run.json").read_text())
+    for section, key in (("deepspeed", "fp16"), ("deepspeed", "config"), ("output", "license")):
+        del record["config"][section][key]
+    (run / "run.json").write_text(json.dumps(record))
+    assert "this run has finished" in train_ok(run, capsys)
+    r = train(run, capsys, "deepspeed.grad_clip=0.5")  # a key that was recorded still counts
+    user_error(r, "another config", "deepspeed.grad_clip")

@@ -1,8 +1,11 @@
 """Weights files: read them without unpickling, load them strictly, or adapt them to a model.
 
+- `weights_file(path)`: the file a path means: itself, an export directory's model.pt (else its
+  model.safetensors), or a run folder's final/ export. Every --checkpoint and model.init takes
+  all three.
 - `read_state_dict(path)`: a .safetensors file, a torch file read with weights_only=True (the
   common wrappers {'state_dict' | 'model' | 'module': ...} and DDP's `module.` prefix
-  removed), or an export directory (its model.safetensors, else its model.pt).
+  removed), or a directory as `weights_file` resolves it.
 - `load_weights(model, path)`: a checkpoint of exactly this architecture and class count
   (teachers, exported students): every key and shape must match, else one line names the key.
 - `load_adapted(model, path)`: transfer, TinyViT's second step (`model.init`, fine-tuning a
@@ -19,19 +22,31 @@ from pathlib import Path
 import torch
 from teacher_logits.errors import UserError
 
-__all__ = ["classifier_prefixes", "load_adapted", "load_weights", "read_state_dict", "resampled"]
+__all__ = ["classifier_prefixes", "load_adapted", "load_weights", "read_state_dict", "resampled", "weights_file"]
 
-EXPORT_FILES = ("model.safetensors", "model.pt")  # what a directory is read for, first found
+# what an export directory is read for, first found: model.pt first, so that a store made from
+# `--checkpoint RUN/final` fingerprints the same file (sha256) as one made from RUN/final/model.pt
+EXPORT_FILES = ("model.pt", "model.safetensors")
+
+
+def weights_file(path) -> Path:
+    """The weights file that `path` names: a file itself; in an export directory (a run's
+    final/) its first EXPORT_FILES; a run folder (holding final/) its export's. Any other
+    path comes back as it is, for the caller to refuse."""
+    path = Path(path)
+    for folder in (path, path / "final"):
+        found = next((folder / name for name in EXPORT_FILES if (folder / name).is_file()), None)
+        if path.is_dir() and found is not None:
+            return found
+    return path
 
 
 def read_state_dict(path) -> dict:
-    """The tensors in weights file `path` (or an export directory), read without unpickling."""
-    path = Path(path)
-    if path.is_dir():
-        path = next((path / name for name in EXPORT_FILES if (path / name).is_file()), path / EXPORT_FILES[-1])
+    """The tensors in weights file `path` (or an export or run folder), read without unpickling."""
+    path = weights_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file; pass a .safetensors or torch state_dict file, "
-                                "or an export directory (a run's final/)")
+                                "an export directory (a run's final/) or the run's folder")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

@@ -81,8 +81,12 @@ def main(argv=None):
     summary = run(args)
     if int(os.environ.get("RANK", 0)) != 0:
         return
+    if "records" in summary:  # found complete: nothing was loaded or written
+        print(f"store {summary['store']}: complete already ({summary['epochs']} epochs, {summary['records']} "
+              "records), nothing to label; a larger --epochs grows it")
+        return
     if summary["labelled"] == 0:
-        print(f"store {summary['store']}: complete already, nothing to label")
+        print(f"store {summary['store']}: every shard was written already; sealed it, nothing to label")
         return
     print(f"store {summary['store']}: labelled {summary['labelled']} views in {summary['shards_written']} "
           f"new shards; teacher top-1 on them {summary['teacher_top1']:.2f}% "

@@ -5,11 +5,37 @@
     deepspeed --num_gpus 2 distill/train_student.py --config ... (one process per GPU / CPU rank)
     python distill/train_student.py --config ...                  (one process, no launcher)
 
+The common timm flags (--model, --epochs, --lr, ...) are aliases of config keys: each becomes
+its `key=value` override, applied before the dotted ones (a dotted override of the same key wins).
+Any other flag is refused naming the config key it most likely meant.
+
 What a run does and writes, and how it resumes: distill/student_stage.py.
 """
 import argparse
+import json
 
 from distill.cli import HelpFormatter, run_main
+from teacher_logits.errors import UserError
+
+# flag -> (config key, argparse options): timm's and DeepSpeed users' habits, each one config key
+FLAG_KEYS = {
+    "--model": ("model.name", dict(metavar="NAME")),
+    "--epochs": ("train.epochs", dict(type=int, metavar="N")),
+    "--lr": ("optim.lr", dict(type=float, metavar="LR")),
+    "--batch-size": ("train.batch_size", dict(type=int, metavar="N", help_extra=" (per rank)")),
+    "--seed": ("train.seed", dict(type=int, metavar="N")),
+    "--output": ("output.dir", dict(metavar="DIR")),
+    "--resume": ("output.resume", dict(choices=("auto", "none", "continue"))),
+    "--amp": ("deepspeed.fp16", dict(action="store_const", const=True, help_extra=": fp16 with dynamic loss "
+                                                                                  "scaling (GPU)")),
+    "--bf16": ("deepspeed.bf16", dict(action="store_const", const=True)),
+}
+
+# other timm train.py flags, by the config key that does their work here
+TIMM_FLAGS = {"clip_grad": "deepspeed.grad_clip", "wd": "optim.weight_decay", "smoothing": "loss.label_smoothing",
+              "j": "data.workers", "experiment": "wandb.name", "log_wandb": "wandb.enabled",
+              "initial_checkpoint": "model.init", "grad_accum_steps": "train.grad_accum",
+              "log_interval": "train.log_every", "input_size": "data.img_size", "data_dir": "data.root"}
 
 
 def parse_args(argv=None):
@@ -20,8 +46,39 @@ def parse_args(argv=None):
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (the file, then the overrides) as YAML, and exit; the output "
                         "is itself a config for --config")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="a finished run of this config (output.dir) is only reported; this evaluates it and "
+                        "exports it again")
+    aliases = p.add_argument_group("aliases of config keys (timm's flags)")
+    for flag, (key, options) in FLAG_KEYS.items():
+        options = dict(options)
+        extra = options.pop("help_extra", "")
+        value = "true" if options.get("action") == "store_const" else options.get("metavar", "VALUE")
+        aliases.add_argument(flag, dest=key, help=f"{key}={value}{extra}", **options)
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args, unknown = p.parse_known_intermixed_args(argv)  # key=value overrides may sit between the flags
+    if unknown:
+        raise UserError(unknown_flag_message(unknown))
+    args.overrides = [f"{key}={json.dumps(getattr(args, key))}" for key, _ in FLAG_KEYS.values()
+                      if getattr(args, key) is not None] + args.overrides  # JSON values are YAML
+    return args
+
+
+def unknown_flag_message(unknown: list[str]) -> str:
+    """The first unknown flag, and the config key it most likely meant (with its value, where
+    the flag had one): `--warmup-epochs 5` -> optim.warmup_epochs=5."""
+    from distill.config import closest_key  # the schema: only on this error path
+
+    position = next((i for i, a in enumerate(unknown) if a.startswith("-")), 0)
+    flag, _, value = unknown[position].partition("=")
+    following = unknown[position + 1] if position + 1 < len(unknown) else ""
+    if not value and following and not following.startswith("-") and "=" not in following:
+        value = following
+    name = flag.lstrip("-").replace("-", "_")
+    key = TIMM_FLAGS.get(name) or closest_key(name)
+    hint = (f"did you mean the config key {key}={value or 'VALUE'}?" if key else
+            "config keys are set as dotted key=value (every key: --print-config)")
+    return f"unknown flag {flag}: {hint} (flags: --help)"
 
 
 def main(argv=None):
@@ -35,7 +92,7 @@ def main(argv=None):
         return
     from distill.student_stage import run  # after --help: importing the stage takes seconds
 
-    run(args.config, args.overrides)
+    run(args.config, args.overrides, reevaluate=args.reevaluate)
 
 
 def cli() -> None:

@@ -41,8 +41,13 @@ def main(argv=None):
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides, e.g. optim.weight_decay=0")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+    if args.checkpoint:
+        from distill.models.weights import weights_file  # an export or run folder: its weights file
+
+        args.checkpoint = str(weights_file(args.checkpoint))
+        if not os.path.isfile(args.checkpoint):
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file; pass a weights file, an export "
+                                    "folder (a run's final/) or a run folder")
     aug = args.aug or default_recipe(args.dataset).name
     overrides = [f"model.name={args.teacher}", f"model.pretrained={str(args.pretrained).lower()}",
                  f"data.dataset={args.dataset}", f"data.skip_md5={str(args.skip_md5).lower()}", f"data.recipe={aug}",
