@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.bench_distill import run
 from benchmarks.bench_report import save_curves
-from benchmarks.bench_seeds import as_typed, make_store, quick_setup, teacher_top1, time_to_accuracy
+from benchmarks.bench_seeds import as_typed, make_store, quick_setup, time_to_accuracy
 from distill.cli import HelpFormatter, add_data_args, run_main
 from teacher_logits.errors import UserError
 
@@ -137,30 +137,44 @@ def collect(args, key: str, overrides: list[str]) -> dict | None:
             "curve": [(c["epoch"], c["top1"], c["wall_s"]) for c in curve], "command": as_typed(cmd)}
 
 
-def store_teacher_top1(args) -> float:
-    """Test top-1 of the teacher as the store applies it: the ensemble of --teacher, flip-averaged
-    with --flip-average (evaluate.py scores each member alone). Kept in OUT/store_teacher.json."""
-    record = os.path.join(args.out, "store_teacher.json")
-    if os.path.isfile(record):
-        return json.load(open(record))["top1"]
+def teacher_scores(args) -> dict:
+    """Test top-1 of each --teacher alone and of their ensemble, each plain and flip-averaged,
+    scored as a store applies them (evaluate.py scores single models). Kept in
+    OUT/teacher_scores.json, so a report costs nothing once they are there."""
+    record = os.path.join(args.out, "teacher_scores.json")
+    scores = json.load(open(record)) if os.path.isfile(record) else {}
+    candidates = [[spec] for spec in args.teacher] + ([args.teacher] if len(args.teacher) > 1 else [])
+    for specs in candidates:
+        for flip in (False, True):
+            label = teacher_label(specs, flip)
+            if label not in scores:
+                scores[label] = score_teacher(args, specs, flip)
+                with open(record, "w") as f:
+                    json.dump(scores, f, indent=1)
+    return scores
+
+
+def teacher_label(specs: list[str], flip: bool) -> str:
+    return " + ".join(spec.split("=")[0] for spec in specs) + (", flip-averaged" if flip else "")
+
+
+def score_teacher(args, specs: list[str], flip: bool) -> float:
     import torch
 
     from distill.datasets import build_dataset
     from distill.evaluation import test_views_loader
     from distill.models import FlipAveraged, create_teachers
 
-    names, checkpoints = zip(*(spec.split("=", 1) for spec in args.teacher))
+    names, checkpoints = zip(*(spec.split("=", 1) for spec in specs))
     teacher = create_teachers(list(names), list(checkpoints), num_classes=10)
-    teacher = FlipAveraged(teacher) if args.flip_average else teacher
+    teacher = FlipAveraged(teacher) if flip else teacher
     dataset = build_dataset("cifar10", args.data_root, train=False, skip_md5=args.skip_md5)
     correct = seen = 0
     with torch.no_grad():
         for batch in test_views_loader(dataset, 32, 500, limit=200 if args.quick else None):
             correct += int((teacher(batch["view"]).argmax(1) == batch["label"]).sum())
             seen += len(batch["label"])
-    with open(record, "w") as f:
-        json.dump({"top1": 100 * correct / seen, "test_images": seen}, f)
-    return 100 * correct / seen
+    return round(100 * correct / seen, 2)
 
 
 def comparisons(runs: dict, epochs: int, teacher_s: float) -> dict:
@@ -208,13 +222,13 @@ def report(args, runs, argv) -> dict:
     store_record = os.path.join(args.out, "store.json")
     store = json.load(open(store_record)) if os.path.isfile(store_record) else {}
     collected = {key: r for key in runs if (r := collect(args, key, runs[key]))}
+    scores = teacher_scores(args)
     teacher_s = store.get("wall_s", 0.0)  # every kd run here reads all stored epochs
     results = {"command": "python benchmarks/bench_tinyvit.py " + shlex.join(sys.argv[1:] if argv is None else argv),
                "train_images": args.limit or 50000, "test_images": 200 if args.quick else 10000,
                "student": "tiny_vit_5m (32 px)", "config": os.path.relpath(CONFIG, REPO),
                "teacher": args.teacher, "flip_average": args.flip_average,
-               "teacher_top1": store_teacher_top1(args) if store else None,
-               "teacher_members_top1": teacher_top1(args) if store else None,
+               "teacher_top1": scores[teacher_label(args.teacher, args.flip_average)], "teacher_scores": scores,
                "store": store, "runs": {}, "by_budget": {}}
     for key, r in collected.items():
         name, epochs = key.split("@")

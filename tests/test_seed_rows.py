@@ -105,6 +105,8 @@ def test_bench_tinyvit_quick(tmp_path):
     budget = result["by_budget"]["1"]
     assert budget["best_scratch"] == "scratch" and budget["ablations_minus_kd"].keys() == {"kd-T2"}
     assert budget["kd_minus_best_scratch"] == round(result["runs"]["kd"]["test_top1"] - result["runs"]["scratch"]["test_top1"], 2)
+    assert set(result["teacher_scores"]) == {"cifar10_resnet20", "cifar10_resnet20, flip-averaged"}
+    assert result["teacher_top1"] == result["teacher_scores"]["cifar10_resnet20"]
     assert json.loads(report.read_text())["runs"] == json.loads(json.dumps(result["runs"]))
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
     again = bench_tinyvit.main(["--quick", "--data-root", str(cifar_root), "--skip-md5", "--out", str(out), "--report"])
