@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.bench_tinyvit import teacher_label
 from distill.cli import HelpFormatter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +77,20 @@ def seed_rows_table(plain: dict, mixed: dict) -> str:
         f"from the Mixup/CutMix store, against scratch on plain views: {', '.join(mixed_gains)}.{short}")
 
 
+def tinyvit_table(result: dict) -> str:
+    """TinyViT-5M on full CIFAR-10: the teachers as stored, and each run, finished or not."""
+    store_teacher = teacher_label(result["teacher"], result["flip_average"])
+    lines = ["| teacher, as a store applies it | test top-1 |", "|---|---:|"]
+    lines += [f"| {label} | {'**%.2f**' % top1 if label == store_teacher else '%.2f' % top1} |"
+              for label, top1 in result["teacher_scores"].items()]
+    lines += ["", "| TinyViT-5M run | epochs | test top-1 | status |", "|---|---:|---:|---|"]
+    lines += [f"| {name} | {r['epochs']} | {r['test_top1']:.2f} | "
+              f"{'finished' if r['finished'] else 'at epoch %d' % r['epochs_done']} |" for name, r in result["runs"].items()]
+    found = [f"at {epochs} epochs kd {signed(c['kd_minus_best_scratch'])} against the best scratch ({c['best_scratch']})"
+             for epochs, c in result["by_budget"].items() if c]
+    return "\n".join(lines) + ("\n\n" + "; ".join(found) + "." if found else "")
+
+
 def read(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
@@ -83,6 +98,7 @@ def read(name: str) -> dict:
 # name -> (JSON files, function of their contents): one entry per generated README block
 TABLES = {
     "seed_rows": (("seed_rows.json", "seed_rows_mixed.json"), seed_rows_table),
+    "tinyvit": (("tinyvit_cifar10.json",), tinyvit_table),
 }
 
 
@@ -94,7 +110,8 @@ def block(name: str) -> str:
 def rendered(readme: str) -> str:
     """`readme` with every generated block made anew from the JSONs."""
     for name in TABLES:
-        pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table -->)", re.S)
+        # the shortest body, possibly empty: never across another block's end
+        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(<!-- /table -->)", re.S)
         if not pattern.search(readme):
             raise SystemExit(f"README.md has no <!-- table:{name} --> ... <!-- /table --> block")
         readme = pattern.sub(lambda m: m.group(1) + block(name) + "\n" + m.group(2), readme)
