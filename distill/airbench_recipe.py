@@ -129,41 +129,14 @@ def train(train_set, test_set, out: str, hyper: Hyper, log=print, stop_after: in
     images, labels = normalise(train_set[0], model), train_set[1]
     test_images, test_labels = normalise(test_set[0], model), test_set[1]
     optimizer, average = _start(model, images, hyper)
-    steps_per_epoch = len(images) // hyper.batch_size
-    total = hyper.epochs * steps_per_epoch
-    curve, first_epoch = [], 0
     checkpoint = os.path.join(out, "checkpoint.pt")
-    if os.path.exists(checkpoint):
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if state["hyper"] != asdict(hyper):
-            raise UserError(f"{checkpoint} was made with other settings ({state['hyper']}): run them again with "
-                            "those, or use another --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        average, curve, first_epoch = state["average"], state["curve"], state["epoch"]
-        log(f"resumed after epoch {first_epoch} from {checkpoint}")
+    curve, first_epoch, average = _resume(checkpoint, model, optimizer, average, hyper, log)
     started = time.time() - (curve[-1][2] if curve else 0.0)
     for epoch in range(first_epoch, hyper.epochs):
-        model.whiten.bias.requires_grad = epoch < hyper.whiten_bias_epochs
-        model.train()
-        order, views = epoch_views(images, hyper, epoch)
-        for i in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + i
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * lr_factor(step, total)
-            batch = order[i * hyper.batch_size:(i + 1) * hyper.batch_size]
-            loss = F.cross_entropy(model(views[batch]), labels[batch], label_smoothing=hyper.label_smoothing,
-                                   reduction="sum")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if step % hyper.lookahead_every == 0:
-                lookahead(model, average, 0.95 ** hyper.lookahead_every * (step / total) ** 3)
-        if epoch == hyper.epochs - 1:
-            lookahead(model, average, 1.0)  # end on the average
+        loss = train_epoch(model, optimizer, average, images, labels, hyper, epoch)
         scores = evaluate(model, test_images, test_labels)
         curve.append([epoch + 1, scores["top1"], round(time.time() - started, 1)])
-        log(f"epoch {epoch + 1}/{hyper.epochs}: loss {loss.item() / len(batch):.4f}, test top-1 {scores['top1']:.2f} % "
+        log(f"epoch {epoch + 1}/{hyper.epochs}: loss {loss:.4f}, test top-1 {scores['top1']:.2f} % "
             f"({scores['top1_flip_tta']:.2f} % with flips), {curve[-1][2]:.0f} s")
         os.makedirs(out, exist_ok=True)
         _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "average": average,
@@ -172,13 +145,57 @@ def train(train_set, test_set, out: str, hyper: Hyper, log=print, stop_after: in
             return None
     metrics = {**evaluate(model, test_images, test_labels), "epochs": hyper.epochs, "curve": curve,
                "hyper": asdict(hyper), "train_images": len(images), "test_images": len(test_images)}
-    final = os.path.join(out, "final")
+    _export(model, metrics, os.path.join(out, "final"))
+    return metrics
+
+
+def train_epoch(model, optimizer, average: dict, images, labels, hyper: Hyper, epoch: int) -> float:
+    """One epoch of seeded views; the last one ends on the Lookahead average. Returns the last
+    batch's mean loss."""
+    model.whiten.bias.requires_grad = epoch < hyper.whiten_bias_epochs
+    model.train()
+    order, views = epoch_views(images, hyper, epoch)
+    steps_per_epoch = len(images) // hyper.batch_size
+    total = hyper.epochs * steps_per_epoch
+    for i in range(steps_per_epoch):
+        step = epoch * steps_per_epoch + i
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lr_factor(step, total)
+        batch = order[i * hyper.batch_size:(i + 1) * hyper.batch_size]
+        loss = F.cross_entropy(model(views[batch]), labels[batch], label_smoothing=hyper.label_smoothing,
+                               reduction="sum")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % hyper.lookahead_every == 0:
+            lookahead(model, average, 0.95 ** hyper.lookahead_every * (step / total) ** 3)
+    if epoch == hyper.epochs - 1:
+        lookahead(model, average, 1.0)
+    return loss.item() / len(batch)
+
+
+def _resume(checkpoint: str, model, optimizer, average: dict, hyper: Hyper, log) -> tuple[list, int, dict]:
+    """(curve, first epoch to train, Lookahead average) from `checkpoint`, loaded into `model`
+    and `optimizer`; a fresh start where there is none."""
+    if not os.path.exists(checkpoint):
+        return [], 0, average
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if state["hyper"] != asdict(hyper):
+        raise UserError(f"{checkpoint} was made with other settings ({state['hyper']}): run them again with "
+                        "those, or use another --out")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    log(f"resumed after epoch {state['epoch']} from {checkpoint}")
+    return state["curve"], state["epoch"], state["average"]
+
+
+def _export(model, metrics: dict, final: str) -> None:
+    """final/model.pt (a plain state_dict: save_logits --checkpoint takes it) and metrics.json."""
     os.makedirs(final, exist_ok=True)
     _save(model.state_dict(), os.path.join(final, "model.pt"))
     with open(os.path.join(final, "metrics.json.tmp"), "w") as f:
         json.dump(metrics, f, indent=1)
     os.replace(os.path.join(final, "metrics.json.tmp"), os.path.join(final, "metrics.json"))
-    return metrics
 
 
 def _save(obj, path: str) -> None:
