@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread", "no_tvd_debug")
 def test_unknown_teacher_name(base, tmp_path, capsys):
     out = tmp_path / "s"
     r = save_logits(replace(with_out(base, out), "--teacher", "cifar10_resnet2O"), capsys)
-    user_error(r, "unknown teacher 'cifar10_resnet2O'", "did you mean", "cifar10_resnet20")
+    user_error(r, "--teacher: unknown model 'cifar10_resnet2O'", "did you mean", "cifar10_resnet20")
     assert not out.exists()
 
 

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 
-from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main
+from distill.cli import HelpFormatter, add_data_args, add_teacher_args, check_flag_bounds, run_main
 from teacher_logits.errors import UserError
 
 COLUMNS = ["model", "top1", "top5", "precision_macro", "recall_macro", "f1_macro", "mcc", "params", "flops",
@@ -71,6 +71,7 @@ def main(argv=None):
             raise UserError(f"{flag} must be positive, got {value}")
     if args.throughput_iters < 0:
         raise UserError(f"--throughput-iters must be 0 (skip) or positive, got {args.throughput_iters}")
+    check_flag_bounds(args, {"workers": "data.workers"})
     if args.wandb:  # a bad W&B mode fails now, not after the evaluation
         from distill.tracking import resolve_mode
 
