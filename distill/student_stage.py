@@ -24,6 +24,9 @@ number of ranks (see DeepSpeed's ds_to_universal to change it).
 """
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -36,7 +39,7 @@ from distill.config import TEACHER_KEYS, check_runnable, load_config, resolved_c
 from distill.datasets import STATS
 from distill.recipes import test_view_spec
 from distill.distributed import port_in_use_said, set_single_process_env
-from distill.engine import Checkpoints, Position, build_engine, export_state_dict
+from distill.engine import Checkpoints, Position, build_engine, export_state_dict, torch_save, unwritable
 from distill.evaluation import test_views_loader
 from distill.loss import DistillationLoss
 from distill.metrics import MetricAccumulator
@@ -141,7 +144,12 @@ def run(config_path, overrides=()) -> None:
     cfg = load_config(config_path, list(overrides))
     check_runnable(cfg)
     resolve_mode(cfg.wandb.mode)
-    train(cfg)
+    try:
+        train(cfg)
+    except OSError as e:  # the disk under output.dir, whichever file met it (logs, W&B, run.json)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        raise UserError(unwritable(Path(cfg.output.dir), e.filename or "its files", e)) from None
 
 
 def join_process_group() -> tuple[int, int]:
@@ -224,11 +232,21 @@ def export(engine, cfg, config: dict, export_info: dict, out_dir: Path) -> Path:
     any timm user (`timm.create_model("local-dir:RUN/final", pretrained=True)`, the hub)."""
     from distill.models.timm_export import save_for_timm
 
-    final = out_dir / "final"
-    final.mkdir(exist_ok=True)
+    final, staging = out_dir / "final", out_dir / ".final.tmp"
     state = export_state_dict(engine, cfg.deepspeed.zero_stage, out_dir / "checkpoints")
-    torch.save(state, final / "model.pt")
-    save_for_timm(engine.module.model, state, export_info, final)
-    (final / "config.yaml").write_text(yaml.safe_dump({**config, "student": export_info}, sort_keys=False))
+    shutil.rmtree(staging, ignore_errors=True)
+    try:  # written whole beside final/, then moved into place: a failed export leaves the old one or none
+        need = 2 * sum(t.numel() * t.element_size() for t in state.values()) + (1 << 20)  # model.pt, safetensors
+        if shutil.disk_usage(out_dir).free < need:  # safetensors reports a full disk as its own error type
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        staging.mkdir()
+        torch_save(state, staging / "model.pt")
+        save_for_timm(engine.module.model, state, export_info, staging)
+        (staging / "config.yaml").write_text(yaml.safe_dump({**config, "student": export_info}, sort_keys=False))
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(unwritable(out_dir, "the export final/", e)) from None
     return final
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from conftest import (
     run_tool,
     save_logits,
     save_logits_args,
+    small_disk,
     snapshot,
     user_error,
     with_out,
@@ -260,17 +260,8 @@ def test_rerun_with_another_teacher_checkpoint_is_refused(base, store, ckpts, tm
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 64 KiB tmpfs, filled up to `leave` free bytes by the test (root only)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip()}): needs root / CAP_SYS_ADMIN")
-    try:
+    with small_disk(tmp_path / "disk", "64k") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)]).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)])
 
 
 def fill(mnt: Path, leave: int) -> None:

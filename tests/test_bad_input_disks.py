@@ -1,0 +1,90 @@
+"""The operating system refusing a write: a full disk (ENOSPC), a read-only file system (EROFS)
+and permission denied (EACCES), met by the trainer's checkpoints, evaluate's files and stores.
+
+Full and read-only disks are real: a tiny tmpfs (conftest.small_disk; skipped where mounting is
+not permitted). Root ignores file modes, so EACCES is raised by the real write path's lowest
+call, `open` in teacher_logits/files.py (what atomic_write opens), monkeypatched to refuse one
+file. Each case ends in one line naming the input and the fix, exit 2, and nothing partial left:
+no half-written checkpoint tag or metrics, and a run folder that resumes. Part of the bad-input
+catalogue (docs/reliability.md).
+"""
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+from conftest import REPO, call, call_tool, remount, save_logits, small_disk, train_student_module, user_error, \
+    with_out
+
+pytestmark = pytest.mark.usefixtures("one_thread", "no_tvd_debug")
+
+
+def train_args(out):
+    return ["--config", REPO / "configs/smoke_digits.yaml", "loss.mode=scratch", "wandb.enabled=false",
+            f"output.dir={out}", "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "train.max_steps=2",
+            "data.limit=64", "train.batch_size=16", "data.test_limit=32"]
+
+
+def test_trainer_disk_full_at_its_first_checkpoint_then_resumes(tmp_path, capsys):
+    """The issue's example: torch.save inside DeepSpeed's checkpoint writer raised a RuntimeError
+    on a full disk. Now: one line, the half-written tag removed, and the same command finishes
+    once there is room. 128 KiB holds the run's logs, not its 220 KB checkpoint."""
+    with small_disk(tmp_path / "disk", "128k") as disk:
+        out = disk / "run"
+        r = call(train_student_module().main, train_args(out), capsys)
+        user_error(r, f"output.dir {out}: cannot write checkpoint step2 (No space left on device)", "free space",
+                   "re-run the same command")
+        assert not list((out / "checkpoints").glob("step*")) and not (out / "final").exists()
+        assert not (out / "metrics.json").exists()
+        remount(disk, "size=2m")
+        train_student_module().main([str(a) for a in train_args(out)])
+        assert (out / "final/model.pt").is_file() and json.loads((out / "metrics.json").read_text())["steps"] == 2
+
+
+def test_trainer_output_on_a_read_only_file_system(tmp_path, capsys):
+    with small_disk(tmp_path / "disk", "1m", "ro") as disk:
+        out = disk / "run"
+        r = call(train_student_module().main, train_args(out), capsys)
+        user_error(r, f"output.dir {out}", "Read-only file system")
+        assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def eval_args(cifar_root, teacher_ckpt):
+    return ["--dataset", "cifar10", "--data-root", cifar_root, "--skip-md5", "--limit", "20", "--throughput-iters",
+            "0", "--teacher", "cifar10_resnet20", "--checkpoint", teacher_ckpt]
+
+
+def test_evaluate_on_a_full_disk_writes_nothing(eval_args, tmp_path, capsys):
+    with small_disk(tmp_path / "disk", "16k") as disk:
+        out = disk / "eval"
+        code, _, err = call_tool("evaluate", [*eval_args, "--out", out], capsys)
+        user_error(type("R", (), {"code": code, "err": err})(), f"--out {out}: cannot write", "No space left",
+                   "nothing was written")
+        assert list(out.iterdir()) == []
+
+
+def test_evaluate_permission_denied_on_metrics_leaves_no_half_result(eval_args, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    import teacher_logits.files
+
+    def refuse_metrics(path, *args, **kwargs):
+        if "metrics.json" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(teacher_logits.files, "open", refuse_metrics, raising=False)
+    out = tmp_path / "eval"
+    code, _, err = call_tool("evaluate", [*eval_args, "--out", out], capsys)
+    user_error(type("R", (), {"code": code, "err": err})(), "cannot write metrics.json (Permission denied)")
+    assert list(out.iterdir()) == []  # the confusion PNG written before it is removed again
+
+
+def test_save_logits_out_on_a_read_only_file_system(base, tmp_path, capsys):
+    with small_disk(tmp_path / "disk", "1m", "ro") as disk:
+        out = disk / "store"
+        r = save_logits(with_out(base, out), capsys)
+        user_error(r, f"--out {out}", "Read-only file system")
+        assert not out.exists()
