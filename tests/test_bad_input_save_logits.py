@@ -173,7 +173,23 @@ def test_dataset_file_corrupt(base, cifar_root, tmp_path, capsys, content):
     (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(CORRUPT[content])
     out = tmp_path / "s"
     r = save_logits(replace(with_out(base, out), "--data-root", root), capsys)
-    user_error(r, str(root / "cifar-10-batches-py"), "unreadable", "re-create or re-download")
+    user_error(r, f"CIFAR10 file {root / 'cifar-10-batches-py' / 'data_batch_3'} is unreadable",
+               "re-create or re-download it")  # the file, not its folder (issue 27)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content", [{"data": np.zeros((4, 100), np.uint8), "labels": [0] * 4},
+                                     {"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3}, [1, 2, 3]],
+                         ids=["short rows", "labels missing", "a list"])
+def test_dataset_file_of_another_layout(base, cifar_root, tmp_path, capsys, content):
+    """A well-formed pickle of another layout was a ValueError or KeyError from torchvision."""
+    import pickle
+
+    root = tmp_path / "data"
+    shutil.copytree(cifar_root, root)
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(content))
+    r = save_logits(replace(with_out(base, out := tmp_path / "s"), "--data-root", root), capsys)
+    user_error(r, str(root / "cifar-10-batches-py" / "test_batch"), "unreadable")
     assert not out.exists()
 
 
