@@ -42,6 +42,8 @@ def check_run_folder(cfg) -> list[str]:
     """Refuse an output.dir this run may not write to (see the module docstring); returns the
     changes a deliberate `output.resume: continue` makes (empty otherwise)."""
     out = Path(cfg.output.dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output.dir {out} is a file, not a directory: choose another output.dir")
     if not out.is_dir() or not any(out.iterdir()):
         return []
     run_file = out / RUN_FILE
