@@ -172,7 +172,7 @@ class ImageFolderSplit(tvd.ImageFolder):
         try:
             with open(path, "rb") as f:
                 return Image.open(f).convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise DatasetError(f"image {path} cannot be decoded ({type(e).__name__}: {' '.join(str(e).split())[:80]}):"
                                " replace or delete the file") from None
 
