@@ -28,7 +28,8 @@ class Bounds:
         return above and below
 
     def __str__(self) -> str:
-        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        low, high = (str(x) if isinstance(x, int) else f"{x:g}" for x in (self.low, self.high))
+        return f"{'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
 
 def did_you_mean(word, names, n: int = 3) -> str:
