@@ -55,7 +55,7 @@ def check_run_folder(cfg) -> list[str]:
                         "another output.dir, or set output.overwrite=true to write into it")
     try:
         earlier = json.loads(run_file.read_text())
-        assert earlier["format"] == FORMAT
+        assert earlier["format"] == FORMAT and isinstance(earlier["config"], dict)
     except (ValueError, KeyError, TypeError, AssertionError):
         raise UserError(f"{run_file} is not a run record of this trainer: choose another output.dir, or delete "
                         "it to write into this one") from None

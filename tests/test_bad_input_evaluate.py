@@ -176,3 +176,20 @@ def test_unique_names_never_collide_with_a_given_name():
     from distill.programs.evaluate import unique_names
 
     assert unique_names(["a", "a", "a-2", "a"]) == ["a", "a-3", "a-2", "a-4"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"num_classes": "ten"}, "student.num_classes: expected int, got 'ten'"),
+    ({"mean": "red"}, "student.mean: expected a list, got 'red'"),
+    ({"img_size": -3}, "num_classes and img_size must be positive"),
+], ids=["classes a word", "mean a word", "negative size"])
+def test_evaluate_export_with_a_mistyped_student_section(eval_base, student_c100, tmp_path, capsys, edit, message):
+    """Exports are typed on read: an edited config.yaml was a TypeError inside the model."""
+    final = tmp_path / "run" / "final"
+    shutil.copytree(student_c100, final)
+    info = yaml.safe_load((final / "config.yaml").read_text())
+    info["student"].update(edit)
+    (final / "config.yaml").write_text(yaml.safe_dump(info))
+    user_error(evaluate(eval_base, tmp_path / "eval", ["--checkpoint", final], capsys),
+               f"{final / 'config.yaml'}: {message}")
+    assert not (tmp_path / "eval").exists()

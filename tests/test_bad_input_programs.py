@@ -56,6 +56,18 @@ def test_train_teacher_out_is_a_file(tmp_path, capsys):
     assert out.read_text() == "mine"
 
 
+def test_train_teacher_out_with_a_mistyped_run_record(tmp_path, capsys):
+    """Run folders are typed on read: a run.json whose config is not a mapping was an AttributeError."""
+    import json
+
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"format": "tinyvit-distill run", "config": [1, 2]}))
+    user_error(call(tool("train_teacher").main, teacher_args(out), capsys),
+               f"{out / 'run.json'} is not a run record of this trainer")
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+
+
 # ------------------------------------------------------------------ weights files that do not fit
 
 
