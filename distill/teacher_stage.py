@@ -230,7 +230,7 @@ def run(args) -> dict:
                 writer.add(labelled.columns)
                 correct += labelled.correct
                 bar.update(len(batch["index"]))
-        except (ValueError, OSError, DatasetError) as e:
+        except BaseException as e:  # bad input, a full disk, Ctrl-C, a bug: whatever stops the run
             # A store this run created and wrote nothing into would only block the corrected re-run
             # (its settings, e.g. the checkpoint's sha256, differ): remove it. An image that cannot be
             # decoded voids the shards written before it too: fixing the folder changes its fingerprint.

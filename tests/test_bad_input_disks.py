@@ -14,8 +14,8 @@ import errno
 import json
 
 import pytest
-from conftest import REPO, call, call_tool, remount, save_logits, small_disk, train_student_module, user_error, \
-    with_out
+from conftest import REPO, call, call_tool, remount, save_logits, small_disk, tool, train_student_module, \
+    user_error, with_out
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_tvd_debug")
 
@@ -88,3 +88,18 @@ def test_save_logits_out_on_a_read_only_file_system(base, tmp_path, capsys):
         r = save_logits(with_out(base, out), capsys)
         user_error(r, f"--out {out}", "Read-only file system")
         assert not out.exists()
+
+
+def test_teacher_stage_stopped_before_its_first_shard_leaves_no_store(base, tmp_path, monkeypatch):
+    """Whatever stops the labelling before a shard is complete (here Ctrl-C at the first batch),
+    the store this run created goes: it would only refuse a corrected re-run."""
+    import distill.teacher_stage
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill.teacher_stage, "label_batch", interrupted)
+    out = tmp_path / "store"
+    with pytest.raises(KeyboardInterrupt):
+        tool("save_logits").main([str(a) for a in with_out(base, out)])
+    assert not out.exists()
