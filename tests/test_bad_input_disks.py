@@ -42,6 +42,20 @@ def test_trainer_disk_full_at_its_first_checkpoint_then_resumes(tmp_path, capsys
         assert (out / "final/model.pt").is_file() and json.loads((out / "metrics.json").read_text())["steps"] == 2
 
 
+def test_trainer_disk_full_at_the_export_then_resumes(tmp_path, capsys):
+    """512 KiB hold the checkpoint, not the export as well: one line naming final/, no half
+    export; the same command, with room, resumes from the checkpoint and exports."""
+    with small_disk(tmp_path / "disk", "512k") as disk:
+        out = disk / "run"
+        r = call(train_student_module().main, train_args(out), capsys)
+        user_error(r, f"output.dir {out}: cannot write the export final/ (No space left on device)")
+        assert (out / "checkpoints/latest").is_file()
+        assert not (out / "final").exists() and not (out / ".final.tmp").exists()
+        remount(disk, "size=4m")
+        train_student_module().main([str(a) for a in train_args(out)])
+        assert (out / "final/model.safetensors").is_file()
+
+
 def test_trainer_output_on_a_read_only_file_system(tmp_path, capsys):
     with small_disk(tmp_path / "disk", "1m", "ro") as disk:
         out = disk / "run"
