@@ -9,7 +9,8 @@ stores (s3://, gs://, az://, memory://) have no rename; a file is written there 
 one object put, which readers see whole or not at all. http(s):// is read-only.
 
 Network time is bounded: every request to a remote store has a connect and a read timeout
-(TVD_STORE_TIMEOUT seconds, default 15) and is tried again after a timeout or a dropped
+(TVD_STORE_TIMEOUT seconds, default 15; http(s) and s3, where the back-end takes one; gs and
+az keep their libraries' own) and is tried again after a timeout or a dropped
 connection, at most TVD_STORE_RETRIES times (default 2), waiting 1 s, 2 s, ... between tries.
 So a host that accepts a connection and never answers fails the program in about 50 s, not
 the HTTP library's 300 s per request. A download cut short is an error (aiohttp checks the
@@ -52,8 +53,10 @@ def network_limits() -> tuple[float, int]:
     return limits[0], limits[1]
 
 
-def timeout_options(protocol: str, seconds: float) -> dict:
-    """fsspec storage options that bound one request of `protocol`'s back-end to `seconds`."""
+def timeout_options(protocol: str, seconds: float, retries: int) -> dict:
+    """fsspec storage options that bound one request of `protocol`'s back-end to `seconds`
+    (http(s): aiohttp's; s3: botocore's, which also retries its own errors, `retries` times).
+    Other back-ends keep their libraries' own timeouts; ours retry them all the same."""
     if protocol in READ_ONLY:
         import aiohttp
 
@@ -61,7 +64,7 @@ def timeout_options(protocol: str, seconds: float) -> dict:
                                                                    sock_connect=seconds, sock_read=seconds)}}
     if protocol in ("s3", "s3a"):
         return {"config_kwargs": {"connect_timeout": seconds, "read_timeout": seconds,
-                                  "retries": {"max_attempts": 1}}}  # ours below, the same for every back-end
+                                  "retries": {"total_max_attempts": retries + 1, "mode": "standard"}}}
     return {}
 
 
@@ -111,7 +114,7 @@ class StoreLocation:
 
     def _connect(self):
         try:
-            fs, root = fsspec.core.url_to_fs(self.url, **timeout_options(self.protocol, network_limits()[0]))
+            fs, root = fsspec.core.url_to_fs(self.url, **timeout_options(self.protocol, *network_limits()))
         except ImportError:
             extra = EXTRAS.get(self.protocol)
             hint = (f'pip install "tinyvit-distill[{extra}]"' if extra

@@ -64,7 +64,7 @@ def test_the_default_limits_fail_a_stalled_host_within_90_s():
     seconds, retries = location.network_limits()
     assert (seconds, retries) == (location.DEFAULT_TIMEOUT_S, location.DEFAULT_RETRIES)
     assert seconds * (retries + 1) + sum(2 ** n for n in range(retries)) <= 90
-    timeout = location.timeout_options("http", seconds)["client_kwargs"]["timeout"]
+    timeout = location.timeout_options("http", seconds, retries)["client_kwargs"]["timeout"]
     assert timeout.connect == timeout.sock_read == seconds and timeout.total is None
 
 
