@@ -79,7 +79,8 @@ def check_bounds(value, bounds: Bounds, name: str) -> None:
     """A number (or each of a list of numbers) in `bounds`, or a UserError naming the input
     (`name`: 'config key train.epochs', '--workers'); None (unset) passes."""
     for n, number in enumerate(value if isinstance(value, list) else [value]):
-        if number is not None and not (math.isfinite(number) and number in bounds):
+        finite = not isinstance(number, float) or math.isfinite(number)  # ints are, however long
+        if number is not None and not (finite and number in bounds):
             where = f"{name}[{n}]" if isinstance(value, list) else name
             raise UserError(f"{where}: must lie in {bounds}, got {number!r}")
 

@@ -61,7 +61,7 @@ def out_of_range(key, kind, rng) -> list:
     above = bounds.high + (1 if is_int else (0 if bounds.high_open else rng.uniform(1e-3, 1)))
     values = [below, above, bounds.high * 10 ** rng.randint(3, 30) + 1, -rng.randint(1, 10 ** 9)]
     if is_int:
-        values = [int(v) for v in values] + [10 ** 30]
+        values = [int(v) for v in values] + [10 ** 30, 10 ** 400]
     else:
         values += [float("nan"), float("inf"), -float("inf")]
     return [[v, v] if key == "optim.betas" else [v] if key == "teacher.weights" else v for v in values]
