@@ -87,15 +87,21 @@ def main(argv=None):
     names = unique_names([label or name for label, (name, _) in zip(labels, loaded)])
     models = [(name, model) for name, (_, model) in zip(names, loaded)]
     out = Path(args.out)
+    created = not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)  # now: an unwritable --out fails before the evaluation
     except OSError as e:
         raise UserError(f"--out {out}: cannot create it ({e.strerror}); choose a writable directory") from None
-    results = {name: evaluate_model(model, dataset, args.dataset, device, args.batch_size, args.workers,
-                                    args.limit, args.throughput_iters) for name, model in models}
-    rows = [{"model": name, **{k: metrics.get(k) for k in COLUMNS[1:]}} for name, metrics in results.items()]
-    table = markdown_table(rows, COLUMNS)
-    write_results(out, args.dataset, results, table)
+    try:
+        results = {name: evaluate_model(model, dataset, args.dataset, device, args.batch_size, args.workers,
+                                        args.limit, args.throughput_iters) for name, model in models}
+        rows = [{"model": name, **{k: metrics.get(k) for k in COLUMNS[1:]}} for name, metrics in results.items()]
+        table = markdown_table(rows, COLUMNS)
+        write_results(out, args.dataset, results, table)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a failed evaluation leaves no trace, not even the folder it made
+        raise
     print(table)
     print(f"metrics.json, metrics.md and confusion PNGs in {out.resolve()}")
     if args.attention:
