@@ -36,7 +36,7 @@ def check_model_name(name: str, key: str, pretrained: bool = False, aliases: dic
     if tag and tag not in cfgs:
         listed = ", ".join(t for t in cfgs if t) or "none"
         raise UserError(f"{key}: {arch} has no pretrained tag {tag!r}{did_you_mean(tag, cfgs)}; its tags: {listed}")
-    cfg = cfgs.get(tag) if tag else next(iter(cfgs.values()), None)
+    cfg = cfgs.get(tag) if tag else timm.models.get_pretrained_cfg(arch)  # timm's default tag
     if pretrained and (cfg is None or not has_weights(cfg)):
         with_weights = [f"{arch}.{t}" for t, c in cfgs.items() if t and has_weights(c)]
         other = f" (tags with weights: {', '.join(with_weights)})" if with_weights else ""
