@@ -72,6 +72,18 @@ def add_teacher_args(parser: argparse.ArgumentParser, ensemble: bool = False, re
                                  "(default: equal)")
 
 
+def check_flag_bounds(args, flags: dict) -> None:
+    """Each flag's number in its range, before anything loads: `flags` maps an argparse dest
+    to a Bounds, or to the config key whose bounds it shares (distill/config.py BOUNDS, the
+    one home of the ranges)."""
+    from distill.config import BOUNDS
+    from distill.config_tree import check_bounds
+
+    for dest, bounds in flags.items():
+        check_bounds(getattr(args, dest, None), BOUNDS[bounds] if isinstance(bounds, str) else bounds,
+                     "--" + dest.replace("_", "-"))
+
+
 def run_main(main) -> None:
     try:
         main()

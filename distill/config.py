@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from distill.config_tree import build, closest, dotted_keys, set_dotted
+from distill.config_tree import Bounds, build, closest, dotted_keys, set_dotted
 from distill.datasets import DATASETS
 from distill.device_replay import REPLAY_DEVICES
 from distill.loss import MODES, TEACHER_TARGETS
@@ -150,6 +150,36 @@ CHOICES = {
 }
 
 
+BIG = 2**31 - 1  # counts a run can hold: samples, steps, epochs
+# The valid range of every number in the schema (of each element of a list); load_config
+# refuses anything outside, and anything not finite, naming the key.
+BOUNDS = {
+    "data.img_size": Bounds(8, 4096),
+    "data.limit": Bounds(1, BIG),
+    "data.test_limit": Bounds(1, BIG),
+    "data.workers": Bounds(0, 512),
+    "logits.epochs": Bounds(1, 100_000),
+    "loss.temperature": Bounds(0, 1000, low_open=True),
+    "loss.alpha": Bounds(0, 1),
+    "loss.label_smoothing": Bounds(0, 1, high_open=True),
+    "teacher.weights": Bounds(0, 1e6, low_open=True),
+    "optim.lr": Bounds(0, 10, low_open=True),
+    "optim.weight_decay": Bounds(0, 10),
+    "optim.betas": Bounds(0, 1, high_open=True),
+    "optim.warmup_epochs": Bounds(0, 100_000),
+    "optim.min_lr": Bounds(0, 10),
+    "train.epochs": Bounds(1, 100_000),
+    "train.batch_size": Bounds(1, 2**20),
+    "train.grad_accum": Bounds(1, 2**16),
+    "train.eval_every": Bounds(1, BIG),
+    "train.checkpoint_every": Bounds(0, BIG),
+    "train.log_every": Bounds(1, BIG),
+    "train.seed": Bounds(0, 2**63 - 1),  # mixed into 64-bit seeds (distill.augment.derive_seed)
+    "train.max_steps": Bounds(1, BIG),
+    "deepspeed.grad_clip": Bounds(0, 1e6),
+}
+
+
 # how errors about an online teacher (or ensemble) name its config keys
 TEACHER_KEYS = {"name": "teacher.name", "checkpoint": "teacher.checkpoint", "pretrained": "teacher.pretrained=true",
                 "weights": "teacher.weights", "prefix": "config key "}
@@ -188,15 +218,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise UserError(f"override {item!r}: the value of config key {key.strip()} is not valid YAML "
                             "(quote it, or check brackets: e.g. optim.betas=[0.9,0.99])") from None
         set_dotted(tree, key.strip(), value)
-    cfg = build(Config, tree, "", CHOICES)
+    cfg = build(Config, tree, "", CHOICES, BOUNDS)
     if cfg.data.img_size is None:
         cfg.data.img_size = default_input_size(cfg.data.recipe)
+    check_names(cfg)
     return cfg
 
 
 def closest_key(name: str) -> str | None:
     """The config key a flag name most likely means (`--warmup-epochs` -> optim.warmup_epochs)."""
     return closest(name, dotted_keys(Config))
+
+
+def check_names(cfg: Config) -> None:
+    """What one key's type and bounds cannot say: the model and teacher names exist in timm's
+    registry (with their pretrained tags, and weights where pretrained is asked), the
+    architecture accepts model.kwargs, and optim.betas holds two numbers."""
+    import timm
+
+    from distill.models.registry import check_model_kwargs, check_model_name
+    from distill.models.students import ALIASES, create_student, is_student  # registers our models too
+
+    check_model_name(cfg.model.name, "config key model.name", cfg.model.pretrained, ALIASES)
+    teachers = cfg.teacher.name if isinstance(cfg.teacher.name, list) else [cfg.teacher.name]
+    for name in filter(None, teachers):
+        check_model_name(name, "config key teacher.name", cfg.teacher.pretrained)
+    name, size = cfg.model.name, cfg.data.img_size
+    build = (lambda **kw: create_student(name, 10, size, **kw)) if is_student(name) else \
+        (lambda **kw: timm.create_model(name, **kw))
+    check_model_kwargs(name, cfg.model.kwargs, build, "config key model.kwargs")
+    if len(cfg.optim.betas) != 2:
+        raise UserError(f"config key optim.betas: expected two numbers, got {cfg.optim.betas}")
 
 
 def resolved_config(cfg: Config) -> dict:
@@ -218,17 +270,4 @@ def check_runnable(cfg: Config) -> None:
                       TEACHER_KEYS, require_weights=False)  # counts and weights; a random teacher only warns
     if cfg.data.dataset != "digits" and cfg.data.root is None:
         raise UserError(f"config key data.root is required for dataset {cfg.data.dataset}")
-    for key in ("data.img_size", "train.epochs", "train.batch_size", "train.grad_accum", "train.eval_every"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) <= 0:
-            raise UserError(f"config key {key}: must be positive")
-    if cfg.loss.temperature <= 0:
-        raise UserError(f"config key loss.temperature: must be positive, got {cfg.loss.temperature}")
-    if not 0 <= cfg.loss.alpha <= 1:
-        raise UserError(f"config key loss.alpha: must lie in [0, 1], got {cfg.loss.alpha}")
-    for name in cfg.model.kwargs:
-        if not str(name).isidentifier():  # `{depth:2}` is YAML for {"depth:2": None}
-            raise UserError(f"config key model.kwargs: {name!r} is not an argument name "
-                            "(YAML needs a space after each colon: model.kwargs={depth: 2})")
-    if len(cfg.optim.betas) != 2:
-        raise UserError(f"config key optim.betas: expected two numbers, got {cfg.optim.betas}")
+

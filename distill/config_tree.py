@@ -1,15 +1,42 @@
 """A tree of dataclasses built from a nested dict (parsed YAML), strictly: every key must be a
-field and every value convert losslessly to the field's type, or a UserError names the dotted
-key. distill/config.py holds the schema (its dataclasses) and uses these to load it."""
+field, every value convert losslessly to the field's type (numbers finite, strings not empty)
+and lie in its key's `Bounds` or set of choices, or a UserError names the dotted key (with the
+closest names where one is close). distill/config.py holds the schema (its dataclasses, bounds
+and choices) and uses these to load it."""
 from __future__ import annotations
 
 import copy
 import difflib
+import math
 import types
 import typing
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 
 from teacher_logits.errors import UserError
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The valid range of a number: [low, high], or open at an end ("(0, 10]")."""
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        low, high = (str(x) if isinstance(x, int) else f"{x:g}" for x in (self.low, self.high))
+        return f"{'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def did_you_mean(word, names, n: int = 3) -> str:
+    """' (did you mean a, b?)' for the names closest to `word`, or ''."""
+    close = difflib.get_close_matches(str(word), [str(name) for name in names], n=n, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def set_dotted(tree: dict, key: str, value) -> None:
@@ -31,7 +58,7 @@ def merged(under: dict, over: dict) -> dict:
     return out
 
 
-def build(cls, tree, prefix: str, choices: dict):
+def build(cls, tree, prefix: str, choices: dict, bounds: dict):
     if not isinstance(tree, dict):
         raise UserError(f"config key {prefix.rstrip('.')}: expected a section (mapping), got {tree!r}")
     hints = typing.get_type_hints(cls)
@@ -45,13 +72,15 @@ def build(cls, tree, prefix: str, choices: dict):
     for name in tree:
         dotted, kind = prefix + name, hints[name]
         if is_dataclass(kind):
-            values[name] = build(kind, tree[name], dotted + ".", choices)
-        else:
-            values[name] = coerce(tree[name], kind, dotted)
+            values[name] = build(kind, tree[name], dotted + ".", choices, bounds)
+            continue
+        values[name] = coerce(tree[name], kind, dotted)
         allowed = choices[dotted]() if callable(choices.get(dotted)) else choices.get(dotted)
         if allowed is not None and values[name] not in allowed:
             raise UserError(f"config key {dotted}: expected one of {', '.join(map(str, allowed))}, "
-                            f"got {values[name]!r}")
+                            f"got {values[name]!r}{did_you_mean(values[name], allowed)}")
+        if dotted in bounds:
+            check_bounds(values[name], bounds[dotted], f"config key {dotted}")
     return cls(**values)
 
 
@@ -77,6 +106,16 @@ def closest(name: str, keys: list[str]) -> str | None:
     if not spelled:
         return None
     return whole.get(spelled[0]) or next(k for k in keys if last[k] == spelled[0])
+
+
+def check_bounds(value, bounds: Bounds, name: str) -> None:
+    """A number (or each of a list of numbers) in `bounds`, or a UserError naming the input
+    (`name`: 'config key train.epochs', '--workers'); None (unset) passes."""
+    for n, number in enumerate(value if isinstance(value, list) else [value]):
+        finite = not isinstance(number, float) or math.isfinite(number)  # ints are, however long
+        if number is not None and not (finite and number in bounds):
+            where = f"{name}[{n}]" if isinstance(value, list) else name
+            raise UserError(f"{where}: must lie in {bounds}, got {number!r}")
 
 
 def coerce(value, kind, key: str):
@@ -110,10 +149,16 @@ def coerce(value, kind, key: str):
     if kind is float and not isinstance(value, bool):
         # YAML 1.1 reads `3e-4` (no dot) as a string; accept any string float() accepts.
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+        if number is not None and not math.isfinite(number):
+            raise UserError(f"config key {key}: expected a finite number, got {value!r}")
+        if number is not None:
+            return number
     if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if not str(value).strip():
+            raise UserError(f"config key {key}: empty; give a value, or null to leave it unset")
         return str(value)
     raise UserError(f"config key {key}: expected {type_name(kind)}, got {value!r}")
 

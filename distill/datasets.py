@@ -75,17 +75,42 @@ def _check_sizes(data: bytes) -> None:
         stored += op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE")
 
 
+UNREADABLE = (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError)
+
+
 def _check_pickles(cls, root: str) -> None:
     """Load every pickle a CIFAR class will read with the restricted unpickler first, from
-    memory and after its sizes are checked, so that no content can exhaust memory."""
+    memory and after its sizes are checked, so that no content can exhaust memory, and check
+    its layout; a file that fails is named."""
     folder = os.path.join(root, cls.base_folder)
     for name, _ in cls.train_list + cls.test_list + [[cls.meta["filename"], None]]:
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             with open(path, "rb") as f:
                 data = f.read()
-            _check_sizes(data)
-            _ArraysOnly(io.BytesIO(data), encoding="latin1").load()
+            try:
+                _check_sizes(data)
+                _check_layout(_ArraysOnly(io.BytesIO(data), encoding="latin1").load(),
+                              cls.meta["key"] if name == cls.meta["filename"] else None)
+            except UNREADABLE as e:
+                raise DatasetError(f"{cls.__name__.removesuffix('NoMD5')} file {path} is unreadable "
+                                   f"({type(e).__name__}: {' '.join(str(e).split())[:120]}): re-create or "
+                                   "re-download it") from None
+
+
+def _check_layout(entry, meta_key: str | None) -> None:
+    """A CIFAR batch: {data: N x 3072 uint8, labels or fine_labels: N}; the meta file: {meta_key: names}."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"a {type(entry).__name__}, not a dict")
+    if meta_key is not None:
+        if not isinstance(entry.get(meta_key), list):
+            raise KeyError(f"no list {meta_key!r}")
+        return
+    labels = entry.get("labels", entry.get("fine_labels"))
+    images = np.asarray(entry.get("data", ()))
+    if labels is None or images.ndim != 2 or images.shape[1] != 3072 or len(labels) != len(images):
+        raise ValueError(f"expected data of shape (N, 3072) and N labels, got data {images.shape} and "
+                         f"{'no' if labels is None else len(labels)} labels")
 
 
 def _without_md5(cls):
@@ -147,7 +172,7 @@ class ImageFolderSplit(tvd.ImageFolder):
         try:
             with open(path, "rb") as f:
                 return Image.open(f).convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise DatasetError(f"image {path} cannot be decoded ({type(e).__name__}: {' '.join(str(e).split())[:80]}):"
                                " replace or delete the file") from None
 
@@ -180,7 +205,9 @@ def build_dataset(name: str, root: str | None, train: bool, skip_md5: bool = Fal
     except RuntimeError:
         if not download or skip_md5:
             raise DatasetError(_missing(name, where, skip_md5)) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
+    except DatasetError:
+        raise
+    except UNREADABLE as e:
         # present (md5 skipped) but unreadable: truncated, corrupted or another layout
         raise DatasetError(f"{name} files under {where} are unreadable ({type(e).__name__}: "
                            f"{' '.join(str(e).split())[:120]}): re-create or re-download them") from None

@@ -3,6 +3,7 @@ or plain `python` (one process). NCCL on GPUs, gloo on CPU."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 from contextlib import contextmanager
 
@@ -91,15 +92,21 @@ def port_in_use_said():
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> this rank's GPU if there is one, else the CPU."""
+    """'auto' -> this rank's GPU if there is one, else the CPU; a device that is not there
+    (a typo, CUDA on a CPU machine, a GPU index past the last) is the user's to fix."""
+    from teacher_logits.errors import UserError
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     device = torch.device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", env_rank()[2])
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {name}: no CUDA device is visible; use --device cpu")
+        if device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: {torch.cuda.device_count()} CUDA device(s) visible; use --device cpu "
+                            "or a GPU that exists")
         torch.cuda.set_device(device)
     return device
 

@@ -4,13 +4,19 @@ and the plain fp32 export. Students (distill/student_stage.py) and fine-tuned te
 
 Checkpoints. Every rank writes its files of a tag first; then rank 0 renames `latest`
 into place naming the tag, so resume never picks up half a checkpoint whenever the run
-is killed. The newest KEEP_CHECKPOINTS tags are kept. Resume unpickles nothing: DeepSpeed's files are
+is killed. The newest KEEP_CHECKPOINTS tags are kept. A tag that cannot be written (no space
+left, permission denied, read-only file system) is removed and reported in one line naming
+output.dir; `latest` still names the last complete tag, so the same command resumes from it
+once the disk is fixed. Files are written through Python's file layer (`torch_save`), where an
+OS error keeps its kind (torch's C++ writer turns it into a RuntimeError). Resume unpickles
+nothing: DeepSpeed's files are
 loaded with torch.load(weights_only=True), which admits tensors, plain containers and the few
 DeepSpeed and numpy types its states hold (`SAFE_CHECKPOINT_GLOBALS`); a file that needs
 anything else (one planted in a shared run folder, say) is refused naming it, unrun.
 """
 from __future__ import annotations
 
+import io
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from teacher_logits.errors import UserError
 from teacher_logits.files import atomic_write, failpoint
 
 KEEP_CHECKPOINTS = 2
@@ -36,8 +43,19 @@ def safe_checkpoint_globals() -> list:
     return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address, *numpy_scalars]
 
 
-class WeightsOnlyLoads:
-    """DeepSpeed's checkpoint engine with `load` made safe (see the module docstring)."""
+def torch_save(obj, path) -> None:
+    """torch.save into memory, then written whole by `atomic_write`: a failed write raises the
+    OSError the operating system gave (ENOSPC, EACCES, EROFS) and leaves no file, where torch's
+    own writers (of a path or of a file object) report a RuntimeError that says nothing a
+    program can act on."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(Path(path), buffer.getbuffer())
+
+
+class SafeCheckpointFiles:
+    """DeepSpeed's checkpoint engine with `load` weights-only and `save` through `torch_save`
+    (see the module docstring)."""
 
     def __init__(self, inner):
         self._inner = inner
@@ -45,10 +63,11 @@ class WeightsOnlyLoads:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
+    def save(self, state_dict, path: str) -> None:
+        torch_save(state_dict, path)
+
     def load(self, path: str, map_location=None):
         import pickle
-
-        from teacher_logits.errors import UserError
 
         with torch.serialization.safe_globals(safe_checkpoint_globals()):
             try:
@@ -175,7 +194,7 @@ def build_engine(cfg, model, steps_per_epoch: int, schedule_steps: int):
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=deepspeed_config(cfg),
                                            lr_scheduler=schedule)
-    engine.checkpoint_engine = WeightsOnlyLoads(engine.checkpoint_engine)
+    engine.checkpoint_engine = SafeCheckpointFiles(engine.checkpoint_engine)
     if cfg.train.compile:  # compiles on the first step (minutes on a CPU); checkpoints stay the eager module's
         engine.compile()
     if cfg.deepspeed.zero_stage == 0 and compute_dtype(cfg) == torch.float32:
@@ -207,11 +226,16 @@ class Checkpoints:
 
     def save(self, at: Position) -> None:
         tag = f"step{at.global_step}"
-        self.engine.save_checkpoint(str(self.directory), tag=tag, client_state=asdict(at), save_latest=False)
-        torch.distributed.barrier()  # every rank's files of this tag are complete
-        failpoint("checkpoint:latest")  # crash tests: files written, `latest` not yet moved
-        if self.rank == 0:  # DeepSpeed writes `latest` in place; a rename cannot leave it half-written
-            atomic_write(self.directory / "latest", tag.encode())
+        try:
+            self.engine.save_checkpoint(str(self.directory), tag=tag, client_state=asdict(at), save_latest=False)
+            torch.distributed.barrier()  # every rank's files of this tag are complete
+            failpoint("checkpoint:latest")  # crash tests: files written, `latest` not yet moved
+            if self.rank == 0:  # DeepSpeed writes `latest` in place; a rename cannot leave it half-written
+                atomic_write(self.directory / "latest", tag.encode())
+        except OSError as e:
+            shutil.rmtree(self.directory / tag, ignore_errors=True)  # half a tag is no checkpoint
+            raise UserError(unwritable(self.directory.parent, f"checkpoint {tag}", e, self.saved_at)) from None
+        if self.rank == 0:
             self._prune(at.global_step)
         self.saved_at = at.global_step
 
@@ -221,6 +245,14 @@ class Checkpoints:
                        if p.is_dir() and int(p.name[4:]) < newest)
         for step in older[: max(len(older) - (KEEP_CHECKPOINTS - 1), 0)]:
             shutil.rmtree(self.directory / f"step{step}", ignore_errors=True)
+
+
+def unwritable(out_dir: Path, what: str, error: OSError, resumable: int | None = None) -> str:
+    """The one line for an OS error while a run writes `what` into output.dir `out_dir`."""
+    then = (f"re-run the same command to resume from step {resumable}" if resumable is not None
+            else "re-run the same command")
+    return (f"output.dir {out_dir}: cannot write {what} ({error.strerror or type(error).__name__}): free space, "
+            f"fix the folder's permissions or choose another output.dir, then {then}")
 
 
 def export_state_dict(engine, zero_stage: int, ckpt_dir: Path) -> dict:

@@ -47,11 +47,31 @@ def load_student(folder: Path) -> Preprocessed:
     if not complete:
         raise UserError(f"{folder / 'config.yaml'}: no complete `student` section (name, num_classes, img_size, "
                         "mean, std); pass the final/ directory that train_student.py wrote")
+    check_student_section(info, folder / "config.yaml")
     if info.get("kind") == "teacher":  # a teacher trained by tools/train_teacher.py
         return create_teacher(info["name"], checkpoint=folder / "model.pt", num_classes=info["num_classes"])
     model = create_student(info["name"], info["num_classes"], info["img_size"], **(info.get("kwargs") or {}))
     load_weights(model, folder / "model.pt")
     return Preprocessed(model, info["mean"], info["std"], info["img_size"])
+
+
+STUDENT_TYPES = {"name": str, "num_classes": int, "img_size": int, "mean": list[float], "std": list[float],
+                 "kwargs": dict | None}
+
+
+def check_student_section(info: dict, path: Path) -> None:
+    """The export's `student` section typed as train_student.py writes it (an edited or foreign
+    file is refused naming the key, not met as a TypeError inside the model)."""
+    from distill.config_tree import coerce
+
+    try:
+        for key, kind in STUDENT_TYPES.items():
+            coerce(info.get(key), kind, f"student.{key}")
+        if info["num_classes"] < 1 or info["img_size"] < 1 or len(info["mean"]) != len(info["std"]):
+            raise UserError("num_classes and img_size must be positive, mean and std of one length")
+    except UserError as e:
+        raise UserError(f"{path}: {str(e).removeprefix('config key ')}; pass the final/ directory that "
+                        "train_student.py wrote") from None
 
 
 def load_model(spec: str, num_classes: int) -> tuple[str, Preprocessed]:

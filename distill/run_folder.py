@@ -54,6 +54,8 @@ def check_run_folder(cfg) -> list[str]:
     """Refuse an output.dir this run may not write to (see the module docstring); returns the
     changes a deliberate `output.resume: continue` makes (empty otherwise)."""
     out = Path(cfg.output.dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output.dir {out} is a file, not a directory: choose another output.dir")
     if not out.is_dir() or not any(out.iterdir()):
         return []
     run_file = out / RUN_FILE
@@ -65,7 +67,7 @@ def check_run_folder(cfg) -> list[str]:
                         "another output.dir, or set output.overwrite=true to write into it")
     try:
         earlier = json.loads(run_file.read_text())
-        assert earlier["format"] == FORMAT
+        assert earlier["format"] == FORMAT and isinstance(earlier["config"], dict)
     except (ValueError, KeyError, TypeError, AssertionError):
         raise UserError(f"{run_file} is not a run record of this trainer: choose another output.dir, or delete "
                         "it to write into this one") from None

@@ -15,6 +15,7 @@ import yaml
 from tqdm import tqdm
 
 from distill.tracking import start_tracking
+from teacher_logits.files import atomic_write
 
 
 class RunLog:
@@ -79,7 +80,7 @@ class RunLog:
             metrics = {"eval": scores, "steps": at.global_step,
                        "epochs": at.epoch + at.step_in_epoch / self.steps_per_epoch,
                        "world_size": world, "train_wall_s": round(self.wall, 2)}
-            (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+            atomic_write(self.out_dir / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
             self.tracker.summary({f"final/{k}": v for k, v in scores.items()})
             self.train_log.close()
             print(f"final: top1 {scores['top1']:.2f}% top5 {scores['top5']:.2f}% loss {scores['loss']:.4f} "

@@ -26,6 +26,9 @@ number of ranks (see DeepSpeed's ds_to_universal to change it).
 """
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -39,7 +42,7 @@ from distill.datasets import STATS
 from distill.recipes import test_view_spec
 from distill.distributed import capped_workers, env_rank, port_in_use_said, set_rank_threads, set_single_process_env
 from distill.engine import (Checkpoints, Position, build_engine, check_schedule, compute_dtype, deepspeed_config,
-                           export_state_dict)
+                           export_state_dict, torch_save, unwritable)
 from distill.evaluation import test_views_loader
 from distill.loss import DistillationLoss
 from distill.metrics import MetricAccumulator
@@ -146,13 +149,19 @@ def run(config_path, overrides=(), reevaluate: bool = False) -> None:
     check_schedule(cfg)
     resolve_mode(cfg.wandb.mode)
     finished = None if reevaluate else finished_run(cfg)
-    if finished is None:
+    if finished is not None:
+        if env_rank()[0] == 0:
+            scores = finished["eval"]
+            print(f"{cfg.output.dir}: this run has finished: top1 {scores['top1']:.2f}% top5 {scores['top5']:.2f}% "
+                  f"after {finished['steps']} steps (metrics.json); model in {Path(cfg.output.dir) / 'final'}. "
+                  "Nothing to do (--reevaluate evaluates and exports it again)")
+        return
+    try:
         train(cfg)
-    elif env_rank()[0] == 0:
-        scores = finished["eval"]
-        print(f"{cfg.output.dir}: this run has finished: top1 {scores['top1']:.2f}% top5 {scores['top5']:.2f}% after "
-              f"{finished['steps']} steps (metrics.json); model in {Path(cfg.output.dir) / 'final'}. Nothing to do "
-              "(--reevaluate evaluates and exports it again)")
+    except OSError as e:  # the disk under output.dir, whichever file met it (logs, W&B, run.json)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        raise UserError(unwritable(Path(cfg.output.dir), e.filename or "its files", e)) from None
 
 
 def join_process_group(log_level: str = "warning") -> tuple[int, int]:
@@ -251,15 +260,25 @@ def export(engine, cfg, config: dict, export_info: dict, out_dir: Path, scores: 
     from distill.model_card import export_tag, write_model_card
     from distill.models.timm_export import save_for_timm
 
-    final = out_dir / "final"
-    final.mkdir(exist_ok=True)
+    final, staging = out_dir / "final", out_dir / ".final.tmp"
     state = export_state_dict(engine, cfg.deepspeed.zero_stage, out_dir / "checkpoints")
-    torch.save(state, final / "model.pt")
-    classes = [str(c) for c in getattr(data.test_set, "classes", None) or []]
-    save_for_timm(engine.module.model, state, export_info, final, export_tag(config), cfg.output.license,
-                  classes if len(classes) == data.num_classes else None)
-    (final / "config.yaml").write_text(yaml.safe_dump({**config, "student": export_info}, sort_keys=False))
     store = data.store_views.store if data.store_views is not None else None
-    write_model_card(final, config, export_info, scores, store)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:  # written whole beside final/, then moved into place: a failed export leaves the old one or none
+        need = 2 * sum(t.numel() * t.element_size() for t in state.values()) + (1 << 20)  # model.pt, safetensors
+        if shutil.disk_usage(out_dir).free < need:  # safetensors reports a full disk as its own error type
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        staging.mkdir()
+        torch_save(state, staging / "model.pt")
+        classes = [str(c) for c in getattr(data.test_set, "classes", None) or []]
+        save_for_timm(engine.module.model, state, export_info, staging, export_tag(config), cfg.output.license,
+                      classes if len(classes) == data.num_classes else None)
+        (staging / "config.yaml").write_text(yaml.safe_dump({**config, "student": export_info}, sort_keys=False))
+        write_model_card(staging, config, export_info, scores, store)
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(unwritable(out_dir, "the export final/", e)) from None
     return final
 

@@ -24,8 +24,11 @@ from tqdm import tqdm
 
 from distill import distributed
 from distill.augment import Mixing, ViewMaker
+from distill.cli import check_flag_bounds
+from distill.config_tree import Bounds
 from distill.datasets import DatasetError, build_dataset, fingerprint, labels_of, num_classes_of
 from distill.models import FlipAveraged, create_teachers
+from distill.models.registry import check_model_name
 from distill.replay import TeacherViews
 from distill.store_teachers import check_pretrained_heads, teacher_settings, teacher_spec
 from teacher_logits.codec import MAX_CLASSES
@@ -132,6 +135,8 @@ def check_flags(args, checkpoints) -> None:
     for flag in ("limit", "img_size", "shard_records"):
         if getattr(args, flag, None) is not None and getattr(args, flag) <= 0:
             raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    check_flag_bounds(args, {"workers": "data.workers", "seed": "train.seed", "img_size": "data.img_size",
+                             "mixup": Bounds(0, 100), "cutmix": Bounds(0, 100), "mix_prob": Bounds(0, 1)})
     for checkpoint in checkpoints:
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise UserError(f"--checkpoint {checkpoint}: no such file; pass the path of the teacher's weights file")
@@ -209,6 +214,8 @@ def run(args) -> dict:
     """Label every missing shard of the store at args.out; return summary numbers."""
     names, checkpoints, weights = teacher_spec(args)  # counts and weights, before anything loads
     check_flags(args, checkpoints)
+    for name in names:  # the registry's names and tags, before the dataset loads
+        check_model_name(name, "--teacher", args.pretrained)
     out = locate(args.out)  # a missing back-end or a read-only URL is refused before anything loads
     out.check_writable()
     out_existed, fresh = out.exists(), not out.exists(MANIFEST)
@@ -250,7 +257,7 @@ def run(args) -> dict:
                 writer.add(labelled.columns)
                 correct += labelled.correct
                 bar.update(len(batch["index"]))
-        except (ValueError, OSError, DatasetError) as e:
+        except BaseException as e:  # bad input, a full disk, Ctrl-C, a bug: whatever stops the run
             # A store this run created and wrote nothing into would only block the corrected re-run
             # (its settings, e.g. the checkpoint's sha256, differ): remove it. An image that cannot be
             # decoded voids the shards written before it too: fixing the folder changes its fingerprint.

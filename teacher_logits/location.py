@@ -7,10 +7,20 @@ A local directory (a plain path or a file:// URL) is written as before: temp fil
 fsync, rename, so a killed run leaves the old file or the whole new one. Object
 stores (s3://, gs://, az://, memory://) have no rename; a file is written there as
 one object put, which readers see whole or not at all. http(s):// is read-only.
+
+Network time is bounded: every request to a remote store has a connect and a read timeout
+(TVD_STORE_TIMEOUT seconds, default 15; http(s) and s3, where the back-end takes one; gs and
+az keep their libraries' own) and is tried again after a timeout or a dropped
+connection, at most TVD_STORE_RETRIES times (default 2), waiting 1 s, 2 s, ... between tries.
+So a host that accepts a connection and never answers fails the program in about 50 s, not
+the HTTP library's 300 s per request. A download cut short is an error (aiohttp checks the
+length the server announced), and every shard's size and sha256 are checked before a byte
+of it is used (teacher_logits/shards.py), so a partial download is never taken for a shard.
 """
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import fsspec
@@ -22,6 +32,53 @@ from .errors import StoreError
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
           "adl": "azure", "http": "http", "https": "http"}
 READ_ONLY = {"http", "https"}
+DEFAULT_TIMEOUT_S, DEFAULT_RETRIES = 15.0, 2
+
+
+def network_limits() -> tuple[float, int]:
+    """(seconds per request before it times out, retries after a timeout): TVD_STORE_TIMEOUT
+    and TVD_STORE_RETRIES, or the defaults."""
+    limits = []
+    for name, default, kind, low in (("TVD_STORE_TIMEOUT", DEFAULT_TIMEOUT_S, float, 0.01),
+                                     ("TVD_STORE_RETRIES", DEFAULT_RETRIES, int, 0)):
+        text = os.environ.get(name, "").strip()
+        try:
+            value = kind(text) if text else default
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= 3600:
+            raise StoreError(f"${name}={text!r}: expected a number from {low} to 3600 ({kind.__name__}); "
+                             f"unset it for the default {default}")
+        limits.append(value)
+    return limits[0], limits[1]
+
+
+def timeout_options(protocol: str, seconds: float, retries: int) -> dict:
+    """fsspec storage options that bound one request of `protocol`'s back-end to `seconds`
+    (http(s): aiohttp's; s3: botocore's, which also retries its own errors, `retries` times).
+    Other back-ends keep their libraries' own timeouts; ours retry them all the same."""
+    if protocol in READ_ONLY:
+        import aiohttp
+
+        return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, connect=seconds,
+                                                                   sock_connect=seconds, sock_read=seconds)}}
+    if protocol in ("s3", "s3a"):
+        return {"config_kwargs": {"connect_timeout": seconds, "read_timeout": seconds,
+                                  "retries": {"total_max_attempts": retries + 1, "mode": "standard"}}}
+    return {}
+
+
+def transient(error: BaseException) -> bool:
+    """A timeout or a dropped connection, worth trying again (by kind: the back-ends' own
+    types where they have them)."""
+    kinds = [TimeoutError, ConnectionError]
+    try:
+        import aiohttp
+
+        kinds += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError]
+    except ImportError:
+        pass
+    return isinstance(error, tuple(kinds))
 
 
 class StoreUnreachable(StoreError):
@@ -57,7 +114,7 @@ class StoreLocation:
 
     def _connect(self):
         try:
-            fs, root = fsspec.core.url_to_fs(self.url)
+            fs, root = fsspec.core.url_to_fs(self.url, **timeout_options(self.protocol, *network_limits()))
         except ImportError:
             extra = EXTRAS.get(self.protocol)
             hint = (f'pip install "tinyvit-distill[{extra}]"' if extra
@@ -81,15 +138,23 @@ class StoreLocation:
         return f"{self.root}/{name}"
 
     def _call(self, what: str, fn, *args):
-        """Run a back-end call; anything but 'not found' becomes a one-line StoreUnreachable naming the URL."""
-        try:
-            return fn(*args)
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # noqa: BLE001  back-ends raise their own types (aiohttp, botocore, ...)
-            reason = " ".join(str(e).split())
-            raise StoreUnreachable(f"{self.url}: cannot {what} ({type(e).__name__}: {reason}); "
-                                   "check the URL, the network and the credentials") from None
+        """Run a back-end call, again after a timeout or a dropped connection (network_limits);
+        anything but 'not found' ends as a one-line StoreUnreachable naming the URL."""
+        seconds, retries = network_limits()
+        for attempt in range(retries + 1):
+            try:
+                return fn(*args)
+            except FileNotFoundError:
+                raise
+            except Exception as e:  # noqa: BLE001  back-ends raise their own types (aiohttp, botocore, ...)
+                if transient(e) and attempt < retries:
+                    time.sleep(2 ** attempt)
+                    continue
+                reason = " ".join(str(e).split()) or "no answer"
+                tries = (f" after {attempt + 1} tries of at most {seconds:g} s (TVD_STORE_TIMEOUT, "
+                         "TVD_STORE_RETRIES)") if transient(e) else ""
+                raise StoreUnreachable(f"{self.url}: cannot {what} ({type(e).__name__}: {reason}){tries}; "
+                                       "check the URL, the network and the credentials") from None
 
     # ---- reading
     def read_bytes(self, name: str) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from conftest import (
     TINY_STUDENT,
     Result,
     call,
+    call_tool,
     replace,
     run_tool,
     tool,
@@ -149,3 +151,45 @@ def test_evaluate_wandb_misconfigured(eval_base, teacher_ckpt, tmp_path, capsys,
     assert not out.exists()  # refused before evaluating, not after writing the metrics
 
 
+
+
+# ============================================================ evaluate: no result dropped
+
+
+def test_compare_keeps_every_model_of_the_same_name(eval_base, teacher_ckpt, tmp_path, capsys):
+    """The issue's example: two cifar10_resnet20 checkpoints (before and after fine-tuning) in one
+    --compare. The table showed both, but metrics.json and the images kept only the last."""
+    out, after = tmp_path / "eval", tmp_path / "after.pt"
+    shutil.copy(teacher_ckpt, after)
+    r = call_tool("evaluate", [*eval_base, "--out", out, "--compare", f"cifar10_resnet20={teacher_ckpt}",
+                               f"cifar10_resnet20={after}", f"tuned=cifar10_resnet20={after}"], capsys)
+    assert r[0] == 0, r[2]
+    models = json.loads((out / "metrics.json").read_text())["models"]
+    assert list(models) == ["cifar10_resnet20", "cifar10_resnet20-2", "tuned"]
+    pngs = {m["confusion_png"] for m in models.values()}
+    assert len(pngs) == 3 and all(Path(p).is_file() for p in pngs)
+    table = (out / "metrics.md").read_text()
+    assert all(f"| {name} |" in table for name in models)
+
+
+def test_unique_names_never_collide_with_a_given_name():
+    from distill.programs.evaluate import unique_names
+
+    assert unique_names(["a", "a", "a-2", "a"]) == ["a", "a-3", "a-2", "a-4"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"num_classes": "ten"}, "student.num_classes: expected int, got 'ten'"),
+    ({"mean": "red"}, "student.mean: expected a list, got 'red'"),
+    ({"img_size": -3}, "num_classes and img_size must be positive"),
+], ids=["classes a word", "mean a word", "negative size"])
+def test_evaluate_export_with_a_mistyped_student_section(eval_base, student_c100, tmp_path, capsys, edit, message):
+    """Exports are typed on read: an edited config.yaml was a TypeError inside the model."""
+    final = tmp_path / "run" / "final"
+    shutil.copytree(student_c100, final)
+    info = yaml.safe_load((final / "config.yaml").read_text())
+    info["student"].update(edit)
+    (final / "config.yaml").write_text(yaml.safe_dump(info))
+    user_error(evaluate(eval_base, tmp_path / "eval", ["--checkpoint", final], capsys),
+               f"{final / 'config.yaml'}: {message}")
+    assert not (tmp_path / "eval").exists()

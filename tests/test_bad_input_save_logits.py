@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from conftest import (
     run_tool,
     save_logits,
     save_logits_args,
+    small_disk,
     snapshot,
     user_error,
     with_out,
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread", "no_tvd_debug")
 def test_unknown_teacher_name(base, tmp_path, capsys):
     out = tmp_path / "s"
     r = save_logits(replace(with_out(base, out), "--teacher", "cifar10_resnet2O"), capsys)
-    user_error(r, "unknown teacher 'cifar10_resnet2O'", "did you mean", "cifar10_resnet20")
+    user_error(r, "--teacher: unknown model 'cifar10_resnet2O'", "did you mean", "cifar10_resnet20")
     assert not out.exists()
 
 
@@ -173,7 +173,23 @@ def test_dataset_file_corrupt(base, cifar_root, tmp_path, capsys, content):
     (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(CORRUPT[content])
     out = tmp_path / "s"
     r = save_logits(replace(with_out(base, out), "--data-root", root), capsys)
-    user_error(r, str(root / "cifar-10-batches-py"), "unreadable", "re-create or re-download")
+    user_error(r, f"CIFAR10 file {root / 'cifar-10-batches-py' / 'data_batch_3'} is unreadable",
+               "re-create or re-download it")  # the file, not its folder (issue 27)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content", [{"data": np.zeros((4, 100), np.uint8), "labels": [0] * 4},
+                                     {"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3}, [1, 2, 3]],
+                         ids=["short rows", "labels missing", "a list"])
+def test_dataset_file_of_another_layout(base, cifar_root, tmp_path, capsys, content):
+    """A well-formed pickle of another layout was a ValueError or KeyError from torchvision."""
+    import pickle
+
+    root = tmp_path / "data"
+    shutil.copytree(cifar_root, root)
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(content))
+    r = save_logits(replace(with_out(base, out := tmp_path / "s"), "--data-root", root), capsys)
+    user_error(r, str(root / "cifar-10-batches-py" / "test_batch"), "unreadable")
     assert not out.exists()
 
 
@@ -260,17 +276,8 @@ def test_rerun_with_another_teacher_checkpoint_is_refused(base, store, ckpts, tm
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 64 KiB tmpfs, filled up to `leave` free bytes by the test (root only)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip()}): needs root / CAP_SYS_ADMIN")
-    try:
+    with small_disk(tmp_path / "disk", "64k") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)]).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)])
 
 
 def fill(mnt: Path, leave: int) -> None:

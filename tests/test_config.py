@@ -79,21 +79,21 @@ def test_online_teacher_may_be_an_ensemble():
     base = ["data.dataset=digits", "output.dir=/o", "loss.mode=online"]
     one = load_config(None, [*base, "teacher.name=cifar10_resnet20", "teacher.checkpoint=a.pt"])
     assert (one.teacher.name, one.teacher.checkpoint, one.teacher.weights) == ("cifar10_resnet20", "a.pt", None)
-    two = load_config(None, [*base, "teacher.name=[r20, r56]", "teacher.checkpoint=[a.pt, b.pt]",
+    two = load_config(None, [*base, "teacher.name=[cifar10_resnet20, cifar10_resnet56]", "teacher.checkpoint=[a.pt, b.pt]",
                              "teacher.weights=[1, 3]"])
-    assert (two.teacher.name, two.teacher.checkpoint, two.teacher.weights) == (["r20", "r56"], ["a.pt", "b.pt"],
+    assert (two.teacher.name, two.teacher.checkpoint, two.teacher.weights) == (["cifar10_resnet20", "cifar10_resnet56"], ["a.pt", "b.pt"],
                                                                                [1.0, 3.0])
     check_runnable(one)
     check_runnable(two)
     with pytest.raises(ValueError, match=r"config key teacher.name: expected str or list\[str\], got \{'a': 1\}"):
         load_config(None, ["teacher.name={a: 1}"])
     for overrides, message in [
-        (["teacher.name=[r20, r56]", "teacher.checkpoint=a.pt"],
-         r"config key teacher.checkpoint: 1 given for 2 teacher\(s\) \(r20, r56\): pass one teacher.checkpoint"),
-        (["teacher.name=[r20, r56]", "teacher.checkpoint=[a, b]", "teacher.weights=[1]"],
+        (["teacher.name=[cifar10_resnet20, cifar10_resnet56]", "teacher.checkpoint=a.pt"],
+         r"config key teacher.checkpoint: 1 given for 2 teacher\(s\) \(cifar10_resnet20, cifar10_resnet56\): pass one teacher.checkpoint"),
+        (["teacher.name=[cifar10_resnet20, cifar10_resnet56]", "teacher.checkpoint=[a, b]", "teacher.weights=[1]"],
          r"config key teacher.weights: 1 weight\(s\) for 2 teacher\(s\)"),
-        (["teacher.name=[r20, r56]", "teacher.checkpoint=[a, b]", "teacher.weights=[1, 0]"],
-         "config key teacher.weights: every weight must be a positive number, got 0"),
+        (["teacher.name=[cifar10_resnet20, cifar10_resnet56]", "teacher.checkpoint=[a, b]", "teacher.weights=[1, 0]"],
+         r"config key teacher.weights\[1\]: must lie in \(0, 1e\+06\], got 0.0"),
     ]:
         with pytest.raises(ValueError, match=message):
             check_runnable(load_config(None, [*base, *overrides]))

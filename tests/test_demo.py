@@ -31,3 +31,31 @@ def test_demo_end_to_end_small(tmp_path):
     for name in models:
         assert f"| {name} " in proc.stdout or f"| {name}|" in proc.stdout
     assert "40 of the 1347 training images have labels" in proc.stdout
+
+
+def test_student_launchers_take_free_ports_of_their_own():
+    """Two demos (or a demo beside another launcher run) on one machine: each student run gets a
+    free rendezvous port, not the fixed 29500/29501 that another run may hold."""
+    import socket
+
+    from tools.demo import student_launchers
+
+    held = []
+    for port in (29500, 29501):  # held here for the test, as another run would
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            held.append(s)
+        except OSError:
+            s.close()  # held by someone else already: as good for the test
+    try:
+        launchers = student_launchers("deepspeed", sys.executable, 2)
+        ports = [int(cmd[cmd.index("--master_port") + 1]) for cmd in launchers]
+        assert len(set(ports)) == 2 and not set(ports) & {29500, 29501}
+        for port in ports:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))  # free
+    finally:
+        for s in held:
+            s.close()
+    assert student_launchers("python", sys.executable, 2) == [[sys.executable]] * 2

@@ -132,6 +132,47 @@ def test_undecodable_image_refused_without_partial_store(folder, teacher3, tmp_p
             "cannot be decoded", "replace or delete")
 
 
+def decompression_bomb() -> bytes:
+    """A 1-pixel PNG whose header claims 30,000 x 30,000 pixels (Pillow refuses past 179 M)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("1", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"IHDR")
+    data[at + 4:at + 12] = struct.pack(">II", 30_000, 30_000)
+    data[at + 17:at + 21] = struct.pack(">I", zlib.crc32(bytes(data[at:at + 17])))
+    return bytes(data)
+
+
+def truncated_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, "JPEG")
+    return buffer.getvalue()[:300]
+
+
+@pytest.mark.parametrize("name, content", [
+    ("bomb.png", decompression_bomb()),  # was Pillow's DecompressionBombError traceback
+    ("cut.jpg", truncated_jpeg()),
+    ("empty.jpg", b""),
+    ("text.png", b"just some words"),
+], ids=["decompression bomb", "truncated jpeg", "empty file", "not an image"])
+def test_every_kind_of_undecodable_image_is_named(folder, teacher3, tmp_path, name, content):
+    root = tmp_path / "pets"
+    shutil.copytree(folder, root)
+    bad = root / "train" / "ant" / name
+    bad.write_bytes(content)
+    refused(label(root, teacher3, tmp_path / "store"), tmp_path / "store", str(bad), "cannot be decoded")
+
+
 def test_undecodable_image_named_from_a_worker(folder, teacher3, tmp_path):
     root = tmp_path / "pets"
     shutil.copytree(folder, root)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from conftest import SHARED, needs_shared
 
 from distill.models import Preprocessed, create_student, create_teacher, load_weights
+from teacher_logits.errors import UserError
 
 TEACHERS = SHARED / "teachers"
 CIFAR10_TEST = SHARED / "data" / "cifar10" / "test.npz"
@@ -156,7 +157,7 @@ def test_offline_pretrained_download_is_a_clear_error(monkeypatch):
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(RuntimeError, match="offline.*--checkpoint"):
+    with pytest.raises(UserError, match="offline.*--checkpoint"):  # was a RuntimeError: a traceback
         create_teacher("resnet18", pretrained=True)
 
 

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -117,7 +118,8 @@ def main(argv=None):
     out = REPO / args.out if not os.path.isabs(args.out) else Path(args.out)
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
+    launcher_vars = ("MASTER_PORT", "MASTER_ADDR", "RANK", "LOCAL_RANK", "WORLD_SIZE")  # each stage picks its own
+    env = {**{k: v for k, v in os.environ.items() if k not in launcher_vars}, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
            "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "PYTHONPATH": str(REPO)}
     data = (["--data-root", args.data_root] if args.data_root else []) + (["--skip-md5"] if args.skip_md5 else [])
     py = sys.executable
@@ -145,11 +147,10 @@ def main(argv=None):
         "scratch": (labelled, [f"data.limit={labelled}", "loss.mode=scratch", *d["scratch"]]),
     }
     jobs = {}
-    for port, (mode, (images, overrides)) in enumerate(students.items(), start=29500):
+    launchers = student_launchers(args.launcher, py, len(students))
+    for launcher, (mode, (images, overrides)) in zip(launchers, students.items()):
         run_dir = out / f"student_{mode}"
         epochs = math.ceil(args.student_steps / math.ceil(images / STUDENT_BATCH))
-        launcher = ["deepspeed", "--num_gpus", "1", "--master_port", str(port)] if args.launcher == "deepspeed" \
-            else [py]
         jobs[f"student_{mode}"] = ([*launcher, "distill/train_student.py", "--config", d["config"], *common,
                                     *overrides, f"train.epochs={epochs}", f"output.dir={run_dir}"],
                                    run_dir / "final/model.pt")
@@ -158,6 +159,23 @@ def main(argv=None):
                              "--compare", *map(str, teachers), str(out / "student_kd/final"),
                              str(out / "student_scratch/final")], env)
     summarise(out, labelled, len(teachers), d["train_size"], args.student_steps)
+
+
+def student_launchers(kind: str, py: str, count: int) -> list[list[str]]:
+    """How each of `count` side-by-side student runs starts: the deepspeed launcher, each on a
+    free rendezvous port of its own (fixed ones, 29500 and 29501, broke the demo whenever another
+    run on the machine held them), or plain python, which picks a free port itself."""
+    if kind == "python":
+        return [[py]] * count
+    held = [socket.socket() for _ in range(count)]  # all bound at once: distinct ports
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        ports = [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+    return [["deepspeed", "--num_gpus", "1", "--master_port", str(port)] for port in ports]
 
 
 def summarise(out: Path, labelled: int, teachers: int, train_size: int, steps: int) -> None:

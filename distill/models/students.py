@@ -16,6 +16,7 @@ from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_
 from teacher_logits.errors import UserError
 
 from .layers import fast_dropout
+from .registry import check_model_name
 
 __all__ = ["CCT", "CifarCNN", "cct_checkpoint_filter", "create_student", "is_student", "tiny_vit_window_sizes",
            "STUDENTS"]
@@ -217,6 +218,7 @@ _OURS = ("cifar_vit", "cct_7_3x1", "cifar_cnn", "cifar_vit_mini", "cifar_vit_256
 _TINY_VITS = {"tiny_vit_5m": "tiny_vit_5m_224", "tiny_vit_11m": "tiny_vit_11m_224",
               "tiny_vit_21m": "tiny_vit_21m_224"}
 STUDENTS = _OURS + tuple(_TINY_VITS) + tuple(_TINY_VITS.values())
+ALIASES = _TINY_VITS  # the short student names timm knows by other names
 
 
 def tiny_vit_window_sizes(img_size, default=(7, 7, 14, 7)):
@@ -251,6 +253,7 @@ def create_student(name, num_classes, img_size, pretrained=False, **kwargs):
     re-made and TinyViT's attention biases are resampled to the windows of `img_size`."""
     if not is_student(name):
         raise UserError(f"unknown student {name!r}; valid students: {', '.join(STUDENTS)}")
+    check_model_name(name, "model.name", pretrained, aliases=ALIASES)  # tags and weights, from the registry
     arch, _, tag = name.partition(".")
     if arch in _OURS:
         args = dict(img_size=img_size)
@@ -265,8 +268,3 @@ def create_student(name, num_classes, img_size, pretrained=False, **kwargs):
         raise UserError(f"model.pretrained: could not download timm's weights for {timm_name} (offline? "
                         f"{type(e).__name__}); start from a local file instead: model.pretrained=false "
                         "model.init=FILE (.safetensors, a state_dict, or an export directory)") from None
-    except RuntimeError as e:
-        if "No pretrained weights" not in str(e):
-            raise
-        raise UserError(f"model.pretrained: timm has no pretrained weights for {timm_name}; start from a file "
-                        "instead: model.pretrained=false model.init=FILE (or RUN/final)") from None

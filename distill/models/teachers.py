@@ -4,7 +4,6 @@ Every teacher sees the same input, float images in [0, 1] at the data's resoluti
 `Preprocessed` turns that into what the teacher was trained on (its size, mean and std),
 so the distillation code never needs to know which teacher it is talking to.
 """
-import difflib
 import math
 import os
 import warnings
@@ -15,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from teacher_logits.errors import UserError
 
+from .registry import check_model_name
 from .weights import load_weights
 
 __all__ = ["FlipAveraged", "Preprocessed", "TeacherEnsemble", "create_teacher", "create_teachers", "ensemble_spec", "load_weights"]
@@ -60,19 +60,15 @@ def create_teacher(name, checkpoint=None, pretrained=False, num_classes=None, we
     """timm model `name`, weights from `checkpoint` and/or timm's pretrained set, as an
     eval-mode `Preprocessed`. `num_classes=None` keeps the model's default; `weights_later`:
     the caller loads weights itself (no random-weights warning)."""
-    if not timm.is_model(name):
-        arch = name.split(".")[0]
-        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise UserError(f"unknown teacher {name!r}: {hint}search with timm.list_models('*pattern*')")
+    check_model_name(name, "teacher", pretrained)  # name, tag and weights, from timm's registry
     kwargs = {} if num_classes is None else dict(num_classes=num_classes)
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except OSError as e:  # hub and URL download failures are all OSErrors
+    except OSError as e:  # hub and URL download failures are all OSErrors (huggingface_hub's, requests')
         if not pretrained:
             raise
-        raise RuntimeError(f"could not download pretrained weights for {name} (offline?); "
-                           f"pass --checkpoint FILE instead") from e
+        raise UserError(f"teacher {name}: could not download its pretrained weights (offline? {type(e).__name__}); "
+                        "pass --checkpoint FILE (teacher.checkpoint) instead") from None
     if checkpoint is not None:
         load_weights(model, checkpoint)
     elif not pretrained and not weights_later:

@@ -3,10 +3,13 @@
   python tools/evaluate.py --checkpoint runs/c10/final --dataset cifar10 --data-root DATA --skip-md5
   python tools/evaluate.py --teacher cifar10_resnet56 --checkpoint FILE --dataset cifar10 --data-root DATA
   python tools/evaluate.py --compare runs/kd/final runs/scratch/final cifar10_resnet56=FILE --dataset cifar10 ...
+  python tools/evaluate.py --compare before=cifar10_resnet56=A.pt after=cifar10_resnet56=B.pt ...  (labels)
 
 Reports top-1, top-5, macro precision/recall/F1, Matthews correlation, per-class
 scores, parameters, FLOPs and images/s (batch 256, this device); writes
-metrics.json, metrics.md and a confusion-matrix PNG per model into --out.
+metrics.json, metrics.md and a confusion-matrix PNG per model into --out, after every model
+is evaluated: a failed run writes no metrics (and leaves no half-written file). Every model
+given is kept: two of the same name become NAME and NAME-2, unless labelled LABEL=SPEC.
 --attention N adds attention.png: N test images with each ViT student's class-token
 attention rollout over them (models without a class token are skipped, with the reason).
 """
@@ -16,7 +19,7 @@ import re
 from pathlib import Path
 
 
-from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main
+from distill.cli import HelpFormatter, add_data_args, add_teacher_args, check_flag_bounds, run_main
 from teacher_logits.errors import UserError
 
 COLUMNS = ["model", "top1", "top5", "precision_macro", "recall_macro", "f1_macro", "mcc", "params", "flops",
@@ -28,7 +31,8 @@ def parse_args(argv=None):
     add_teacher_args(p, teacher_help="evaluate this timm teacher (with --checkpoint FILE, or --pretrained)",
                      checkpoint_help="a student export (train_student's final/ dir), or with --teacher its weights")
     p.add_argument("--compare", nargs="+", default=[], metavar="SPEC",
-                   help="several models in one table: student export dirs and/or teacher NAME=CHECKPOINT")
+                   help="several models in one table: student export dirs and/or teacher NAME=CHECKPOINT, each "
+                        "optionally labelled LABEL=SPEC (the same name twice becomes NAME, NAME-2)")
     add_data_args(p)  # the test split (val/ of an image folder, seen through timm's eval crop)
     p.add_argument("--limit", type=int, help="evaluate on a fixed random subset of N test images")
     p.add_argument("--out", default="eval", help="directory for metrics.json, metrics.md and confusion PNGs")
@@ -62,7 +66,7 @@ def main(argv=None):
     from distill.datasets import build_dataset, num_classes_of
     from distill.distributed import resolve_device
     from distill.evaluation import evaluate_model, load_model
-    from distill.report import markdown_table, plot_confusion
+    from distill.report import markdown_table
 
     specs = model_specs(args)
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit),
@@ -71,37 +75,90 @@ def main(argv=None):
             raise UserError(f"{flag} must be positive, got {value}")
     if args.throughput_iters < 0:
         raise UserError(f"--throughput-iters must be 0 (skip) or positive, got {args.throughput_iters}")
+    check_flag_bounds(args, {"workers": "data.workers"})
     if args.wandb:  # a bad W&B mode fails now, not after the evaluation
         from distill.tracking import resolve_mode
 
         resolve_mode(None)
     device = resolve_device(args.device)
     dataset = build_dataset(args.dataset, args.data_root, train=False, skip_md5=args.skip_md5)
-    models = [load_model(spec, num_classes_of(args.dataset, dataset)) for spec in specs]  # fail early on a bad spec
+    labels, specs = zip(*map(labelled, specs))
+    loaded = [load_model(spec, num_classes_of(args.dataset, dataset)) for spec in specs]  # fail early on a bad spec
+    names = unique_names([label or name for label, (name, _) in zip(labels, loaded)])
+    models = [(name, model) for name, (_, model) in zip(names, loaded)]
     out = Path(args.out)
+    created = not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)  # now: an unwritable --out fails before the evaluation
     except OSError as e:
         raise UserError(f"--out {out}: cannot create it ({e.strerror}); choose a writable directory") from None
-    results, rows = {}, []
-    for name, model in models:
-        metrics = evaluate_model(model, dataset, args.dataset, device, args.batch_size, args.workers, args.limit,
-                                 args.throughput_iters)
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-        class_names = [c["name"] for c in metrics["per_class"]]
-        metrics["confusion_png"] = str(plot_confusion(metrics["confusion"], class_names,
-                                                      out / f"confusion_{slug}.png", title=f"{name} on {args.dataset}"))
-        results[name] = metrics
-        rows.append({"model": name, **{k: metrics.get(k) for k in COLUMNS[1:]}})
-    table = markdown_table(rows, COLUMNS)
-    (out / "metrics.json").write_text(json.dumps({"dataset": args.dataset, "models": results}, indent=1) + "\n")
-    (out / "metrics.md").write_text(f"# {args.dataset} test\n\n{table}\n")
+    try:
+        results = {name: evaluate_model(model, dataset, args.dataset, device, args.batch_size, args.workers,
+                                        args.limit, args.throughput_iters) for name, model in models}
+        rows = [{"model": name, **{k: metrics.get(k) for k in COLUMNS[1:]}} for name, metrics in results.items()]
+        table = markdown_table(rows, COLUMNS)
+        write_results(out, args.dataset, results, table)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a failed evaluation leaves no trace, not even the folder it made
+        raise
     print(table)
     print(f"metrics.json, metrics.md and confusion PNGs in {out.resolve()}")
     if args.attention:
         write_attention(args, models, dataset, device, out)
     if args.wandb:
         log_to_wandb(args, results, rows, out)
+
+
+def labelled(spec: str) -> tuple[str | None, str]:
+    """(label, spec) of `LABEL=SPEC`; (None, spec) where the text before '=' is a model name (a
+    teacher NAME=CHECKPOINT) or there is none."""
+    import timm
+
+    import distill.models  # noqa: F401  registers ours
+
+    label, sep, rest = spec.partition("=")
+    if not sep or timm.is_model(label) or Path(spec).exists():
+        return None, spec
+    return label, rest
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """`names` with repeats made unique (NAME, NAME-2, NAME-3), so no result overwrites another."""
+    result = []
+    for name in names:
+        unique, n = name, 1
+        while unique in result or (unique != name and unique in names):  # nor a name given later
+            n += 1
+            unique = f"{name}-{n}"
+        result.append(unique)
+    return result
+
+
+def write_results(out: Path, dataset: str, results: dict, table: str) -> None:
+    """The confusion PNGs, metrics.json and metrics.md into `out`, each written whole; on an
+    OS error (no space, permission, read-only) the files of this run are removed and one line
+    names --out."""
+    from distill.report import plot_confusion
+    from teacher_logits.files import atomic_write
+
+    slugs = unique_names([re.sub(r"[^A-Za-z0-9_.-]+", "_", name) for name in results])
+    written = []  # files this run creates: removed again if one cannot be written
+    try:
+        for (name, metrics), slug in zip(results.items(), slugs):
+            class_names = [c["name"] for c in metrics["per_class"]]
+            written.append(out / f"confusion_{slug}.png")
+            metrics["confusion_png"] = str(plot_confusion(metrics["confusion"], class_names, written[-1],
+                                                          title=f"{name} on {dataset}"))
+        for file, text in (("metrics.json", json.dumps({"dataset": dataset, "models": results}, indent=1) + "\n"),
+                           ("metrics.md", f"# {dataset} test\n\n{table}\n")):
+            written.append(out / file)
+            atomic_write(written[-1], text.encode())
+    except OSError as e:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise UserError(f"--out {out}: cannot write {written[-1].name} ({e.strerror or type(e).__name__}): free "
+                        "space, fix the folder's permissions or choose another --out; nothing was written") from None
 
 
 def write_attention(args, models, dataset, device, out):

@@ -17,7 +17,7 @@ import argparse
 import os
 
 
-from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main
+from distill.cli import HelpFormatter, add_data_args, add_teacher_args, check_flag_bounds, run_main
 from distill.recipes import default_recipe, defaults_help, recipe_names
 
 CONFIG = "configs/teacher_finetune.yaml"  # the shipped copy where no such file is here (distill/config.py)
@@ -41,6 +41,8 @@ def main(argv=None):
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides, e.g. optim.weight_decay=0")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    check_flag_bounds(args, {"epochs": "train.epochs", "lr": "optim.lr", "batch_size": "train.batch_size",
+                             "limit": "data.limit", "workers": "data.workers", "img_size": "data.img_size"})
     if args.checkpoint:
         from distill.models.weights import weights_file  # an export or run folder: its weights file
 
@@ -55,10 +57,10 @@ def main(argv=None):
                  "loss.mode=scratch", "logits.store=null"]
     overrides += [f"model.init={args.checkpoint}"] if args.checkpoint else []
     overrides += [f"data.root={args.data_root}"] if args.data_root else []
-    overrides += [f"data.limit={args.limit}"] if args.limit else []
-    overrides += [f"data.img_size={args.img_size}"] if args.img_size else []
-    overrides += [f"optim.lr={args.lr}"] if args.lr else []
-    overrides += [f"train.batch_size={args.batch_size}"] if args.batch_size else []
+    overrides += [f"data.limit={args.limit}"] if args.limit is not None else []
+    overrides += [f"data.img_size={args.img_size}"] if args.img_size is not None else []
+    overrides += [f"optim.lr={args.lr}"] if args.lr is not None else []
+    overrides += [f"train.batch_size={args.batch_size}"] if args.batch_size is not None else []
     from distill.student_stage import run
 
     run(args.config, [*overrides, *args.overrides])

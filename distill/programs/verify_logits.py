@@ -15,7 +15,8 @@ import argparse
 import sys
 
 
-from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main
+from distill.cli import HelpFormatter, add_data_args, add_teacher_args, check_flag_bounds, run_main
+from distill.config_tree import Bounds
 
 
 def parse_args(argv=None):
@@ -33,6 +34,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)  # before the heavy imports: --help and flag errors answer at once
+    check_flag_bounds(args, {"check": Bounds(0, 2**31 - 1), "min_agreement": Bounds(0, 100)})
     from teacher_logits.verify import verify_store
 
     problems, warnings, stats = verify_store(args.store)
