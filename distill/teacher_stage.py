@@ -4,12 +4,11 @@ Work is cut into shards (one epoch's slice of a seeded sample order). Each rank
 labels the shards `rank::world` that do not exist yet, so a re-run after a crash
 resumes where it stopped; rank 0 seals the manifest when every shard exists.
 
-The teacher may be an ensemble (several --teacher/--checkpoint pairs): a
-`TeacherEnsemble` whose output is the log of the weighted mean probability, so the
-rest of the stage treats it as one teacher. A re-run with a larger --epochs grows
-the store: the manifest is rewritten unsealed with the new epochs' shards (old
-entries and the store id kept), the missing shards are labelled as on any resume,
-and the manifest is sealed again.
+The teacher may be an ensemble (several --teacher/--checkpoint pairs), flip-averaged or not:
+one module whose output is the log of the mean probability, treated as one teacher. A re-run
+with a larger --epochs grows the store: the manifest is rewritten unsealed with the new
+epochs' shards (old entries and the store id kept), the missing shards are labelled as on any
+resume, and the manifest is sealed again.
 """
 from __future__ import annotations
 
@@ -127,13 +126,12 @@ def default_shard_records(size: int, chunk_records: int) -> int:
     return max(min(10_000, -(-size // 64)), min(chunk_records, 10_000))
 
 
-def check_flags(args, checkpoints) -> None:
-    """Numbers and files that are wrong whatever the data: refused before anything loads."""
-    for flag in ("epochs", "topk", "batch_size", "chunk_records"):
-        if getattr(args, flag) <= 0:
-            raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    for flag in ("limit", "img_size", "shard_records"):
-        if getattr(args, flag, None) is not None and getattr(args, flag) <= 0:
+def check_flags(args, names, checkpoints) -> None:
+    """Numbers, names and files that are wrong whatever the data: refused before anything loads."""
+    for name in names:  # the registry's names and tags
+        check_model_name(name, "--teacher", args.pretrained)
+    for flag in ("epochs", "topk", "batch_size", "chunk_records", "limit", "img_size", "shard_records"):
+        if getattr(args, flag, None) is not None and getattr(args, flag) <= 0:  # the last three may be unset
             raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     check_flag_bounds(args, {"workers": "data.workers", "seed": "train.seed", "img_size": "data.img_size",
                              "mixup": Bounds(0, 100), "cutmix": Bounds(0, 100), "mix_prob": Bounds(0, 1)})
@@ -159,7 +157,7 @@ def load_teacher(args, names, checkpoints, weights, device, dataset):
     classes = num_classes_of(args.dataset, dataset)
     check_pretrained_heads(names, checkpoints, args.pretrained, classes, args.dataset)
     teacher = create_teachers(names, checkpoints, args.pretrained, classes, weights).to(device)
-    teacher = FlipAveraged(teacher) if args.flip_average else teacher
+    teacher = FlipAveraged(teacher) if args.flip_average else teacher  # the store records which
     if teacher.num_classes > MAX_CLASSES:
         raise UserError(f"--teacher {' '.join(names)} has {teacher.num_classes} classes; the store holds at most "
                        f"{MAX_CLASSES} (uint16 class indices): use a teacher with fewer classes")
@@ -213,9 +211,7 @@ class ShardWriter:
 def run(args) -> dict:
     """Label every missing shard of the store at args.out; return summary numbers."""
     names, checkpoints, weights = teacher_spec(args)  # counts and weights, before anything loads
-    check_flags(args, checkpoints)
-    for name in names:  # the registry's names and tags, before the dataset loads
-        check_model_name(name, "--teacher", args.pretrained)
+    check_flags(args, names, checkpoints)
     out = locate(args.out)  # a missing back-end or a read-only URL is refused before anything loads
     out.check_writable()
     out_existed, fresh = out.exists(), not out.exists(MANIFEST)
