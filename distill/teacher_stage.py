@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from distill import distributed
 from distill.augment import Mixing, ViewMaker
+from distill.device_replay import default_view_params, view_maker
 from distill.datasets import DatasetError, build_dataset, fingerprint, labels_of, num_classes_of
 from distill.models import create_teachers
 from distill.replay import TeacherViews
@@ -152,8 +153,9 @@ def load_inputs(args, names, checkpoints, weights, device):
     if args.topk > teacher.num_classes:
         raise UserError(f"--topk {args.topk} exceeds the teacher's {teacher.num_classes} classes: "
                        f"pass --topk {teacher.num_classes} or less")
-    mixing = Mixing(args.mixup, args.cutmix, args.mix_prob)
-    maker = ViewMaker(dataset, args.aug, mixing, resolution=getattr(args, "img_size", None), num_samples=size)
+    mixing, resolution = Mixing(args.mixup, args.cutmix, args.mix_prob), getattr(args, "img_size", None)
+    params = getattr(args, "view_params", None) or default_view_params(dataset, args.aug, resolution)
+    maker = view_maker(dataset, args.aug, mixing, resolution, size, params)
     return dataset, size, teacher, maker
 
 
@@ -193,6 +195,8 @@ def run(args) -> dict:
     out_existed, fresh = out.exists(), not out.exists(MANIFEST)
     device = distributed.resolve_device(args.device)
     rank, world = distributed.init_process_group(device)
+    if getattr(args, "view_params", None) is None and not fresh:  # a store being resumed or grown keeps its own
+        args.view_params = load_manifest(out).settings.augmentation.get("params", "generators")
     dataset, size, teacher, maker = load_inputs(args, names, checkpoints, weights, device)
     if args.shard_records is None:  # a store being resumed or grown keeps its own
         args.shard_records = default_shard_records(size, args.chunk_records) if fresh else \
