@@ -130,8 +130,9 @@ def mix(views: torch.Tensor, others: torch.Tensor, params: ViewParams) -> torch.
         cut = np.flatnonzero(~blend)
         boxes = torch.from_numpy(params.box[mixed[cut]]).to(device)  # (y0, y1, x0, x1)
         steps = torch.arange(size, device=device)
-        inside = ((steps[None, :, None] >= boxes[:, 0, None, None]) & (steps[None, :, None] < boxes[:, 1, None, None])
-                  & (steps[None, None, :] >= boxes[:, 2, None, None]) & (steps[None, None, :] < boxes[:, 3, None, None]))
+        rows_in = (steps[None, :] >= boxes[:, 0, None]) & (steps[None, :] < boxes[:, 1, None])  # (C, S)
+        cols_in = (steps[None, :] >= boxes[:, 2, None]) & (steps[None, :] < boxes[:, 3, None])
+        inside = rows_in[:, :, None] & cols_in[:, None, :]
         rows = torch.from_numpy(mixed[cut]).to(device)
         views[rows] = torch.where(inside[:, None], others[torch.from_numpy(cut).to(device)], views[rows])
     return views

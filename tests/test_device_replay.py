@@ -44,9 +44,8 @@ def test_device_views_equal_the_cpu_path(train_set, recipe, mixing, params):
     assert np.array_equal(lams, [m.lam for _, m in expected])
     assert torch.equal(views, torch.stack([v for v, _ in expected]))
     if recipe != "none":  # the views really are augmented: crops moved, flips and mixes happened
-        unmoved = np.zeros(len(indices), np.int64)
-        assert not torch.equal(views, render(replay.images, indices, unmoved + replay.steps.padding, unmoved + replay.steps.padding,
-                                             unmoved, 32))
+        centre, unflipped = np.full(len(indices), replay.steps.padding), np.zeros(len(indices), bool)
+        assert not torch.equal(views, render(replay.images, indices, centre, centre, unflipped, 32))
 
 
 def test_grey_images_replay_as_rgb():
@@ -181,5 +180,6 @@ def test_a_student_trains_the_same_from_workers_and_auto(mixed_store, cifar_root
                  "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "train.batch_size=32", "train.epochs=1",
                  "train.max_steps=null", "train.log_every=1", "data.test_limit=20", f"data.replay_device={choice}",
                  f"data.workers={workers}", "wandb.enabled=false", env={"DS_ACCELERATOR": "cpu"}, timeout=240)
-        logs.append([(row["step"], row["loss"]) for row in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())])
+        rows = map(json.loads, (out / "train_log.jsonl").read_text().splitlines())
+        logs.append([(row["step"], row["loss"]) for row in rows])
     assert logs[0] == logs[1] and len(logs[0]) >= 3
