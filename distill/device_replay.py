@@ -110,44 +110,41 @@ def render(padded: torch.Tensor, rows: np.ndarray, top, left, flipped, size: int
     planes = torch.from_numpy(np.asarray(rows, np.int64)).to(device)[:, None] * 3 + torch.arange(3, device=device)
     picked_rows = (planes[:, :, None] * side + top[:, None, None] + steps).reshape(-1)  # (B * 3 * S,)
     cols = left[:, None] + torch.where(flipped[:, None].bool(), steps.flip(0), steps)  # (B, S)
-    picked = padded.view(-1, side).index_select(0, picked_rows)  # (B * 3 * S, side) uint8
-    crops = picked.gather(1, cols[:, None, :].expand(len(rows), 3 * size, size).reshape(-1, size))
+    picked = padded.view(-1, side).index_select(0, picked_rows).view(len(rows), 3 * size, side)  # uint8
+    crops = picked.gather(2, cols[:, None, :].expand(len(rows), 3 * size, size))  # the index broadcast, not copied
     return crops.view(len(rows), 3, size, size).to(torch.float32).div(255)  # ToTensor's conversion
 
 
 def mix(views: torch.Tensor, others: torch.Tensor, params: ViewParams) -> torch.Tensor:
-    """`views` with the mixed rows' partner views (`others`, one per mixed row) blended in as
-    ViewMaker blends them: Mixup's weighted sum with the weights rounded to float32 as torch
-    rounds a Python float, CutMix's box pasted through a mask."""
-    device, size, mixed = views.device, views.shape[-1], params.mixed
-    views, blend = views.clone(), ~params.cut[mixed]
-    if blend.any():  # Mixup: view * lam + other * (1 - lam)
-        rows, lam = torch.from_numpy(mixed[blend]).to(device), params.lam[mixed[blend]]
-        own = torch.from_numpy(lam.astype(np.float32)).to(device).view(-1, 1, 1, 1)
-        rest = torch.from_numpy((1.0 - lam).astype(np.float32)).to(device).view(-1, 1, 1, 1)
-        views[rows] = views[rows] * own + others[torch.from_numpy(np.flatnonzero(blend)).to(device)] * rest
-    if not blend.all():  # CutMix: the partner's box pasted in
-        cut = np.flatnonzero(~blend)
-        boxes = torch.from_numpy(params.box[mixed[cut]]).to(device)  # (y0, y1, x0, x1)
+    """`views` with their partner views (`others`, one per row; any view where unmixed) mixed in as
+    ViewMaker mixes them: Mixup's weighted sum with the weights rounded to float32 as torch rounds
+    a Python float, CutMix's box pasted through a mask. Whole-batch ops, no row gathers: an
+    unmixed row is view * 1 + other * 0, which is the view exactly (views are finite, >= 0)."""
+    device, size = views.device, views.shape[-1]
+    blend = (params.partner >= 0) & ~params.cut  # Mixup rows
+    own = torch.from_numpy(np.where(blend, params.lam, 1.0).astype(np.float32)).to(device).view(-1, 1, 1, 1)
+    rest = torch.from_numpy(np.where(blend, 1.0 - params.lam, 0.0).astype(np.float32)).to(device).view(-1, 1, 1, 1)
+    mixed = views * own + others * rest
+    if params.cut.any():  # CutMix: the partner's box (y0, y1, x0, x1) pasted in; other rows' boxes are empty
+        boxes = torch.from_numpy(np.where(params.cut[:, None], params.box, 0)).to(device)
         steps = torch.arange(size, device=device)
-        rows_in = (steps[None, :] >= boxes[:, 0, None]) & (steps[None, :] < boxes[:, 1, None])  # (C, S)
+        rows_in = (steps[None, :] >= boxes[:, 0, None]) & (steps[None, :] < boxes[:, 1, None])  # (B, S)
         cols_in = (steps[None, :] >= boxes[:, 2, None]) & (steps[None, :] < boxes[:, 3, None])
-        inside = rows_in[:, :, None] & cols_in[:, None, :]
-        rows = torch.from_numpy(mixed[cut]).to(device)
-        views[rows] = torch.where(inside[:, None], others[torch.from_numpy(cut).to(device)], views[rows])
-    return views
+        mixed = torch.where((rows_in[:, :, None] & cols_in[:, None, :])[:, None], others, mixed)
+    return mixed
 
 
 def build_views(padded: torch.Tensor, rows: np.ndarray, partner_rows: np.ndarray, params: ViewParams,
                 size: int) -> torch.Tensor:
     """The views of a batch whose images are `rows` of `padded` (and whose mixed records' partners
-    are `partner_rows` of it, -1 elsewhere), as `params` says."""
-    views, mixed = render(padded, rows, params.top, params.left, params.flipped, size), params.mixed
-    if not len(mixed):
-        return views
-    others = render(padded, partner_rows[mixed], params.partner_top[mixed], params.partner_left[mixed],
-                    params.partner_flipped[mixed], size)
-    return mix(views, others, params)
+    are `partner_rows` of it, -1 elsewhere), as `params` says: own and partner views in one render."""
+    if not len(params.mixed):
+        return render(padded, rows, params.top, params.left, params.flipped, size)
+    unmixed = params.partner < 0  # their own image stands in for the partner, weighted 0
+    both = render(padded, np.concatenate([rows, np.where(unmixed, rows, partner_rows)]),
+                  np.concatenate([params.top, params.partner_top]), np.concatenate([params.left, params.partner_left]),
+                  np.concatenate([params.flipped, params.partner_flipped]), size)
+    return mix(both[:len(rows)], both[len(rows):], params)
 
 
 class DeviceReplay:
