@@ -6,7 +6,9 @@ the same as its teacher stage made, a student trains from either the same throug
 through `auto`'s in-process path, and recipes replay cannot make exact are refused."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -128,6 +130,11 @@ def test_the_manifest_says_how_a_store_draws(mixed_store, cifar_root, teacher_ck
         out = tmp_path / "default"
         tool("save_logits").main([str(a) for a in save_logits_args(cifar_root, teacher_ckpt, out, "--limit", "40")])
         assert LogitStore(str(out)).settings.augmentation["params"] == "counter"
+        grown = shutil.copytree(mixed_store.path, tmp_path / "grown")  # grown without --view-params: keeps its own
+        tool("save_logits").main([str(a) for a in save_logits_args(
+            cifar_root, teacher_ckpt, grown, "--epochs", "3", "--limit", "120", "--shard-records", "40", "--mixup",
+            "0.8", "--cutmix", "1.0", "--mix-prob", "0.7")])
+        assert LogitStore(str(grown)).settings == dataclasses.replace(mixed_store.settings, epochs=3)
 
 
 @pytest.mark.parametrize("batch_size, cpu_workers", [(16, 2), (48, 0)])  # 48: a last batch of 24
