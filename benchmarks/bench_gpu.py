@@ -7,7 +7,8 @@ One run, in this order:
    --limit images x --store-epochs of Mixup/CutMix views into a store (counter view
    parameters, the default); images/s over its whole wall time, start-up included;
 2. replay alone: one stored epoch streamed as the trainer streams it (StoreViews), views/s
-   of the CPU path with --workers DataLoader workers, and of device replay on the GPU;
+   of the CPU path with --workers DataLoader workers, and of device replay on the GPU (and
+   whether their first batches are equal bit for bit, which the CPU-only tests cannot check);
 3. the student step at each --sizes pixel size (the config's student, TinyViT-5M by default,
    DeepSpeed bf16; the model resizes the store's 32 px views): the real trainer with the
    CPU path (--workers workers) and with device replay, and a bare loop of the same module
@@ -86,17 +87,19 @@ def replay_rates(args, store_path: str) -> dict:
     maker, labels = store_view_maker(dataset, store), labels_of(dataset)[:size]
     replay = DeviceReplay(dataset, maker.recipe, maker.mixing, size, args.device, params=maker.params)
     replay.views(np.arange(2), np.arange(2))  # first-call costs (scipy's import, CUDA kernels) are not replay's
-    rates = {}
+    rates, first = {}, {}
     for name, device_replay, workers in (("cpu_workers", None, args.workers), ("device", replay, 0)):
         stream = StoreViews(store, maker, labels, args.batch_size, replay=device_replay)
         stream.set_epoch(0)
         start, views = time.perf_counter(), 0
         for batch in stream.batches(workers):
             views += len(batch.view.to(args.device, non_blocking=True))
+            first.setdefault(name, batch.view)
         sync(args.device)
         rates[name] = views / (time.perf_counter() - start)
     return {"workers": args.workers, "cpu_workers_views_per_s": rates["cpu_workers"],
-            "device_views_per_s": rates["device"], "params": maker.params}
+            "device_views_per_s": rates["device"], "params": maker.params,
+            "device_views_equal_cpu_views": torch.equal(first["cpu_workers"].cpu(), first["device"].cpu())}
 
 
 def bare_loop(args, store_path: str, size: int) -> float:
@@ -148,7 +151,8 @@ def markdown_table(result: dict) -> str:
             "| what | figure |", "|---|---:|",
             f"| teacher stage, {teacher['teacher']}, bf16, start-up included | {teacher['images_per_s']:,.0f} img/s |",
             f"| replay, CPU path with {replay['workers']} workers | {replay['cpu_workers_views_per_s']:,.0f} views/s |",
-            f"| replay, device ({replay['params']} parameters) | {replay['device_views_per_s']:,.0f} views/s |"]
+            f"| replay, device ({replay['params']} parameters) | {replay['device_views_per_s']:,.0f} views/s |",
+            f"| device replay's first batch equals the CPU path's bit for bit | {replay['device_views_equal_cpu_views']} |"]
     for size, step in result["student_steps"].items():
         rows += [f"| {result['student']} at {size} px, trainer with CPU replay | {step['cpu_replay']:,.1f} img/s "
                  f"({step['cpu_replay_over_bare']:.2f} of bare) |",

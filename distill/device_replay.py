@@ -112,7 +112,9 @@ def render(padded: torch.Tensor, rows: np.ndarray, top, left, flipped, size: int
     cols = left[:, None] + torch.where(flipped[:, None].bool(), steps.flip(0), steps)  # (B, S)
     picked = padded.view(-1, side).index_select(0, picked_rows).view(len(rows), 3 * size, side)  # uint8
     crops = picked.gather(2, cols[:, None, :].expand(len(rows), 3 * size, size))  # the index broadcast, not copied
-    return crops.view(len(rows), 3, size, size).to(torch.float32).div(255)  # ToTensor's conversion
+    # ToTensor's conversion. The divisor is a tensor: CUDA turns division by a Python number into
+    # multiplication by its reciprocal, one bit off ToTensor's quotient for 126 of the 256 byte values
+    return crops.view(len(rows), 3, size, size).to(torch.float32).div(torch.full((), 255.0, device=device))
 
 
 def mix(views: torch.Tensor, others: torch.Tensor, params: ViewParams) -> torch.Tensor:

@@ -17,6 +17,10 @@ manifest (`settings.augmentation.params`) which way they were drawn:
   are on, lambda ~ Beta(alpha, alpha) by its inverse CDF (scipy), a uniform partner and box
   centre.
 
+The counter draws are integer arithmetic but for lambda: scipy's `betaincinv` is deterministic
+for a given scipy, and a store is replayed with the scipy it was made with or one whose inverse
+Beta CDF rounds alike (the student compares each replayed weight with the stored float16 one).
+
 Both give a `ViewParams`; distill/device_replay.py turns one into pixels. The teacher stage
 and every replay path draw through here, so the two sides cannot disagree.
 """
@@ -86,7 +90,8 @@ def counter_params(seeds: np.ndarray, steps: CropFlip, mixing: Mixing, num_sampl
         alpha = np.where(cut, mixing.cutmix_alpha, mixing.mixup_alpha)
         lam = np.where(mixed, beta_quantile(alpha, (u[:, LAM] + 0.5) / 2.0**32), 1.0)
         partner = np.where(mixed, below(u[:, PARTNER], num_samples), -1)
-        box = cutmix_boxes(lam, below(u[:, CENTRE_Y], size), below(u[:, CENTRE_X], size), size)
+        centres = below(u[:, CENTRE_Y], size), below(u[:, CENTRE_X], size)
+        box = np.where(cut[:, None], cutmix_boxes(lam, *centres, size), 0)  # Mixup and unmixed rows: none
         area = (box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2])
         lam = np.where(cut, 1.0 - area / size**2, lam)
     return ViewParams(below(u[:, TOP], span), below(u[:, LEFT], span), flip(FLIP), partner, lam, box, cut,

@@ -127,6 +127,7 @@ def test_bench_gpu_quick(tmp_path):
                            result["replay"]["device_views_per_s"], step["cpu_replay"], step["device_replay"],
                            step["bare"], step["device_replay_over_bare"])
     assert result["replay"]["params"] == "counter" and ("no GPU" in result["device"]) != torch.cuda.is_available()
+    assert result["replay"]["device_views_equal_cpu_views"] is True
     text = doc.read_text()
     assert text.startswith("# before\n") and text.endswith("# after\n") and "old figures" not in text
     assert result["device"] in text and "at 32 px, bare bf16 loop" in text
