@@ -82,8 +82,19 @@ class TeacherViews(Dataset):
     def __getitem__(self, n):
         index, seed = int(self.indices[n]), int(self.seeds[n])
         view, mix = self.maker(index, seed)
-        return {"view": view, "index": index, "seed": seed, "mix_partner": mix.partner, "lam": mix.lam,
-                "label": int(self.labels[index]), "partner_label": int(mix_label(self.labels, index, mix.partner))}
+        return self._item(index, seed, view, mix.partner, mix.lam)
+
+    def __getitems__(self, ns: list[int]) -> list[dict]:
+        """The items of a batch, their views built together (the DataLoader asks so): a counter
+        maker then draws and renders the batch at once, a generators maker view by view."""
+        indices, seeds = self.indices[ns], self.seeds[ns]
+        views, partners, lams = self.maker.views(indices, seeds)
+        return [self._item(int(i), int(s), v, int(p), float(lam))
+                for i, s, v, p, lam in zip(indices, seeds, views, partners, lams)]
+
+    def _item(self, index: int, seed: int, view, partner: int, lam: float) -> dict:
+        return {"view": view, "index": index, "seed": seed, "mix_partner": partner, "lam": lam,
+                "label": int(self.labels[index]), "partner_label": int(mix_label(self.labels, index, partner))}
 
 
 class StoreViews(IterableDataset):
