@@ -13,8 +13,11 @@ Goal: scoped / unscoped >= 0.9.
 
 Device replay (distill/device_replay.py) against the per-sample path, for `cifar` with pairwise
 Mixup 0.8 / CutMix 1.0 at 32 px on the same in-memory images: batches of --batch records, each
-built by ViewMaker view by view (what a DataLoader worker does) and by DeviceReplay batch-wise on
-the CPU (and on the GPU where one is visible), alternating. Goal: >= 10x views/s per core on the CPU.
+built by ViewMaker view by view (what a DataLoader worker does for a store made with generator
+draws) and by DeviceReplay batch-wise on the CPU (and on the GPU where one is visible); and for a
+store of counter draws (distill/view_draws.py), its per-view, worker (a batch a call) and device
+paths; alternating. Goals: device replay >= 10x views/s per core on the CPU; for counter stores,
+the per-sample path >= 3x today's.
 
   python benchmarks/bench_replay.py --images 256 --repeats 5 --json docs/results/bench_replay.json
   python benchmarks/bench_replay.py --quick     # 16 images, 1 repeat: seconds
@@ -35,8 +38,8 @@ from PIL import Image
 from distill.augment import Mixing, ViewMaker, build_transform, record_seed, scoped_rng
 from distill.cli import HelpFormatter, run_main
 from distill.datasets import build_dataset
-from distill.device_replay import DeviceReplay
-from distill.recipes import get_recipe
+from distill.device_replay import CounterViewMaker, DeviceReplay
+from distill.recipes import VIEW_PARAMS, get_recipe
 from teacher_logits.errors import UserError
 
 CIFAR_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "test.npz"
@@ -106,14 +109,26 @@ def compare(dataset, recipe: str, size: int | None, repeats: int) -> dict:
 
 
 def device_vs_cpu(dataset, batch: int, repeats: int) -> dict:
-    """views/s of the per-sample path and of device replay (CPU, and CUDA if visible) over the same
-    batches, alternated per batch; medians over `repeats` passes and the ratio's spread."""
+    """views/s of every way to build a store's views over the same batches, alternated per pass:
+    today's per-sample path (ViewMaker, generator draws), device replay of a generators store (CPU,
+    and CUDA if visible), and for a counter store (distill/view_draws.py) the teacher's per-view
+    path (CounterViewMaker, one view a call), a student worker's (CounterViewMaker.views, a batch a
+    call) and device replay. Medians over `repeats` passes; each ratio against today's per-sample
+    path, its spread over the passes."""
     mixing = Mixing(0.8, 1.0)
-    maker = ViewMaker(dataset, "cifar", mixing)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    replays = {d: DeviceReplay(dataset, "cifar", mixing, len(dataset), d) for d in devices}
+    maker, counter = ViewMaker(dataset, "cifar", mixing), CounterViewMaker(dataset, "cifar", mixing)
     indices = np.arange(len(dataset))
     batches = [(indices[a:a + batch], record_seed(0, 0, indices[a:a + batch])) for a in range(0, len(indices), batch)]
+
+    def per_view(make):
+        return lambda rows, seeds: [make(int(i), int(s)) for i, s in zip(rows, seeds)]
+
+    sides = {"per_sample": per_view(maker), "counter_per_view": per_view(counter), "counter_worker": counter.views}
+    for d in devices:
+        for params in VIEW_PARAMS:
+            replay = DeviceReplay(dataset, "cifar", mixing, len(dataset), d, params=params)
+            sides[f"device_{d}" + ("_counter" if params == "counter" else "")] = replay.views
 
     def timed(build) -> float:
         start = time.perf_counter()
@@ -123,19 +138,19 @@ def device_vs_cpu(dataset, batch: int, repeats: int) -> dict:
             torch.cuda.synchronize()
         return len(indices) / (time.perf_counter() - start)
 
-    per_sample = lambda rows, seeds: [maker(int(i), int(s)) for i, s in zip(rows, seeds)]  # noqa: E731
     passes = []
     for r in range(repeats + 1):  # the first pass warms up
-        sides = [("per_sample", per_sample)] + [(d, replays[d].views) for d in devices]
-        result = {name: timed(build) for name, build in (sides if r % 2 else sides[::-1])}
+        order = list(sides.items()) if r % 2 else list(sides.items())[::-1]
+        result = {name: timed(build) for name, build in order}
         passes += [result] if r else []
     out = {"recipe": "cifar", "mixing": "mixup 0.8 / cutmix 1.0", "images": len(indices), "batch": batch,
-           "repeats": repeats, "per_sample_views_per_s": float(np.median([p["per_sample"] for p in passes]))}
-    for d in devices:
-        ratios = [p[d] / p["per_sample"] for p in passes]
-        out[f"device_{d}_views_per_s"] = float(np.median([p[d] for p in passes]))
-        out[f"device_{d}_ratio"], out[f"device_{d}_ratio_min"], out[f"device_{d}_ratio_max"] = (
-            float(np.median(ratios)), float(min(ratios)), float(max(ratios)))
+           "repeats": repeats}
+    for name in sides:
+        out[f"{name}_views_per_s"] = float(np.median([p[name] for p in passes]))
+        if name != "per_sample":
+            ratios = [p[name] / p["per_sample"] for p in passes]
+            out[f"{name}_ratio"], out[f"{name}_ratio_min"], out[f"{name}_ratio_max"] = (
+                float(np.median(ratios)), float(min(ratios)), float(max(ratios)))
     return out
 
 
@@ -178,10 +193,10 @@ def main(argv=None):
         print(f"{r['recipe']:>8} @ {r['resolution']} px: scoped {r['scoped_views_per_s']:.1f} views/s/core, "
               f"unscoped {r['unscoped_views_per_s']:.1f}, ratio {r['ratio']:.3f} "
               f"(min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f}, {r['repeats']} repeats)")
-    print(f"  device replay, cifar + Mixup/CutMix: per-sample {device['per_sample_views_per_s']:.0f} views/s/core, "
-          + ", ".join(f"{d} {device[f'device_{d}_views_per_s']:.0f} ({device[f'device_{d}_ratio']:.1f}x, "
-                      f"{device[f'device_{d}_ratio_min']:.1f}-{device[f'device_{d}_ratio_max']:.1f})"
-                      for d in ("cpu", "cuda") if f"device_{d}_ratio" in device))
+    print(f"  cifar + Mixup/CutMix: per-sample {device['per_sample_views_per_s']:.0f} views/s/core, "
+          + ", ".join(f"{name} {device[f'{name}_views_per_s']:.0f} ({device[f'{name}_ratio']:.1f}x, "
+                      f"{device[f'{name}_ratio_min']:.1f}-{device[f'{name}_ratio_max']:.1f})"
+                      for name in (k.removesuffix("_ratio") for k in device if k.endswith("_ratio"))))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return result

@@ -30,9 +30,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WARMUP_STEPS = 3
 
 
-def run_env(ranks: int = 1) -> dict:
-    return {**os.environ, "PYTHONPATH": REPO, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled",
-            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
+def run_env(ranks: int = 1, accelerator: str = "cpu") -> dict:
+    """The trainer's environment: DeepSpeed on `accelerator`; on the CPU, the cores shared by the ranks."""
+    env = {**os.environ, "PYTHONPATH": REPO, "DS_ACCELERATOR": accelerator, "WANDB_MODE": "disabled"}
+    return {**env, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))} if accelerator == "cpu" else env
 
 
 def bare_run(args) -> float:
@@ -60,8 +61,8 @@ def train(args, mode: str, out: str, ranks: int = 1, teacher: str | None = None,
     script = os.path.join(REPO, "distill/train_student.py")
     cmd = ([sys.executable, script] if ranks == 1 else
            ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), script])
-    proc = subprocess.run([*cmd, "--config", args.config, *overrides], env=run_env(ranks), capture_output=True,
-                          text=True)
+    proc = subprocess.run([*cmd, "--config", args.config, *overrides], env=run_env(ranks, args.accelerator),
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"train_student ({mode}) failed: {proc.stderr[-800:]}")
     log = [json.loads(line) for line in open(os.path.join(out, "train_log.jsonl"))]
@@ -133,6 +134,7 @@ def main(argv=None):
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--bare-loop-run", action="store_true", help=argparse.SUPPRESS)  # the bare loop's own process
     p.add_argument("overrides", nargs="*", help="extra config overrides for every run")
+    p.set_defaults(accelerator="cpu")  # benchmarks/bench_gpu.py runs the trainer on cuda
     args = p.parse_args(argv)
     if args.bare_loop_run:
         print(bare_loop(args))

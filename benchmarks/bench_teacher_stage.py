@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.bench_report import command_line, describe, spread, write_json
-from distill.augment import ViewMaker
+from distill.device_replay import default_view_params, view_maker
+from distill.augment import Mixing
 from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main
 from distill.datasets import build_dataset, labels_of, num_classes_of
 from distill.models import create_teacher
@@ -41,8 +42,8 @@ def bare_teacher(args) -> float:
     teacher = create_teacher(args.teacher, checkpoint=args.checkpoint, pretrained=args.pretrained,
                              num_classes=num_classes_of(args.dataset, dataset)).eval()
     n = args.limit
-    views = TeacherViews(ViewMaker(dataset, args.aug, num_samples=n), 0, np.zeros(n, int), np.arange(n),
-                         labels_of(dataset)[:n])
+    maker = view_maker(dataset, args.aug, Mixing(), None, n, default_view_params(dataset, args.aug, None))
+    views = TeacherViews(maker, 0, np.zeros(n, int), np.arange(n), labels_of(dataset)[:n])
     for batch in DataLoader(views, batch_size=args.batch_size, num_workers=args.workers):
         teacher(batch["view"]).float().softmax(1)
     return n / (time.perf_counter() - start)

@@ -128,7 +128,10 @@ def _draw_pair(pair_seed: int, num_samples: int, mixing: Mixing, size: int) -> M
 
 
 class ViewMaker:
-    """Builds view(i, seed) of a map-style dataset whose items are (PIL image, label)."""
+    """Builds view(i, seed) of a map-style dataset whose items are (PIL image, label), its
+    parameters drawn from the global generators (distill/device_replay.CounterViewMaker draws
+    them by counter instead: distill/view_draws.py)."""
+    params = "generators"
 
     def __init__(self, dataset, recipe: str, mixing: Mixing = Mixing(), resolution: int | None = None,
                  num_samples: int | None = None):
@@ -158,3 +161,9 @@ class ViewMaker:
         view = view.clone()
         view[:, y0:y1, x0:x1] = other[:, y0:y1, x0:x1]
         return view, mix
+
+    def views(self, indices: np.ndarray, seeds: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """(views (B, 3, H, W), partners, weights) of the records (index, seed), view by view."""
+        made = [self(index, seed) for index, seed in zip(np.asarray(indices).tolist(), np.asarray(seeds).tolist())]
+        return (torch.stack([view for view, _ in made]), np.array([m.partner for _, m in made], np.int64),
+                np.array([m.lam for _, m in made], np.float64))

@@ -38,7 +38,8 @@ class Data:
     test_limit: int | None = None  # evaluate on a fixed random N of the test split; None: all
     workers: int = 0  # DataLoader processes building views
     replay_device: str = "cpu"  # cuda: rebuild a store's views on the GPU, batch-wise (distill/device_replay.py;
-    # recipes none, crop, cifar); auto: cuda where it can, else cpu; cpu: in DataLoader workers
+    # recipes none, crop, cifar); auto: cuda where it can, else batch-wise on the CPU in this process for a
+    # store of counter view parameters, else cpu; cpu: in DataLoader workers
 
 
 @dataclass

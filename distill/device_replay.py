@@ -5,16 +5,20 @@ image through torchvision's transforms inside `scoped_rng(seed)`. For recipes wh
 registry entry names `device_steps` (a `CropFlip`: none, crop, cifar) the same view is
 two cheap steps apart:
 
-- per-sample parameters, on the host: the crop offsets and the flip are the very draws
-  torchvision's RandomCrop and RandomHorizontalFlip make from torch's generator seeded
-  with the view's seed (a few microseconds a sample); Mixup/CutMix partner, weight and box
-  come from `augment.mix_params`, as on the CPU path;
+- per-sample parameters, on the host (distill/view_draws.py): for a store made with
+  `generators` draws, the very draws torchvision's RandomCrop and RandomHorizontalFlip make
+  from torch's generator seeded with the view's seed, and the pair of `augment.mix_params`
+  (~60 us a view); for a `counter` store, hashes of the seeds, vectorised over the batch;
 - the pixel work, on the device, for the whole batch: the dataset's uint8 images are
   resident there; padding, cropping and flipping are one gather, ToTensor's /255 and
   Mixup's weighted sum are element-wise in float32 with the weights rounded as the CPU
   path rounds them, and CutMix pastes the partner's box through a mask.
 
 The views equal the CPU path's bit for bit (tests/test_device_replay.py, on CPU tensors).
+A `counter` store's views are defined by these steps: its teacher stage and DataLoader
+workers build them with `CounterViewMaker`, the same steps on the few images of a batch.
+On a host without a GPU, `data.replay_device=auto` builds a counter store's views here,
+batch-wise on the CPU in the training process: no worker competes with the step's threads.
 Recipes with RandAugment, colour jitter or timm's random-resized crops (cifar-strong,
 stl10, imagenet) have no device steps: they stay on the CPU path, and asking for device
 replay of them says so.
@@ -24,11 +28,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distill.augment import Mixing, derive_seed, mix_params_of
+from distill.augment import Mixing, ViewMaker
 from distill.recipes import get_recipe
+from distill.view_draws import ViewParams, draw_params
 from teacher_logits.errors import UserError
 
 REPLAY_DEVICES = ("cpu", "cuda", "auto")
+
+
+def image_array(dataset, index: int) -> np.ndarray:
+    """(H, W, 3) uint8: one image as the CPU path sees it (RGB)."""
+    return np.asarray(dataset[index][0].convert("RGB"))
 
 
 def resident_images(dataset) -> np.ndarray:
@@ -36,7 +46,7 @@ def resident_images(dataset) -> np.ndarray:
     data = getattr(dataset, "data", None)
     if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 4 and data.shape[-1] == 3:
         return data  # torchvision's CIFAR: the array its PIL images are made from
-    return np.stack([np.asarray(dataset[i][0].convert("RGB")) for i in range(len(dataset))])
+    return np.stack([image_array(dataset, i) for i in range(len(dataset))])
 
 
 def device_replay_problem(recipe: str, resolution: int) -> str | None:
@@ -49,12 +59,31 @@ def device_replay_problem(recipe: str, resolution: int) -> str | None:
     return None
 
 
-def replay_device(choice: str, recipe: str, resolution: int) -> torch.device | None:
-    """The device a store's views are rebuilt on for data.replay_device = `choice` (None: the CPU
-    path, in DataLoader workers): auto takes this rank's GPU where the recipe allows it."""
+def counter_problem(dataset, recipe: str, resolution: int) -> str | None:
+    """Why a store of `recipe` views of `dataset` cannot draw counter parameters, or None: the
+    recipe needs device steps, and the images its native size (the first one is looked at)."""
+    size = get_recipe(recipe).native_size
     problem = device_replay_problem(recipe, resolution)
-    if choice == "cpu" or (choice == "auto" and (problem or not torch.cuda.is_available())):
+    if problem is None and len(dataset) and image_array(dataset, 0).shape[:2] != (size, size):
+        problem = f"the images are not {size}x{size} px"
+    return problem
+
+
+def default_view_params(dataset, recipe: str, resolution: int | None) -> str:
+    """How a new store draws its view parameters: by counter wherever it can."""
+    return "generators" if counter_problem(dataset, recipe, resolution or get_recipe(recipe).native_size) else "counter"
+
+
+def replay_device(choice: str, recipe: str, resolution: int, params: str = "generators") -> torch.device | None:
+    """The device a store's views are rebuilt on for data.replay_device = `choice` (None: the CPU
+    path, in DataLoader workers). auto takes this rank's GPU where the recipe allows it; without
+    one, the CPU in the training process for a store of counter parameters (a few ms a batch,
+    against per-view work in workers that share the step's cores: docs/benchmarks.md section 3)."""
+    problem = device_replay_problem(recipe, resolution)
+    if choice == "cpu" or (choice == "auto" and problem):
         return None
+    if choice == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu") if params == "counter" else None
     if not torch.cuda.is_available():
         raise UserError("data.replay_device=cuda: no CUDA device is visible; use data.replay_device=cpu or auto")
     if problem:
@@ -64,10 +93,68 @@ def replay_device(choice: str, recipe: str, resolution: int) -> torch.device | N
     return resolve_device("cuda")
 
 
-class DeviceReplay:
-    """views(indices, seeds) of a map-style dataset, built on `device`, equal to ViewMaker's."""
+def padded_planes(images: np.ndarray, padding: int, device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 images -> (N, 3, H + 2p, W + 2p) uint8 on `device`, zero-padded as RandomCrop
+    pads: a crop is then a plain gather."""
+    chw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    return torch.nn.functional.pad(chw, (padding,) * 4).contiguous().to(device)
 
-    def __init__(self, dataset, recipe: str, mixing: Mixing, num_samples: int, device, resolution: int | None = None):
+
+def render(padded: torch.Tensor, rows: np.ndarray, top, left, flipped, size: int) -> torch.Tensor:
+    """(B, 3, S, S) float32 views of images `rows` of `padded`, each cropped at (top, left) and
+    flipped where asked: the crop's rows of each image plane picked whole, then its columns
+    (reversed if flipped)."""
+    device, side = padded.device, padded.shape[-1]
+    top, left, flipped = (torch.from_numpy(np.asarray(a)).to(device) for a in (top, left, flipped))
+    steps = torch.arange(size, device=device)
+    planes = torch.from_numpy(np.asarray(rows, np.int64)).to(device)[:, None] * 3 + torch.arange(3, device=device)
+    picked_rows = (planes[:, :, None] * side + top[:, None, None] + steps).reshape(-1)  # (B * 3 * S,)
+    cols = left[:, None] + torch.where(flipped[:, None].bool(), steps.flip(0), steps)  # (B, S)
+    picked = padded.view(-1, side).index_select(0, picked_rows).view(len(rows), 3 * size, side)  # uint8
+    crops = picked.gather(2, cols[:, None, :].expand(len(rows), 3 * size, size))  # the index broadcast, not copied
+    # ToTensor's conversion. The divisor is a tensor: CUDA turns division by a Python number into
+    # multiplication by its reciprocal, one bit off ToTensor's quotient for 126 of the 256 byte values
+    return crops.view(len(rows), 3, size, size).to(torch.float32).div(torch.full((), 255.0, device=device))
+
+
+def mix(views: torch.Tensor, others: torch.Tensor, params: ViewParams) -> torch.Tensor:
+    """`views` with their partner views (`others`, one per row; any view where unmixed) mixed in as
+    ViewMaker mixes them: Mixup's weighted sum with the weights rounded to float32 as torch rounds
+    a Python float, CutMix's box pasted through a mask. Whole-batch ops, no row gathers: an
+    unmixed row is view * 1 + other * 0, which is the view exactly (views are finite, >= 0)."""
+    device, size = views.device, views.shape[-1]
+    blend = (params.partner >= 0) & ~params.cut  # Mixup rows
+    own = torch.from_numpy(np.where(blend, params.lam, 1.0).astype(np.float32)).to(device).view(-1, 1, 1, 1)
+    rest = torch.from_numpy(np.where(blend, 1.0 - params.lam, 0.0).astype(np.float32)).to(device).view(-1, 1, 1, 1)
+    mixed = views * own + others * rest
+    if params.cut.any():  # CutMix: the partner's box (y0, y1, x0, x1) pasted in; other rows' boxes are empty
+        boxes = torch.from_numpy(np.where(params.cut[:, None], params.box, 0)).to(device)
+        steps = torch.arange(size, device=device)
+        rows_in = (steps[None, :] >= boxes[:, 0, None]) & (steps[None, :] < boxes[:, 1, None])  # (B, S)
+        cols_in = (steps[None, :] >= boxes[:, 2, None]) & (steps[None, :] < boxes[:, 3, None])
+        mixed = torch.where((rows_in[:, :, None] & cols_in[:, None, :])[:, None], others, mixed)
+    return mixed
+
+
+def build_views(padded: torch.Tensor, rows: np.ndarray, partner_rows: np.ndarray, params: ViewParams,
+                size: int) -> torch.Tensor:
+    """The views of a batch whose images are `rows` of `padded` (and whose mixed records' partners
+    are `partner_rows` of it, -1 elsewhere), as `params` says: own and partner views in one render."""
+    if not len(params.mixed):
+        return render(padded, rows, params.top, params.left, params.flipped, size)
+    unmixed = params.partner < 0  # their own image stands in for the partner, weighted 0
+    both = render(padded, np.concatenate([rows, np.where(unmixed, rows, partner_rows)]),
+                  np.concatenate([params.top, params.partner_top]), np.concatenate([params.left, params.partner_left]),
+                  np.concatenate([params.flipped, params.partner_flipped]), size)
+    return mix(both[:len(rows)], both[len(rows):], params)
+
+
+class DeviceReplay:
+    """views(indices, seeds) of a map-style dataset, built on `device`, equal to ViewMaker's
+    (`params`: how the store drew its view parameters, distill/view_draws.py)."""
+
+    def __init__(self, dataset, recipe: str, mixing: Mixing, num_samples: int, device, resolution: int | None = None,
+                 params: str = "generators"):
         made = get_recipe(recipe)
         problem = device_replay_problem(recipe, resolution or made.native_size)
         if problem:
@@ -76,65 +163,67 @@ class DeviceReplay:
         if images.shape[1:3] != (made.native_size, made.native_size):
             raise UserError(f"data.replay_device: the images are {images.shape[1]}x{images.shape[2]} px, recipe "
                             f"{recipe} makes {made.native_size} px views; use data.replay_device=cpu")
-        self.steps, self.mixing, self.num_samples = made.device_steps, mixing, num_samples
+        self.steps, self.mixing, self.num_samples, self.params = made.device_steps, mixing, num_samples, params
         self.size, self.device = made.native_size, torch.device(device)
-        pad = self.steps.padding
-        # padded once, channels first: a crop is then a plain gather
-        chw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-        self.images = torch.nn.functional.pad(chw, (pad, pad, pad, pad)).contiguous().to(self.device)
-        self.generator = torch.Generator()
+        self.images = padded_planes(images, self.steps.padding, self.device)
 
-    def crop_flip_params(self, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(top, left, flipped) of each view: RandomCrop's two randint draws, then the flip's rand."""
-        top, left, flipped = (np.zeros(len(seeds), np.int64) for _ in range(3))
-        span = 2 * self.steps.padding + 1
-        for n, seed in enumerate(seeds.tolist()):
-            g = self.generator.manual_seed(int(seed))
-            if span > 1:  # a crop of the whole image draws nothing (torchvision's get_params)
-                top[n] = torch.randint(0, span, (1,), generator=g).item()
-                left[n] = torch.randint(0, span, (1,), generator=g).item()
-            if self.steps.flip:
-                flipped[n] = torch.rand(1, generator=g).item() < 0.5
-        return top, left, flipped
-
-    def render(self, indices: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
-        """(B, 3, S, S) float32 views of `indices`, each cropped and flipped as its seed says: the
-        crop's rows of each padded image plane picked whole, then its columns (reversed if flipped)."""
-        top, left, flipped = (torch.from_numpy(a).to(self.device) for a in self.crop_flip_params(seeds))
-        batch, side, size = len(indices), self.images.shape[-1], self.size
-        steps = torch.arange(size, device=self.device)
-        planes = torch.from_numpy(indices).to(self.device)[:, None] * 3 + torch.arange(3, device=self.device)
-        rows = (planes[:, :, None] * side + top[:, None, None] + steps).reshape(-1)  # (B * 3 * S,) row numbers
-        cols = left[:, None] + torch.where(flipped[:, None].bool(), steps.flip(0), steps)  # (B, S)
-        picked = self.images.view(-1, side).index_select(0, rows)  # (B * 3 * S, side) uint8
-        crops = picked.gather(1, cols[:, None, :].expand(batch, 3 * size, size).reshape(-1, size))
-        return crops.view(batch, 3, size, size).to(torch.float32).div(255)  # ToTensor's conversion
+    def draw(self, seeds: np.ndarray) -> ViewParams:
+        return draw_params(self.params, seeds, self.steps, self.mixing, self.num_samples, self.size)
 
     def views(self, indices: np.ndarray, seeds: np.ndarray):
         """(views on the device, partners, weights) of the records (index, seed): what ViewMaker
         returns for each, for the whole batch. Partners are -1 and weights 1 where unmixed."""
-        indices, seeds = np.asarray(indices, np.int64), np.asarray(seeds, np.int64)
-        mixes = mix_params_of(seeds, self.num_samples, self.mixing, self.size)
-        partner = np.array([m.partner for m in mixes], np.int64)
-        lam = np.array([m.lam for m in mixes], np.float64)
-        views = self.render(indices, derive_seed(seeds, 0).astype(np.int64))
-        mixed = np.flatnonzero(partner >= 0)
-        if len(mixed):
-            others = self.render(partner[mixed], derive_seed(seeds[mixed], 1).astype(np.int64))
-            views = views.clone()
-            blend = np.array([mixes[n].box is None for n in mixed])
-            if blend.any():  # Mixup: view * lam + other * (1 - lam), the weights rounded to float32 as torch does
-                rows = torch.from_numpy(mixed[blend]).to(self.device)
-                own = torch.from_numpy(lam[mixed[blend]].astype(np.float32)).to(self.device).view(-1, 1, 1, 1)
-                rest = torch.from_numpy((1.0 - lam[mixed[blend]]).astype(np.float32)).to(self.device).view(-1, 1, 1, 1)
-                views[rows] = views[rows] * own + others[torch.from_numpy(np.flatnonzero(blend)).to(self.device)] * rest
-            if not blend.all():  # CutMix: the partner's box pasted in
-                cut = np.flatnonzero(~blend)
-                boxes = torch.tensor([mixes[mixed[n]].box for n in cut], device=self.device)  # (y0, y1, x0, x1)
-                steps = torch.arange(self.size, device=self.device)
-                inside = ((steps[None, :, None] >= boxes[:, 0, None, None]) & (steps[None, :, None] < boxes[:, 1, None, None])
-                          & (steps[None, None, :] >= boxes[:, 2, None, None]) & (steps[None, None, :] < boxes[:, 3, None, None]))
-                rows = torch.from_numpy(mixed[cut]).to(self.device)
-                pasted = others[torch.from_numpy(cut).to(self.device)]
-                views[rows] = torch.where(inside[:, None], pasted, views[rows])
-        return views, partner, lam
+        params = self.draw(seeds)
+        views = build_views(self.images, np.asarray(indices, np.int64), params.partner, params, self.size)
+        return views, params.partner, params.lam
+
+
+class CounterViewMaker(ViewMaker):
+    """The ViewMaker of a store with counter parameters: each view by the device steps above,
+    on its own (and its partner's) image, whatever process builds it: the teacher stage's
+    workers, a student's workers, a whole batch at a time (`views`) or one view (`__call__`)."""
+    params = "counter"
+
+    def __init__(self, dataset, recipe: str, mixing: Mixing = Mixing(), resolution: int | None = None,
+                 num_samples: int | None = None):
+        super().__init__(dataset, recipe, mixing, resolution, num_samples)
+        problem = counter_problem(dataset, recipe, self.size)
+        if problem:
+            raise UserError(f"--view-params counter: {problem}; use --view-params generators")
+        self.steps = get_recipe(recipe).device_steps
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "params": self.params}
+
+    def draw(self, seeds: np.ndarray) -> ViewParams:
+        return draw_params(self.params, seeds, self.steps, self.mixing, self.num_samples, self.size)
+
+    def views(self, indices: np.ndarray, seeds: np.ndarray):
+        """(views, partners, weights) of the records (index, seed), from just their images."""
+        views, params = self.views_and_params(np.asarray(indices, np.int64), seeds)
+        return views, params.partner, params.lam
+
+    def __call__(self, index: int, seed: int):
+        views, params = self.views_and_params(np.array([index]), np.array([seed]))
+        return views[0], params.mix_params(0)
+
+    def views_and_params(self, indices: np.ndarray, seeds) -> tuple[torch.Tensor, ViewParams]:
+        params = self.draw(seeds)
+        mixed = params.mixed
+        needed, rows = np.unique(np.concatenate([indices, params.partner[mixed]]), return_inverse=True)
+        images = [image_array(self.dataset, int(i)) for i in needed]
+        odd = next((n for n, a in enumerate(images) if a.shape[:2] != (self.size, self.size)), None)
+        if odd is not None:
+            raise UserError(f"sample {needed[odd]} is {images[odd].shape[1]}x{images[odd].shape[0]} px: a store of "
+                            f"counter view parameters needs {self.size} px images; use --view-params generators")
+        partner_rows = np.full(len(indices), -1, np.int64)
+        partner_rows[mixed] = rows[len(indices):]
+        padded = padded_planes(np.stack(images), self.steps.padding, "cpu")
+        return build_views(padded, rows[:len(indices)], partner_rows, params, self.size), params
+
+
+def view_maker(dataset, recipe: str, mixing: Mixing, resolution: int | None, num_samples: int | None,
+               params: str = "generators") -> ViewMaker:
+    """The ViewMaker of views whose parameters are drawn the `params` way (distill/view_draws.py)."""
+    maker = CounterViewMaker if params == "counter" else ViewMaker
+    return maker(dataset, recipe, mixing, resolution=resolution, num_samples=num_samples)

@@ -28,6 +28,7 @@ from typing import Callable
 from teacher_logits.errors import UserError
 
 GENERATORS = ("torch", "numpy", "random")
+VIEW_PARAMS = ("counter", "generators")  # how a store draws its CropFlip views' parameters (distill/view_draws.py)
 DEFAULT_INPUT_SIZE = 32  # a student's input size when neither the config nor the recipe sets one
 
 

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate, get_worker_info
 
 from distill.augment import Mixing, ViewMaker, record_seed
+from distill.device_replay import view_maker
 from distill.loss import SparseTarget
 from teacher_logits.schema import stored_mix_weight
 from teacher_logits.stream import rank_stream, records_per_rank
@@ -62,7 +63,9 @@ def store_view_maker(dataset, store, num_samples: int | None = None) -> ViewMake
     consumer of a store (trainer, verify, benchmarks) gets its maker here, so none can drift."""
     aug = store.settings.augmentation
     size = store.settings.dataset["size"] if num_samples is None else num_samples
-    return ViewMaker(dataset, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], num_samples=size)
+    # stores made before counter parameters have no "params": their views draw from the generators
+    return view_maker(dataset, aug["recipe"], Mixing(**aug["mixing"]), aug["resolution"], size,
+                      aug.get("params", "generators"))
 
 
 class TeacherViews(Dataset):
@@ -79,8 +82,19 @@ class TeacherViews(Dataset):
     def __getitem__(self, n):
         index, seed = int(self.indices[n]), int(self.seeds[n])
         view, mix = self.maker(index, seed)
-        return {"view": view, "index": index, "seed": seed, "mix_partner": mix.partner, "lam": mix.lam,
-                "label": int(self.labels[index]), "partner_label": int(mix_label(self.labels, index, mix.partner))}
+        return self._item(index, seed, view, mix.partner, mix.lam)
+
+    def __getitems__(self, ns: list[int]) -> list[dict]:
+        """The items of a batch, their views built together (the DataLoader asks so): a counter
+        maker then draws and renders the batch at once, a generators maker view by view."""
+        indices, seeds = self.indices[ns], self.seeds[ns]
+        views, partners, lams = self.maker.views(indices, seeds)
+        return [self._item(int(i), int(s), v, int(p), float(lam))
+                for i, s, v, p, lam in zip(indices, seeds, views, partners, lams)]
+
+    def _item(self, index: int, seed: int, view, partner: int, lam: float) -> dict:
+        return {"view": view, "index": index, "seed": seed, "mix_partner": partner, "lam": lam,
+                "label": int(self.labels[index]), "partner_label": int(mix_label(self.labels, index, partner))}
 
 
 class StoreViews(IterableDataset):
@@ -142,12 +156,7 @@ class StoreViews(IterableDataset):
     def _views(self, indices: np.ndarray) -> Batch:
         run_seed, stored_epoch = self.store.settings.seed, self.epoch % self.stored_epochs
         seeds = record_seed(run_seed, stored_epoch, indices)
-        if self.replay is not None:
-            views, partners, lams = self.replay.views(indices, seeds)
-        else:
-            made = [self.maker(index, seed) for index, seed in zip(indices.tolist(), seeds.tolist())]
-            views = torch.stack([view for view, _ in made])
-            partners, lams = np.array([m.partner for _, m in made]), np.array([m.lam for _, m in made])
+        views, partners, lams = (self.replay or self.maker).views(indices, seeds)
         return Batch(views, torch.as_tensor(self.labels[indices]), torch.as_tensor(mix_label(self.labels, indices, partners)),
                      torch.as_tensor(lams, dtype=torch.float64), torch.as_tensor(indices),
                      torch.as_tensor(seeds.astype(np.int64)), torch.as_tensor(partners, dtype=torch.int64))

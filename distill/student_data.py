@@ -70,8 +70,9 @@ def load_data(cfg, rank: int, world: int) -> TrainingData:
         # all refuse together: one extra shard per rank at start, outside the epochs' one-reader rule
         store.read(store.shards(0)[0])
         maker = store_view_maker(train_set, store, size)
-        device = replay_device(cfg.data.replay_device, maker.recipe, maker.size)
-        replay = DeviceReplay(train_set, maker.recipe, maker.mixing, size, device) if device else None
+        device = replay_device(cfg.data.replay_device, maker.recipe, maker.size, maker.params)
+        replay = None if device is None else DeviceReplay(train_set, maker.recipe, maker.mixing, size, device,
+                                                          params=maker.params)
         store_views = StoreViews(store, maker, labels_of(train_set)[:size], cfg.train.batch_size, rank, world,
                                  shuffle_seed=cfg.train.seed, stored_epochs=stored_epochs(store, cfg), replay=replay)
         micro_per_epoch = len(store_views)

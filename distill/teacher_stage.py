@@ -25,6 +25,7 @@ from distill import distributed
 from distill.augment import Mixing, ViewMaker
 from distill.cli import check_flag_bounds
 from distill.config_tree import Bounds
+from distill.device_replay import default_view_params, view_maker
 from distill.datasets import DatasetError, build_dataset, fingerprint, labels_of, num_classes_of
 from distill.models import FlipAveraged, create_teachers
 from distill.models.registry import check_model_name
@@ -140,16 +141,18 @@ def check_flags(args, names, checkpoints) -> None:
             raise UserError(f"--checkpoint {checkpoint}: no such file; pass the path of the teacher's weights file")
 
 
-def load_views(args):
-    """(dataset, samples to label, view maker): what a store's views are made of."""
+def load_views(args, stored: StoreSettings | None):
+    """(dataset, samples to label, view maker): what a store's views are made of. A store being
+    resumed or grown (`stored`) keeps its own view parameters unless --view-params names them."""
     dataset = build_dataset(args.dataset, args.data_root, train=args.split == "train", skip_md5=args.skip_md5)
     if args.limit is not None and args.limit > len(dataset):
         raise UserError(f"--limit {args.limit} exceeds the {len(dataset)} samples of {args.dataset} {args.split}: "
                        "lower it, or leave it out to label them all")
     size = args.limit or len(dataset)
-    mixing = Mixing(args.mixup, args.cutmix, args.mix_prob)
-    maker = ViewMaker(dataset, args.aug, mixing, resolution=getattr(args, "img_size", None), num_samples=size)
-    return dataset, size, maker
+    mixing, resolution = Mixing(args.mixup, args.cutmix, args.mix_prob), getattr(args, "img_size", None)
+    kept = stored.augmentation.get("params", "generators") if stored is not None else None
+    params = getattr(args, "view_params", None) or kept or default_view_params(dataset, args.aug, resolution)
+    return dataset, size, view_maker(dataset, args.aug, mixing, resolution, size, params)
 
 
 def load_teacher(args, names, checkpoints, weights, device, dataset):
@@ -219,10 +222,10 @@ def run(args) -> dict:
     rank, world = distributed.init_process_group(device)
     distributed.set_rank_threads()
     args.workers = distributed.capped_workers(args.workers, "--workers", say=rank == 0)
-    dataset, size, maker = load_views(args)
-    if args.shard_records is None:  # a store being resumed or grown keeps its own
-        args.shard_records = default_shard_records(size, args.chunk_records) if fresh else \
-            load_manifest(out).settings.shard_records
+    stored = None if fresh else load_manifest(out).settings  # a store being resumed or grown keeps its own
+    dataset, size, maker = load_views(args, stored)
+    if args.shard_records is None:
+        args.shard_records = stored.shard_records if stored else default_shard_records(size, args.chunk_records)
     data_fp = fingerprint(args.dataset, dataset, args.split == "train", size)
     done = complete_already(out, args, data_fp, maker, rank)
     if done is not None:

@@ -203,12 +203,15 @@ def test_dataset_file_of_another_layout(base, cifar_root, tmp_path, capsys, cont
     ("--limit", 0, "--limit must be positive, got 0"),
     ("--topk", 11, "--topk 11 exceeds the teacher's 10 classes: pass --topk 10 or less"),
     ("--limit", 100000, "--limit 100000 exceeds the 200 samples of cifar10 train: lower it"),
+    ("--img-size", 64, "--view-params counter: recipe cifar at 64 px resizes its views"),  # with --view-params counter
 ])
 def test_bad_numbers(base, tmp_path, capsys, flag, value, message):
     out = tmp_path / "s"
     args = with_out(base, out)
     args = replace(args, flag, value) if flag in args else args + [flag, str(value)]
-    user_error(save_logits(args, capsys), message)
+    fix = ["use --view-params generators"] if "view-params" in message else []
+    args += ["--view-params", "counter"] if fix else []
+    user_error(save_logits(args, capsys), message, *fix)
     assert not out.exists()
 
 
@@ -247,6 +250,7 @@ def test_out_is_a_non_store_directory(base, tmp_path, capsys):
     ("--seed", "3", "seed: 0 != 3"),
     ("--aug", "crop", "augmentation.recipe: 'cifar' != 'crop'"),
     ("--values", "fp16", "values: 'log8' != 'fp16'"),
+    ("--view-params", "generators", "augmentation.params: 'counter' != None"),
 ])  # a larger --epochs grows the store, a smaller one is refused: tests/test_grow_store.py
 def test_rerun_with_other_settings_is_refused(base, store, capsys, flag, value, field):
     before = snapshot(store)

@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from benchmarks import bench_memory, bench_store, bench_student_step, bench_teacher_stage
 
@@ -83,7 +84,25 @@ def test_bench_replay_quick():
         assert r["recipe"] == recipe and r["resolution"] == size and r["images"] == 16
         assert finite_positive(r["scoped_views_per_s"], r["unscoped_views_per_s"], r["ratio"])
         assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
+    device = result["device_replay"]
+    sides = ("device_cpu", "device_cpu_counter", "counter_per_view", "counter_worker")
+    assert finite_positive(device["per_sample_views_per_s"], *(device[f"{side}_ratio"] for side in sides))
     assert result["command"].startswith("python benchmarks/bench_replay.py") and "--quick" in result["command"]
+
+
+def test_bench_view_params(cifar_root, teacher_ckpt, tmp_path):
+    from conftest import save_logits_args, tool
+
+    from benchmarks import bench_view_params
+
+    store = tmp_path / "store"
+    tool("save_logits").main([str(a) for a in save_logits_args(cifar_root, teacher_ckpt, store, "--limit", "60", "--mixup",
+                                                                "0.8", "--cutmix", "1", "--view-params", "generators")])
+    result = bench_view_params.main(["--store", str(store), "--batches", "2", "--repeats", "1"])
+    stored, recovery = result["stored"], result["recovery"]
+    assert stored["records"] == 60 and stored["bytes_per_record_today"] < stored["bytes_per_record_packed"] \
+        < stored["bytes_per_record_exact"]  # extra columns cost bytes; float64 weights more than uint8 codes
+    assert finite_positive(recovery["counter_us_per_view"]["median"], recovery["generators_us_per_view"]["median"])
 
 
 def test_bench_student_fixes_quick():
@@ -93,3 +112,23 @@ def test_bench_student_fixes_quick():
     assert set(result["images_per_s"]) == {"cifar_vit:as_shipped", "cifar_vit:nn_dropout", "cifar_cnn:channels_last",
                                            "cifar_cnn:contiguous"}
     assert finite_positive(result["cifar_vit_speedup"]["median"], result["cifar_cnn_speedup"]["median"])
+
+
+def test_bench_gpu_quick(tmp_path):
+    """The GPU script end to end on this CPU at tiny sizes: every figure, and its table written
+    between section 11's markers without touching the rest of the file."""
+    from benchmarks import bench_gpu
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# before\n{bench_gpu.BEGIN}\nold figures\n{bench_gpu.END}\n# after\n")
+    result = bench_gpu.main(["--quick", "--json", str(tmp_path / "r.json"), "--markdown", str(doc)])
+    step = result["student_steps"]["32"]
+    assert finite_positive(result["teacher_stage"]["images_per_s"], result["replay"]["cpu_workers_views_per_s"],
+                           result["replay"]["device_views_per_s"], step["cpu_replay"], step["device_replay"],
+                           step["bare"], step["device_replay_over_bare"])
+    assert result["replay"]["params"] == "counter" and ("no GPU" in result["device"]) != torch.cuda.is_available()
+    assert result["replay"]["device_views_equal_cpu_views"] is True
+    text = doc.read_text()
+    assert text.startswith("# before\n") and text.endswith("# after\n") and "old figures" not in text
+    assert result["device"] in text and "at 32 px, bare bf16 loop" in text
+    assert json.loads((tmp_path / "r.json").read_text()) == result

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from conftest import call_tool, tool
-from distill.augment import Mixing, ViewMaker
+from distill.augment import ViewMaker
 from distill.datasets import build_dataset
 from teacher_logits.codec import decode_values
+from distill.replay import store_view_maker
 from teacher_logits.reader import LogitStore
 
 R20 = "cifar10_resnet20"
@@ -80,7 +81,7 @@ def replayed_average(store: LogitStore, paths, weights):
 
     data, aug = store.settings.dataset, store.settings.augmentation
     dataset = build_dataset(data["name"], None, train=True)
-    maker = ViewMaker(dataset, aug["recipe"], Mixing(**aug["mixing"]), num_samples=data["size"])
+    maker = store_view_maker(dataset, store)
     cols = [store.read(entry) for entry in store.shards()]
     cols = {k: np.concatenate([c[k] for c in cols]) for k in cols[0]}
     views = torch.stack([maker(int(i), int(s))[0] for i, s in zip(cols["index"], cols["seed"])])

@@ -18,7 +18,7 @@ from test_datasets import write_stl10
 
 from distill.augment import Mixing, ViewMaker
 from distill.datasets import build_dataset, labels_of
-from distill.replay import StoreViews
+from distill.replay import StoreViews, store_view_maker
 from teacher_logits.codec import LOG_RANGE, STEP, decode_values
 from teacher_logits.reader import LogitStore
 
@@ -132,7 +132,7 @@ def test_strong_recipes_replay_exactly_across_workers(recipe, cifar_root, teache
 def test_online_teacher_equals_stored_targets(log8_store, cifar_root, spread_teacher):
     store = LogitStore(log8_store)
     dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
-    maker = ViewMaker(dataset, "cifar", Mixing(**store.settings.augmentation["mixing"]), num_samples=200)
+    maker = store_view_maker(dataset, store, 200)
     stream = StoreViews(store, maker, labels_of(dataset), 50)
     teacher = load_teacher(spread_teacher)
     k, clear, mixed, checked = store.settings.k, 0, 0, 0
@@ -204,7 +204,7 @@ def test_fp16_store_targets_and_student(fp16_store, cifar_root, spread_teacher, 
     store = LogitStore(fp16_store)
     assert store.settings.values == "fp16"
     dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
-    maker = ViewMaker(dataset, "cifar", num_samples=200)
+    maker = store_view_maker(dataset, store, 200)
     teacher = load_teacher(spread_teacher)
     n = 0
     for cols in store.iter_shards(0):

@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import REPO, run_tool, save_logits_args
-from distill.augment import Mixing, ViewMaker
+from distill.augment import Mixing
 from distill.datasets import build_dataset, labels_of
-from distill.replay import StoreViews, TeacherViews
+from distill.replay import StoreViews, TeacherViews, store_view_maker
 from teacher_logits.reader import LogitStore
 from teacher_logits.verify import verify_store
 
@@ -59,7 +59,8 @@ def test_student_replay_equals_teacher_view(mixed_store, cifar_root, workers, ba
     store = LogitStore(mixed_store)
     dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
     mixing = Mixing(**store.settings.augmentation["mixing"])
-    maker = ViewMaker(dataset, "cifar", mixing, num_samples=200)
+    maker = store_view_maker(dataset, store, 200)
+    assert maker.mixing == mixing
     expected = teacher_side_views(store, maker, labels_of(dataset))
     stream = StoreViews(store, maker, labels_of(dataset), batch_size)
     mixed = 0
@@ -78,7 +79,7 @@ def test_student_replay_equals_teacher_view(mixed_store, cifar_root, workers, ba
 def test_batches_identical_across_workers_and_ranks(mixed_store, cifar_root):
     store = LogitStore(mixed_store)
     dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
-    maker = ViewMaker(dataset, "cifar", Mixing(**store.settings.augmentation["mixing"]), num_samples=200)
+    maker = store_view_maker(dataset, store, 200)
 
     def batches(workers, rank=0, world=1):
         stream = StoreViews(store, maker, labels_of(dataset), 10, rank=rank, world=world)

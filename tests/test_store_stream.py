@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import run_tool, save_logits_args
-from distill.augment import Mixing, ViewMaker, record_seed
+from distill.augment import record_seed
 from distill.datasets import build_dataset, labels_of
 from distill.loss import DistillationLoss, SparseTarget
-from distill.replay import Batch, StoreViews, TeacherViews
+from distill.replay import Batch, StoreViews, TeacherViews, store_view_maker
 from store_doubles import CountingStore
 from teacher_logits.codec import decode_values, dense_distribution, encode_values
 from teacher_logits.reader import LogitStore
@@ -32,7 +32,7 @@ def store_path(tmp_path_factory, cifar_root, teacher_ckpt):
 def parts(store_path, cifar_root):
     store = LogitStore(store_path)
     dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
-    maker = ViewMaker(dataset, "cifar", Mixing(**store.settings.augmentation["mixing"]), num_samples=SAMPLES)
+    maker = store_view_maker(dataset, store, SAMPLES)
     return store, maker, labels_of(dataset)[:SAMPLES]
 
 

@@ -26,7 +26,7 @@ import argparse
 import os
 
 
-from distill.recipes import recipe_names, recipes_help
+from distill.recipes import VIEW_PARAMS, recipe_names, recipes_help
 from distill.cli import HelpFormatter, VIEW_SIZE_HELP, add_data_args, add_teacher_args, run_main
 
 
@@ -55,6 +55,11 @@ def parse_args(argv=None):
     p.add_argument("--mixup", type=float, default=0.0, help="pairwise Mixup alpha (0: off; timm default 0.8)")
     p.add_argument("--cutmix", type=float, default=0.0, help="pairwise CutMix alpha (0: off; timm default 1.0)")
     p.add_argument("--mix-prob", type=float, default=1.0, help="chance that a view is mixed when mixing is on")
+    p.add_argument("--view-params", choices=VIEW_PARAMS,
+                   help="how the views' crop, flip and Mixup/CutMix parameters are drawn from their seeds: counter "
+                        "(hashes, vectorised: recipes none, crop, cifar on images of their native size; the default "
+                        "there) or generators (torch/numpy generators seeded per view: every recipe, and stores made "
+                        "before counter draws); a store being resumed or grown keeps its own")
     p.add_argument("--limit", type=int, help="label only the first N samples (smoke runs)")
     p.add_argument("--shard-records", type=int,
                    help="records per shard, the unit of resume and of reading (default: an epoch in about 64 "
