@@ -52,7 +52,7 @@ class CountingStore(LogitStore):
 def synthetic_store(path: str, num_classes: int, k: int, records: int, shard_records: int) -> str:
     """A one-epoch log8 store of random teacher distributions, written with the real shard writer."""
     from distill.augment import record_seed
-    from distill.teacher_stage import seal
+    from distill.store_writing import seal
     from teacher_logits.codec import encode_values
     from teacher_logits.schema import StoreSettings, chunk_header, pack_coded
     from teacher_logits.manifest import new_manifest, shard_indices, write_manifest

@@ -4,16 +4,17 @@ The modules, by stage (each docstring says what it owns and why):
 
 - Data and replay: `catalog` (dataset names, light), `datasets` (the labelled splits),
   `recipes` (one entry per augmentation recipe), `augment` (a view is a function of
-  image, seed and recipe), `replay` (the store's views rebuilt for the student, the `Batch`
+  image, seed and recipe), `view_draws` (a batch's view parameters from counters), `replay` (the store's views rebuilt for the student, the `Batch`
   the step sees), `device_replay` (the same views by whole-batch ops on the device).
 - Teacher stage: `teacher_stage` (label E augmented passes once, into a store),
-  `store_teachers` (which teachers made a store, and the checks against them).
+  `store_writing` (open, write and seal it), `store_teachers` (which teachers made a store,
+  and the checks against them).
 - Student stage: `student_stage` (the run, top to bottom), `student_data` (its views and test
   split), `loss` (kd, scratch and online targets), `engine` (DeepSpeed, checkpoints),
   `deepspeed_file` (a user's DeepSpeed JSON merged in), `run_folder` (whose folder it is),
   `run_log`, `tracking` (progress, W&B), `distributed` (process groups).
-- Models: `models/` (students and teachers registered with timm, weights read safely,
-  exports timm loads), `model_card`, `model_cost`; `airbench_recipe` trains the airbench teacher.
+- Models: `models/` (students and teachers registered with timm, names checked against
+  timm's registry, weights read safely, exports timm loads), `model_card`, `model_cost`; `airbench_recipe` trains the airbench teacher.
 - Evaluation: `evaluation` (score any classifier on a test split), `metrics`, `report`,
   `attention`.
 - Configuration: `config` (the schema), `config_tree` (the strict YAML -> dataclass loader),

@@ -1,4 +1,5 @@
-"""The teacher-logit stage: label E augmented passes of a dataset once, into a store.
+"""The teacher-logit stage: label E augmented passes of a dataset once, into a store
+(distill/store_writing.py opens, writes and seals it).
 
 Work is cut into shards (one epoch's slice of a seeded sample order). Each rank
 labels the shards `rank::world` that do not exist yet, so a re-run after a crash
@@ -13,7 +14,7 @@ resume, and the manifest is sealed again.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +31,13 @@ from distill.datasets import DatasetError, build_dataset, fingerprint, labels_of
 from distill.models import FlipAveraged, create_teachers
 from distill.models.registry import check_model_name
 from distill.replay import TeacherViews
+from distill.store_writing import ShardWriter, discard_unstarted, open_store, seal
 from distill.store_teachers import check_pretrained_heads, teacher_settings, teacher_spec
 from teacher_logits.codec import MAX_CLASSES
-from teacher_logits.manifest import (MANIFEST, Manifest, ShardEntry, StoreError, describe_teacher, differences,
-                                     grown_manifest, load_manifest, new_manifest, shard_indices, write_manifest)
+from teacher_logits.manifest import MANIFEST, Manifest, describe_teacher, load_manifest, shard_indices
 from teacher_logits.location import StoreLocation, locate
 from teacher_logits.errors import UserError
-from teacher_logits.schema import StoreSettings, chunk_header, pack_records
-from teacher_logits.shards import write_shard
+from teacher_logits.schema import StoreSettings, pack_records
 
 
 @dataclass
@@ -54,49 +54,6 @@ def store_settings(args, data_fp: dict, maker: ViewMaker, num_classes: int) -> S
                          args.chunk_records, data_fp, maker.fingerprint(),
                          teacher_settings(names, checkpoints, args.pretrained, weights, args.precision,
                                           args.flip_average))
-
-
-def open_store(out: StoreLocation, settings: StoreSettings, rank: int) -> Manifest:
-    """The store's manifest: created on first run, checked against `settings` on re-runs,
-    and grown when the only change is a larger number of epochs."""
-    if rank == 0 and not out.exists(MANIFEST):
-        if out.is_file():
-            raise UserError(f"--out {out} is a file, not a directory: choose a new directory")
-        if any(not name.startswith(".") for name in out.names() or []):
-            raise UserError(f"--out {out} exists, is not empty and is not a logit store: choose a new directory")
-        existed = out.exists()
-        try:
-            out.makedirs()
-            write_manifest(out, new_manifest(settings))
-        except OSError as e:
-            if not existed and out.exists():
-                _discard_unstarted(out, remove_dir=True)
-            raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
-    distributed.barrier()
-    manifest = load_manifest(out)
-    stored = manifest.settings
-    diff = differences(stored.as_dict(), {**settings.as_dict(), "codec_version": stored.codec_version})
-    others = [d for d in diff if not d.startswith("epochs:")]
-    if others:
-        raise UserError(f"--out {out} holds a store made with other settings ({'; '.join(others)} [store != now]): "
-                       "use a new --out, or the original settings to resume")
-    if settings.epochs < stored.epochs:
-        unfinished = "" if manifest.complete else \
-            f" (it is unfinished: re-run with --epochs {stored.epochs} to finish it)"
-        raise UserError(f"--out {out} holds a store of {stored.epochs} epochs{unfinished}; stores only grow, "
-                       f"so --epochs {settings.epochs} is refused: use the existing store (students cycle "
-                       "through its stored epochs)")
-    if settings.epochs > stored.epochs:
-        distributed.barrier()  # every rank has read the old manifest before rank 0 replaces it
-        if rank == 0:
-            try:
-                write_manifest(out, grown_manifest(manifest, settings.epochs))
-            except OSError as e:
-                raise UserError(f"--out {out}: cannot write manifest.json ({e.strerror}): free space or fix the "
-                               "directory, then re-run the same command") from None
-        distributed.barrier()
-        manifest = load_manifest(out)
-    return manifest
 
 
 @torch.no_grad()
@@ -184,33 +141,6 @@ def complete_already(out: StoreLocation, args, data_fp: dict, maker, rank: int) 
     return manifest if all(p.name in present for p in manifest.shards) else None
 
 
-class ShardWriter:
-    """Labelled columns in, whole shards out: each planned shard is written (one atomic file or
-    object put) as soon as its records are in."""
-
-    def __init__(self, out: StoreLocation, todo: list[ShardEntry], manifest: Manifest):
-        self.out, self.todo, self.settings = out, todo, manifest.settings
-        self.header = chunk_header(manifest)
-        self.pending, self.buffered, self.written = [], 0, []
-        self.digests: dict[str, tuple[int, str]] = {}  # (size, sha256) of the shards written here
-
-    def add(self, columns: dict[str, np.ndarray]) -> None:
-        self.pending.append(columns)
-        self.buffered += len(next(iter(columns.values())))
-        while len(self.written) < len(self.todo) and self.buffered >= self.todo[len(self.written)].records:
-            plan = self.todo[len(self.written)]
-            cols = {name: np.concatenate([p[name] for p in self.pending]) for name in self.pending[0]}
-            try:
-                self.digests[plan.name] = write_shard(self.out, plan, {k: v[:plan.records] for k, v in cols.items()},
-                                                      self.header, self.settings.chunk_records)
-            except OSError as e:
-                raise UserError(f"--out {self.out}: cannot write shard {plan.name} ({e.strerror}): free space "
-                               "or fix the directory, then re-run the same command to resume") from e
-            self.written.append(plan.name)
-            self.pending = [{k: v[plan.records:] for k, v in cols.items()}]
-            self.buffered -= plan.records
-
-
 def run(args) -> dict:
     """Label every missing shard of the store at args.out; return summary numbers."""
     names, checkpoints, weights = teacher_spec(args)  # counts and weights, before anything loads
@@ -261,7 +191,7 @@ def run(args) -> dict:
             # (its settings, e.g. the checkpoint's sha256, differ): remove it. An image that cannot be
             # decoded voids the shards written before it too: fixing the folder changes its fingerprint.
             if fresh and world == 1 and (not writer.written or isinstance(e, DatasetError)):
-                _discard_unstarted(out, remove_dir=not out_existed, shards=writer.written)
+                discard_unstarted(out, remove_dir=not out_existed, shards=writer.written)
             raise
     labelled_count, correct = distributed.all_reduce_sum([len(views), correct], device)
     distributed.barrier()
@@ -272,32 +202,3 @@ def run(args) -> dict:
             "shards_written": len(missing), "store": str(out)}  # every rank's: all were written by now
 
 
-def _discard_unstarted(out: StoreLocation, remove_dir: bool, shards: list[str] = ()) -> None:
-    """Remove the manifest, temp files and the given shards of a store this run started."""
-    for name in [MANIFEST, *shards]:
-        out.remove(name)
-    out.sweep_temp_files()
-    if remove_dir:
-        out.remove_dir()
-
-
-def seal(out, manifest: Manifest, written: set[str], digests: dict[str, tuple[int, str]] | None = None) -> None:
-    """Record the size and sha256 of the shards written now and mark the store complete; the
-    manifest is the last file written. `digests` holds what this process wrote; other shards
-    (other ranks', a killed run's) are read back. Checksums recorded by an earlier run are
-    kept, so a shard damaged since is not blessed."""
-    out, digests = locate(out), digests or {}
-    present = set(out.names())  # a writable location can list
-    sealed = []
-    for entry in manifest.shards:
-        if entry.sha256 is None or entry.name in written:
-            try:
-                size, sha256 = digests[entry.name] if entry.name in digests and entry.name in present else \
-                    out.size_and_sha256(entry.name)
-            except FileNotFoundError:
-                raise StoreError(f"{out / entry.name} is missing after all ranks finished: re-run the same "
-                                 "command") from None
-            entry = replace(entry, bytes=size, sha256=sha256)
-        sealed.append(entry)
-    manifest.shards, manifest.complete = sealed, True
-    write_manifest(out, manifest)

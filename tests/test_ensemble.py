@@ -205,8 +205,7 @@ def test_flip_averaged_targets_are_the_mean_over_the_view_and_its_mirror(teacher
     tool("save_logits").main([str(a) for a in [*pairs(teachers[:1]), *BASE, "--flip-average", "--out", out]])
     store = LogitStore(out)
     assert store.settings.teacher["flip_average"] is True
-    data, aug = store.settings.dataset, store.settings.augmentation
-    maker = ViewMaker(build_dataset("digits", None, train=True), aug["recipe"], num_samples=data["size"])
+    maker = store_view_maker(build_dataset("digits", None, train=True), store)
     cols = [store.read(entry) for entry in store.shards()]
     cols = {k: np.concatenate([c[k] for c in cols]) for k in cols[0]}
     views = torch.stack([maker(int(i), int(s))[0] for i, s in zip(cols["index"], cols["seed"])])
