@@ -84,15 +84,14 @@ def synthetic_store(path: str, num_classes: int, k: int, records: int, shard_rec
 
 def reader_records_per_s(path: str, batch_size: int, repeats: int) -> list[float]:
     """One epoch, one rank, one core: shard bytes -> batched SparseTargets."""
-    from distill.loss import SparseTarget
+    from distill.batch import SparseTarget
     from teacher_logits.stream import rank_stream
 
     store, rates = LogitStore(path), []
     for r in range(repeats):
         started, n = time.perf_counter(), 0
         for b in rank_stream(store, 0, 0, 1, batch_size, [0, r], decode=True):
-            target = SparseTarget(torch.from_numpy(b.top_classes), torch.from_numpy(b.top_probs),
-                                  torch.from_numpy(b.tail))
+            target = SparseTarget.of(b)
             n += len(target.tail)
         rates.append(n / (time.perf_counter() - started))
     return rates
@@ -100,7 +99,8 @@ def reader_records_per_s(path: str, batch_size: int, repeats: int) -> list[float
 
 def student_step_s(batch_size: int, steps: int, num_classes: int, k: int) -> float:
     """Seconds per TinyViT-5M 32 px training step with a sparse kd target (median)."""
-    from distill.loss import DistillationLoss, SparseTarget
+    from distill.batch import SparseTarget
+    from distill.loss import DistillationLoss
     from distill.models import create_student
 
     torch.manual_seed(0)

@@ -39,7 +39,7 @@ from distill.augment import Mixing, ViewMaker, build_transform, record_seed, sco
 from distill.cli import HelpFormatter, run_main
 from distill.datasets import build_dataset
 from distill.device_replay import CounterViewMaker, DeviceReplay
-from distill.recipes import VIEW_PARAMS, get_recipe
+from distill.recipes import VIEW_PARAMS, get_recipe, view_size
 from teacher_logits.errors import UserError
 
 CIFAR_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "test.npz"
@@ -102,7 +102,7 @@ def compare(dataset, recipe: str, size: int | None, repeats: int) -> dict:
     passes = [paired_pass(dataset, transform, seeds, torch_only, bool(r % 2)) for r in range(repeats)]
     scoped, unscoped = [p[0] for p in passes], [p[1] for p in passes]
     ratios = [s / u for s, u in passes]
-    return {"recipe": recipe, "resolution": size or get_recipe(recipe).native_size, "images": len(dataset),
+    return {"recipe": recipe, "resolution": size or view_size(recipe), "images": len(dataset),
             "repeats": repeats, "scoped_views_per_s": float(np.median(scoped)),
             "unscoped_views_per_s": float(np.median(unscoped)), "ratio": float(np.median(ratios)),
             "ratio_min": float(min(ratios)), "ratio_max": float(max(ratios))}

@@ -23,7 +23,7 @@ from distill.augment import ViewMaker, record_seed
 from distill.cli import HelpFormatter, add_data_args, run_main
 from distill.datasets import build_dataset
 from distill.models import create_teacher
-from teacher_logits.codec import dense_distribution, encode_topk, encode_values
+from teacher_logits.codec import ceil_div, dense_distribution, encode_topk, encode_values
 from teacher_logits.manifest import ShardEntry
 from teacher_logits.schema import chunk_header, pack_coded
 from teacher_logits.shards import shard_bytes
@@ -166,7 +166,7 @@ def reshard(path: str, sizes: list[int]) -> list[dict]:
         total = sum(len(shard_bytes(ShardEntry(f"e0000-{a:09d}.tar", 0, a, min(a + size, n)),
                                     {k: v[a:a + size] for k, v in columns.items()}, header,
                                     settings.chunk_records)) + entry for a in range(0, n, size))
-        rows.append({"shard_records": size, "shards": -(-n // size), "records": n, "bytes_per_record": total / n})
+        rows.append({"shard_records": size, "shards": ceil_div(n, size), "records": n, "bytes_per_record": total / n})
         print(f"{size:>6} records a shard ({rows[-1]['shards']:>3} shards): {rows[-1]['bytes_per_record']:.2f} B/record")
     return rows
 

@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from benchmarks.bench_report import command_line, describe, spread, write_json
 from distill.device_replay import default_view_params, view_maker
@@ -29,7 +28,7 @@ from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main
 from distill.datasets import build_dataset, labels_of, num_classes_of
 from distill.models import create_teacher
 from distill.programs.save_logits import parse_args as save_logits_args
-from distill.replay import TeacherViews
+from distill.replay import SeededViews, views_loader
 from distill.teacher_stage import run as save_logits
 
 
@@ -43,9 +42,9 @@ def bare_teacher(args) -> float:
                              num_classes=num_classes_of(args.dataset, dataset)).eval()
     n = args.limit
     maker = view_maker(dataset, args.aug, Mixing(), None, n, default_view_params(dataset, args.aug, None))
-    views = TeacherViews(maker, 0, np.zeros(n, int), np.arange(n), labels_of(dataset)[:n])
-    for batch in DataLoader(views, batch_size=args.batch_size, num_workers=args.workers):
-        teacher(batch["view"]).float().softmax(1)
+    views = SeededViews(maker, 0, np.zeros(n, int), np.arange(n), labels_of(dataset)[:n])
+    for batch in views_loader(views, args.batch_size, args.workers):
+        teacher(batch.view).float().softmax(1)
     return n / (time.perf_counter() - start)
 
 

@@ -162,7 +162,7 @@ def score_teacher(args, specs: list[str], flip: bool) -> float:
     import torch
 
     from distill.datasets import build_dataset
-    from distill.evaluation import test_views_loader
+    from distill.evaluation import eval_views_loader
     from distill.models import FlipAveraged, create_teachers
 
     names, checkpoints = zip(*(spec.split("=", 1) for spec in specs))
@@ -171,9 +171,9 @@ def score_teacher(args, specs: list[str], flip: bool) -> float:
     dataset = build_dataset("cifar10", args.data_root, train=False, skip_md5=args.skip_md5)
     correct = seen = 0
     with torch.no_grad():
-        for batch in test_views_loader(dataset, 32, 500, limit=200 if args.quick else None):
-            correct += int((teacher(batch["view"]).argmax(1) == batch["label"]).sum())
-            seen += len(batch["label"])
+        for batch in eval_views_loader(dataset, 32, 500, limit=200 if args.quick else None):
+            correct += int((teacher(batch.view).argmax(1) == batch.label).sum())
+            seen += len(batch)
     return round(100 * correct / seen, 2)
 
 

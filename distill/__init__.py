@@ -3,9 +3,12 @@
 The modules, by stage (each docstring says what it owns and why):
 
 - Data and replay: `catalog` (dataset names, light), `datasets` (the labelled splits),
-  `recipes` (one entry per augmentation recipe), `augment` (a view is a function of
-  image, seed and recipe), `view_draws` (a batch's view parameters from counters), `replay` (the store's views rebuilt for the student, the `Batch`
-  the step sees), `device_replay` (the same views by whole-batch ops on the device).
+  `recipes` (one entry per augmentation recipe, and the one view-size rule), `augment` (a
+  view is a function of image, seed and recipe), `view_draws` (a batch's view parameters from
+  counters), `replay` (seeded views, and a store's views rebuilt for the student),
+  `device_replay` (the same views by whole-batch ops on the device), `batch` (the one `Batch`
+  every consumer gets, and the stored `SparseTarget` it may carry: below the data path and
+  the loss, so the data never imports the loss).
 - Teacher stage: `teacher_stage` (label E augmented passes once, into a store),
   `store_writing` (open, write and seal it), `store_teachers` (which teachers made a store,
   and the checks against them).
@@ -22,5 +25,6 @@ The modules, by stage (each docstring says what it owns and why):
 - Programs: `programs/` (the console scripts; `tools/NAME.py` runs each from a checkout).
 
 The one rule of the house: the store (`teacher_logits/`) never imports this library, and the
-library never imports the programs, the benchmarks or the tests (tests/test_code_shape.py).
+library never imports the programs, the benchmarks or the tests; programs sit on top, and data
+flows downhill from the store through replay and `batch` to the loss (tests/test_code_shape.py).
 """

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from distill.recipes import get_recipe
+from distill.recipes import get_recipe, view_size
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -73,8 +73,7 @@ def scoped_rng(seed: int, torch_only: bool = False):
 def build_transform(recipe: str, resolution: int | None = None):
     """The ordinary torchvision/timm pipeline of a registered recipe at `resolution` (None: its
     native size): PIL image -> [0, 1] tensor."""
-    made = get_recipe(recipe)
-    return made.build(resolution or made.native_size)
+    return get_recipe(recipe).build(resolution or view_size(recipe))
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ class ViewMaker:
         self.dataset, self.recipe, self.mixing = dataset, recipe, mixing
         self.draws_torch_only = get_recipe(recipe).torch_only
         self.transform = build_transform(recipe, resolution)
-        self.size = resolution or get_recipe(recipe).native_size
+        self.size = resolution or view_size(recipe)
         self.num_samples = num_samples or len(dataset)
 
     def fingerprint(self) -> dict:
@@ -164,6 +163,6 @@ class ViewMaker:
 
     def views(self, indices: np.ndarray, seeds: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """(views (B, 3, H, W), partners, weights) of the records (index, seed), view by view."""
-        made = [self(index, seed) for index, seed in zip(np.asarray(indices).tolist(), np.asarray(seeds).tolist())]
-        return (torch.stack([view for view, _ in made]), np.array([m.partner for _, m in made], np.int64),
-                np.array([m.lam for _, m in made], np.float64))
+        pairs = [self(index, seed) for index, seed in zip(np.asarray(indices).tolist(), np.asarray(seeds).tolist())]
+        return (torch.stack([view for view, _ in pairs]), np.array([mix.partner for _, mix in pairs], np.int64),
+                np.array([mix.lam for _, mix in pairs], np.float64))

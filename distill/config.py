@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from distill.config_tree import Bounds, build, closest, dotted_keys, set_dotted
+from distill.config_tree import Bounds, build, closest, dotted_keys, get_dotted, set_dotted
 from distill.datasets import DATASETS
 from distill.device_replay import REPLAY_DEVICES
 from distill.loss import MODES, TEACHER_TARGETS
@@ -142,7 +142,7 @@ CHOICES = {
     "data.dataset": DATASETS,
     "data.recipe": recipe_names,  # the registry, asked when a config is checked
     "data.replay_device": REPLAY_DEVICES,
-    "loss.mode": MODES,
+    "loss.mode": tuple(MODES),
     "loss.teacher_target": TEACHER_TARGETS,
     "output.resume": ("auto", "none", "continue"),
     "wandb.mode": (None, "online", "offline", "disabled"),
@@ -260,11 +260,10 @@ def check_runnable(cfg: Config) -> None:
     """Requirements between keys, checked by the trainer (a config file may leave paths unset)."""
     if cfg.output.dir is None:
         raise UserError("config key output.dir is required: where checkpoints and the final model go")
-    if cfg.loss.mode == "kd" and cfg.logits.store is None:
-        raise UserError("config key logits.store is required for loss.mode kd (or use loss.mode scratch)")
-    if cfg.loss.mode == "online" and cfg.teacher.name is None:
-        raise UserError("config key teacher.name is required for loss.mode online")
-    if cfg.loss.mode == "online":
+    mode = MODES[cfg.loss.mode]
+    if mode.requires and get_dotted(cfg, mode.requires) is None:
+        raise UserError(f"config key {mode.requires} is required for loss.mode {cfg.loss.mode}{mode.hint}")
+    if mode.teacher == "online":
         from distill.models.teachers import ensemble_spec
 
         ensemble_spec(cfg.teacher.name, cfg.teacher.checkpoint, cfg.teacher.pretrained, cfg.teacher.weights,

@@ -39,6 +39,13 @@ def did_you_mean(word, names, n: int = 3) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
+def get_dotted(cfg, key: str):
+    """The value of dotted `key` in a built config (nested dataclasses)."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def set_dotted(tree: dict, key: str, value) -> None:
     *parents, last = key.split(".")
     node = tree

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from distill.augment import Mixing, ViewMaker
-from distill.recipes import get_recipe
+from distill.recipes import get_recipe, view_size
 from distill.view_draws import ViewParams, draw_params
 from teacher_logits.errors import UserError
 
@@ -51,10 +51,9 @@ def resident_images(dataset) -> np.ndarray:
 
 def device_replay_problem(recipe: str, resolution: int) -> str | None:
     """Why views of `recipe` at `resolution` cannot be replayed on the device, or None."""
-    made = get_recipe(recipe)
-    if made.device_steps is None:
+    if get_recipe(recipe).device_steps is None:
         return f"recipe {recipe} has no device steps (RandAugment, colour or resized crops replay on the CPU only)"
-    if resolution != made.native_size:
+    if resolution != view_size(recipe):
         return f"recipe {recipe} at {resolution} px resizes its views, which replays on the CPU only"
     return None
 
@@ -62,7 +61,7 @@ def device_replay_problem(recipe: str, resolution: int) -> str | None:
 def counter_problem(dataset, recipe: str, resolution: int) -> str | None:
     """Why a store of `recipe` views of `dataset` cannot draw counter parameters, or None: the
     recipe needs device steps, and the images its native size (the first one is looked at)."""
-    size = get_recipe(recipe).native_size
+    size = view_size(recipe)
     problem = device_replay_problem(recipe, resolution)
     if problem is None and len(dataset) and image_array(dataset, 0).shape[:2] != (size, size):
         problem = f"the images are not {size}x{size} px"
@@ -71,7 +70,7 @@ def counter_problem(dataset, recipe: str, resolution: int) -> str | None:
 
 def default_view_params(dataset, recipe: str, resolution: int | None) -> str:
     """How a new store draws its view parameters: by counter wherever it can."""
-    return "generators" if counter_problem(dataset, recipe, resolution or get_recipe(recipe).native_size) else "counter"
+    return "generators" if counter_problem(dataset, recipe, resolution or view_size(recipe)) else "counter"
 
 
 def replay_device(choice: str, recipe: str, resolution: int, params: str = "generators") -> torch.device | None:
@@ -155,16 +154,17 @@ class DeviceReplay:
 
     def __init__(self, dataset, recipe: str, mixing: Mixing, num_samples: int, device, resolution: int | None = None,
                  params: str = "generators"):
-        made = get_recipe(recipe)
-        problem = device_replay_problem(recipe, resolution or made.native_size)
+        size = view_size(recipe)
+        problem = device_replay_problem(recipe, resolution or size)
         if problem:
             raise UserError(f"data.replay_device: {problem}; use data.replay_device=cpu")
         images = resident_images(dataset)
-        if images.shape[1:3] != (made.native_size, made.native_size):
+        if images.shape[1:3] != (size, size):
             raise UserError(f"data.replay_device: the images are {images.shape[1]}x{images.shape[2]} px, recipe "
-                            f"{recipe} makes {made.native_size} px views; use data.replay_device=cpu")
-        self.steps, self.mixing, self.num_samples, self.params = made.device_steps, mixing, num_samples, params
-        self.size, self.device = made.native_size, torch.device(device)
+                            f"{recipe} makes {size} px views; use data.replay_device=cpu")
+        self.steps, self.mixing = get_recipe(recipe).device_steps, mixing
+        self.num_samples, self.params = num_samples, params
+        self.size, self.device = size, torch.device(device)
         self.images = padded_planes(images, self.steps.padding, self.device)
 
     def draw(self, seeds: np.ndarray) -> ViewParams:

@@ -12,17 +12,16 @@ import numpy as np
 import timm
 import torch
 import yaml
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from distill.augment import ViewMaker
 from distill.datasets import labels_of, num_classes_of
-from distill.recipes import test_view_spec
+from distill.recipes import eval_view_spec
 from distill.metrics import MetricAccumulator
 from distill.model_cost import count_flops, count_params, measure_throughput
 from distill.models import Preprocessed, create_student, create_teacher, load_weights
 from distill.models.weights import weights_file
-from distill.replay import TeacherViews
+from distill.replay import SeededViews, views_loader
 from teacher_logits.errors import UserError
 
 
@@ -108,8 +107,8 @@ def one_per_class(labels: np.ndarray, count: int) -> np.ndarray:
     return np.lexsort((labels, rank_in_class))[:count]
 
 
-def test_views_loader(dataset, resolution: int, batch_size: int, workers: int = 0, limit: int | None = None,
-                      rank: int = 0, world: int = 1, recipe: str = "none", indices=None) -> DataLoader:
+def eval_views_loader(dataset, resolution: int, batch_size: int, workers: int = 0, limit: int | None = None,
+                      rank: int = 0, world: int = 1, recipe: str = "none", indices=None):
     """Unaugmented test views in batches (`recipe` none, or center-crop for photographs). `limit`
     takes a fixed random subset (test sets may be sorted by class, so the first N can be one
     class), `indices` these samples instead; ranks take disjoint slices of it."""
@@ -121,9 +120,18 @@ def test_views_loader(dataset, resolution: int, batch_size: int, workers: int = 
     else:
         indices = np.arange(len(labels))
     indices = indices[rank::world]
-    views = TeacherViews(ViewMaker(dataset, recipe, resolution=resolution), 0, np.zeros(len(indices), int),
-                         indices, labels)
-    return DataLoader(views, batch_size=batch_size, num_workers=workers)
+    views = SeededViews(ViewMaker(dataset, recipe, resolution=resolution), 0, np.zeros(len(indices), int),
+                        indices, labels)
+    return views_loader(views, batch_size, workers)
+
+
+@torch.no_grad()
+def score_views(model, loader, acc: MetricAccumulator, device, dtype=None, show: bool = True) -> MetricAccumulator:
+    """The one evaluation loop (the trainer's and evaluate.py's): every batch of `loader`
+    through `model` (in eval mode), its logits accumulated against the labels."""
+    for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=not show):
+        acc.update(model(batch.view.to(device, dtype)), batch.label)
+    return acc
 
 
 @torch.no_grad()
@@ -134,12 +142,10 @@ def evaluate_model(model: Preprocessed, dataset, dataset_name: str, device, batc
     if model.num_classes != num_classes:
         raise UserError(f"model has {model.num_classes} classes, {dataset_name} has {num_classes}: "
                         "evaluate it on the dataset it was trained for")
-    recipe, size = test_view_spec(dataset_name, model.input_size[-1])
+    recipe, size = eval_view_spec(dataset_name, model.input_size[-1])
     acc = MetricAccumulator(num_classes, list(getattr(dataset, "classes", None) or range(num_classes)))
     model = model.to(device).eval()
-    for batch in tqdm(test_views_loader(dataset, size, batch_size, workers, limit, recipe=recipe), desc="evaluating",
-                      leave=False, unit="batch"):
-        acc.update(model(batch["view"].to(device)), batch["label"])
+    score_views(model, eval_views_loader(dataset, size, batch_size, workers, limit, recipe=recipe), acc, device)
     metrics = acc.compute()
     metrics["params"] = count_params(model)
     metrics["flops"] = count_flops(model, (1, 3, size, size))

@@ -26,11 +26,12 @@ Hard target. With Mixup/CutMix a view mixes two images, so y = lam * onehot(labe
 (1 - lam) * onehot(partner_label), each one-hot label-smoothed first (timm's rule);
 unmixed views have lam = 1 and partner_label = label (distill.replay.mix_label).
 
-Modes: `kd` and `online` take q as an argument (from the store, or the teacher run
-on the same views by the training loop); `scratch` uses the hard target only.
+Modes (`MODES`, the one table the config check and the trainer ask): `kd` and `online`
+take q as an argument (from the store, or the teacher run on the same views by the training
+loop); `scratch` uses the hard target only.
 
 Store targets arrive sparse (`SparseTarget`: top-k class indices and probabilities and
-the tail mass, as the reader decoded them): the dense q is built here, on the training
+the tail mass, as the reader decoded them; distill/batch.py): the dense q is built here, on the training
 device, equal bit for bit to teacher_logits.codec.dense_distribution on the host.
 """
 from __future__ import annotations
@@ -40,31 +41,27 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from teacher_logits.codec import tail_share
+from distill.batch import SparseTarget
 from teacher_logits.errors import UserError
 
-MODES = ("kd", "scratch", "online")
 TEACHER_TARGETS = ("soft", "hard")
 
 
-@dataclass
-class SparseTarget:
-    """A batch of stored teacher distributions: the k probabilities where they were, the tail
-    mass 1 - sum(top-k) spread evenly over the other C - k classes (TinyViT's rule)."""
+@dataclass(frozen=True)
+class LossMode:
+    """What one `loss.mode` means, the only place it is interpreted: where the teacher
+    distribution q comes from and which config key the mode cannot run without."""
+    teacher: str | None       # "store": the stored targets joined to each batch; "online": the
+    #                           teacher run on each view by the training loop; None: labels only
+    requires: str | None      # config key the mode needs set
+    hint: str = ""            # added to the error when it is not
 
-    indices: torch.Tensor  # (N, k) int64 class indices
-    probs: torch.Tensor  # (N, k) float32 probabilities
-    tail: torch.Tensor  # (N,) float32 mass outside the top-k
 
-    def to(self, device, non_blocking: bool = False) -> "SparseTarget":
-        return SparseTarget(*(t.to(device, non_blocking=non_blocking) for t in (self.indices, self.probs, self.tail)))
-
-    def dense(self, num_classes: int) -> torch.Tensor:
-        """(N, C) float32 distribution, on the tensors' device."""
-        n, k = self.probs.shape
-        each = tail_share(self.tail, num_classes, k)
-        dense = each.float().view(n, 1).expand(n, num_classes).contiguous()
-        return dense.scatter_(1, self.indices.long(), self.probs.float())
+MODES = {
+    "kd": LossMode(teacher="store", requires="logits.store", hint=" (or use loss.mode scratch)"),
+    "scratch": LossMode(teacher=None, requires=None),
+    "online": LossMode(teacher="online", requires="teacher.name"),
+}
 
 
 def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -103,7 +100,8 @@ class DistillationLoss(nn.Module):
             raise UserError(f"loss mode {mode!r}: expected one of {', '.join(MODES)}")
         if teacher_target not in TEACHER_TARGETS:
             raise UserError(f"loss teacher_target {teacher_target!r}: expected one of {', '.join(TEACHER_TARGETS)}")
-        self.mode, self.temperature, self.alpha, self.label_smoothing = mode, temperature, alpha, label_smoothing
+        self.mode = MODES[mode]
+        self.temperature, self.alpha, self.label_smoothing = temperature, alpha, label_smoothing
         self.teacher_target, self.standardize = teacher_target, standardize
 
     def forward(self, logits, teacher_probs=None, label=None, partner_label=None, lam=None) -> torch.Tensor:
@@ -113,7 +111,7 @@ class DistillationLoss(nn.Module):
         logits = logits.float()  # bf16 logits would make the log-softmax too coarse
         if isinstance(teacher_probs, SparseTarget):
             teacher_probs = teacher_probs.dense(logits.shape[1])
-        hard_weight = 1.0 if self.mode == "scratch" else self.alpha
+        hard_weight = self.alpha if self.mode.teacher else 1.0  # labels only without a teacher
         loss = logits.new_zeros(())
         if hard_weight > 0:
             y = hard_target(logits.shape[1], label, partner_label, lam, self.label_smoothing)

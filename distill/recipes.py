@@ -91,13 +91,24 @@ def default_recipe(dataset: str) -> Recipe:
     return next((r for r in REGISTRY.values() if dataset in r.default_for), REGISTRY["cifar"])
 
 
-def test_view_spec(dataset: str, model_size: int) -> tuple[str, int]:
-    """(recipe, resolution) of a dataset's test views: its training recipe's test recipe, at the
-    model's input size if that recipe is made at any size (timm's eval crop of photographs), else
-    at the training recipe's native size (the model resizes)."""
+def view_size(recipe: str, img_size: int | None = None) -> int:
+    """The size of `recipe`'s views for a model whose input is `img_size` px (None: not said):
+    a recipe made at any size (timm's random-resized crop of photographs) is made at img_size;
+    a fixed-size recipe at its native size, and the model resizes. The one place this rule
+    lives: the teacher stage, the student (with or without a store), device replay and the
+    test views all ask here, so they cannot disagree on a view's size (which would break
+    replay silently). An explicit view size a program asks for (save_logits --img-size)
+    resizes a fixed-size recipe's views; view_size(recipe) is then only the default."""
+    r = get_recipe(recipe)
+    return img_size if r.any_size and img_size else r.native_size
+
+
+def eval_view_spec(dataset: str, model_size: int) -> tuple[str, int]:
+    """(recipe, resolution) of a dataset's test views: its training recipe's test recipe, at
+    the size the training views have (the model's input size for photographs, else the
+    training recipe's own size, which the test recipe is resized to)."""
     train = default_recipe(dataset)
-    test = get_recipe(train.test_recipe)
-    return test.name, model_size if test.any_size else train.native_size
+    return train.test_recipe, view_size(train.name, model_size)
 
 
 def default_input_size(recipe: str) -> int:
@@ -133,10 +144,10 @@ def pil_steps(*steps, native: int, tensor_steps=()):
     def build(size: int):
         from torchvision import transforms as T
 
-        made = [step() for step in steps]
+        pil = [step() for step in steps]
         if size != native:
-            made.append(T.Resize((size, size), antialias=True))
-        return T.Compose([*made, T.ToTensor(), *(step() for step in tensor_steps)])
+            pil.append(T.Resize((size, size), antialias=True))
+        return T.Compose([*pil, T.ToTensor(), *(step() for step in tensor_steps)])
     return build
 
 

@@ -1,8 +1,9 @@
 """The two sides of the data path, built on one ViewMaker so they cannot drift.
 
-TeacherViews: the views the teacher labels (map-style, one shard's indices).
-StoreViews:   the student's batches, rebuilt from store records (streaming).
-Batch:        what the student's data path hands the training step, from either.
+SeededViews: views drawn from seeds for aligned (epoch, sample) arrays, no store: what the
+             teacher labels, what a student trains on without a store, the test views.
+StoreViews:  the student's batches, rebuilt from store records (streaming).
+Both hand their consumers a distill.batch.Batch (`views_loader` batches SeededViews).
 
 StoreViews streams one rank's share of a store epoch through the named steps of
 teacher_logits/stream.py. Its DataLoader workers build the views of the planned batches
@@ -16,40 +17,19 @@ teacher_logits/stream.py. The dense target is built on the training device, by t
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from distill.augment import Mixing, ViewMaker, record_seed
 from distill.device_replay import view_maker
-from distill.loss import SparseTarget
+from distill.batch import Batch, SparseTarget
+from teacher_logits.codec import ceil_div
 from teacher_logits.schema import stored_mix_weight
 from teacher_logits.stream import rank_stream, records_per_rank
 from teacher_logits.manifest import StoreError
-
-
-@dataclass
-class Batch:
-    """A batch of the student's data path (StoreViews, or seeded views without a store)."""
-    view: torch.Tensor           # (B, 3, H, W) float32 in [0, 1]
-    label: torch.Tensor          # (B,) int64
-    partner_label: torch.Tensor  # (B,) int64: the mix partner's label, the sample's own where unmixed
-    lam: torch.Tensor            # (B,) float64: weight of the sample's own image, 1 where unmixed
-    index: torch.Tensor          # (B,) int64 sample indices
-    seed: torch.Tensor           # (B,) int64 view seeds
-    mix_partner: torch.Tensor    # (B,) int64, -1 where unmixed
-    target: SparseTarget | None = None  # the stored teacher distribution (kd), joined by StoreViews
-
-    @classmethod
-    def collate(cls, samples: list[dict]) -> "Batch":
-        """TeacherViews items -> a Batch (the DataLoader's collate_fn)."""
-        return cls(**default_collate(samples))
-
-    def pin_memory(self) -> "Batch":  # the DataLoader's pin_memory=True calls this
-        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
 
 
 def mix_label(labels: np.ndarray, index, partner):
@@ -68,7 +48,7 @@ def store_view_maker(dataset, store, num_samples: int | None = None) -> ViewMake
                       aug.get("params", "generators"))
 
 
-class TeacherViews(Dataset):
+class SeededViews(Dataset):
     """view(i, seed(run_seed, e, i)) for aligned arrays of epochs e and sample indices i."""
 
     def __init__(self, maker: ViewMaker, run_seed: int, epochs: np.ndarray, indices: np.ndarray,
@@ -95,6 +75,12 @@ class TeacherViews(Dataset):
     def _item(self, index: int, seed: int, view, partner: int, lam: float) -> dict:
         return {"view": view, "index": index, "seed": seed, "mix_partner": partner, "lam": lam,
                 "label": int(self.labels[index]), "partner_label": int(mix_label(self.labels, index, partner))}
+
+
+def views_loader(views: SeededViews, batch_size: int, workers: int = 0, pin_memory: bool | None = None) -> DataLoader:
+    """SeededViews in Batches, built by `workers` DataLoader processes (pinned on CUDA hosts)."""
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    return DataLoader(views, batch_size=batch_size, num_workers=workers, collate_fn=Batch.collate, pin_memory=pin)
 
 
 class StoreViews(IterableDataset):
@@ -124,7 +110,7 @@ class StoreViews(IterableDataset):
         return records_per_rank(self.store, self.world)
 
     def __len__(self):  # batches per rank
-        return -(-self.records_per_rank() // self.batch_size)
+        return ceil_div(self.records_per_rank(), self.batch_size)
 
     def _stream(self, decode: bool):
         seed = None if self.shuffle_seed is None else [self.shuffle_seed, self.epoch]
@@ -150,8 +136,7 @@ class StoreViews(IterableDataset):
             pairs = zip(views, targets)
         for batch, stored in pairs:
             self._check(batch, stored)
-            yield replace(batch, target=SparseTarget(torch.from_numpy(stored.top_classes),
-                                                     torch.from_numpy(stored.top_probs), torch.from_numpy(stored.tail)))
+            yield replace(batch, target=SparseTarget.of(stored))
 
     def _views(self, indices: np.ndarray) -> Batch:
         run_seed, stored_epoch = self.store.settings.seed, self.epoch % self.stored_epochs

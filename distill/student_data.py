@@ -6,12 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
 from distill.augment import ViewMaker
 from distill.device_replay import DeviceReplay, replay_device
-from distill.recipes import get_recipe
+from distill.recipes import view_size
 from distill.datasets import (
     DatasetError,
     build_dataset,
@@ -19,9 +17,10 @@ from distill.datasets import (
     labels_of,
     num_classes_of,
 )
-from distill.replay import Batch, StoreViews, TeacherViews, store_view_maker
+from distill.replay import SeededViews, StoreViews, store_view_maker, views_loader
 from teacher_logits.manifest import StoreError, differences
 from teacher_logits.reader import LogitStore
+from teacher_logits.codec import ceil_div
 from teacher_logits.errors import UserError
 
 
@@ -82,27 +81,26 @@ def load_data(cfg, rank: int, world: int) -> TrainingData:
                   "shards differ in size); a store whose shards split evenly over the ranks loses none")
     else:
         size = cfg.data.limit or len(train_set)
-        resolution = cfg.data.img_size if get_recipe(cfg.data.recipe).any_size else None  # others: their own size
-        maker = ViewMaker(train_set, cfg.data.recipe, resolution=resolution, num_samples=size)
-        micro_per_epoch = -(-(size // world) // cfg.train.batch_size)
+        maker = ViewMaker(train_set, cfg.data.recipe, resolution=view_size(cfg.data.recipe, cfg.data.img_size),
+                          num_samples=size)
+        micro_per_epoch = ceil_div(size // world, cfg.train.batch_size)
     return TrainingData(train_set, test_set, num_classes_of(cfg.data.dataset, train_set), size, labels_of(train_set)[:size],
                         maker, store_views, micro_per_epoch, cfg.train.batch_size)
 
 
 def check_store(store: LogitStore, cfg, dataset) -> int:
     """Refuse a store made for other data; return the number of samples it covers."""
-    made = store.settings
-    size = cfg.data.limit or made.dataset["size"]  # the store may cover a --limit prefix
+    settings = store.settings
+    size = cfg.data.limit or settings.dataset["size"]  # the store may cover a --limit prefix
     if size > len(dataset):
         raise StoreError(f"logits.store {store.path} covers {size} samples, but {cfg.data.dataset} train has "
                          f"only {len(dataset)}: was it made on another dataset?")
-    # fixed-size recipes have one resolution; an any-size recipe's store is read at the size it was made at
-    recipe = get_recipe(cfg.data.recipe)
-    resolution = made.augmentation["resolution"] if recipe.any_size else recipe.native_size
+    # an any-size recipe's store is read at the size it was made at
     expected = {"dataset": fingerprint(cfg.data.dataset, dataset, True, size),
-                "augmentation": {"recipe": cfg.data.recipe, "resolution": resolution}}
-    actual = {"dataset": made.dataset,
-              "augmentation": {k: made.augmentation[k] for k in ("recipe", "resolution")}}
+                "augmentation": {"recipe": cfg.data.recipe,
+                                 "resolution": view_size(cfg.data.recipe, settings.augmentation["resolution"])}}
+    actual = {"dataset": settings.dataset,
+              "augmentation": {k: settings.augmentation[k] for k in ("recipe", "resolution")}}
     diff = differences(actual, expected)
     if diff:
         raise StoreError(f"logits.store {store.path} was made for other data than this config "
@@ -125,6 +123,5 @@ def seeded_batches(maker, labels, cfg, epoch, rank, world, skip):
     order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(labels))
     order = order[: len(order) // world * world][rank::world]  # equal step counts on every rank
     order = order[skip * cfg.train.batch_size:]  # resuming: never build the skipped views
-    views = TeacherViews(maker, cfg.train.seed, np.full(len(order), epoch), order, labels)
-    return DataLoader(views, batch_size=cfg.train.batch_size, num_workers=cfg.data.workers,
-                      collate_fn=Batch.collate, pin_memory=torch.cuda.is_available())
+    views = SeededViews(maker, cfg.train.seed, np.full(len(order), epoch), order, labels)
+    return views_loader(views, cfg.train.batch_size, cfg.data.workers)

@@ -34,17 +34,16 @@ from pathlib import Path
 
 import torch
 import yaml
-from tqdm import tqdm
 
 from distill.augment import derive_seed
 from distill.config import TEACHER_KEYS, check_runnable, load_config, resolved_config
 from distill.datasets import STATS
-from distill.recipes import test_view_spec
+from distill.recipes import eval_view_spec
 from distill.distributed import capped_workers, env_rank, port_in_use_said, set_rank_threads, set_single_process_env
 from distill.engine import (Checkpoints, Position, build_engine, check_schedule, compute_dtype, deepspeed_config,
                            export_state_dict, torch_save, unwritable)
-from distill.evaluation import test_views_loader
-from distill.loss import DistillationLoss
+from distill.evaluation import eval_views_loader, score_views
+from distill.loss import MODES, DistillationLoss
 from distill.metrics import MetricAccumulator
 from distill.run_folder import check_run_folder, finished_run, record_run
 from distill.run_log import RunLog
@@ -90,7 +89,7 @@ def model_info(cfg, model, kind: str, num_classes: int) -> dict:
 
 def online_teacher(cfg, num_classes: int):
     """loss.mode=online: the teacher (or ensemble) run on every view; else None."""
-    if cfg.loss.mode != "online":
+    if MODES[cfg.loss.mode].teacher != "online":
         return None
     from distill.models import create_teachers
 
@@ -101,13 +100,11 @@ def online_teacher(cfg, num_classes: int):
 @torch.no_grad()
 def evaluate(engine, test_set, num_classes, cfg, rank, world, dtype):
     """top1/top5/loss on the unaugmented test views; ranks take disjoint slices, then all-reduce."""
-    recipe, resolution = test_view_spec(cfg.data.dataset, cfg.data.img_size)
-    loader = test_views_loader(test_set, resolution, 2 * cfg.train.batch_size, cfg.data.workers,
+    recipe, resolution = eval_view_spec(cfg.data.dataset, cfg.data.img_size)
+    loader = eval_views_loader(test_set, resolution, 2 * cfg.train.batch_size, cfg.data.workers,
                                cfg.data.test_limit, rank, world, recipe)
-    acc = MetricAccumulator(num_classes)
     engine.eval()
-    for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=rank != 0):
-        acc.update(engine(batch["view"].to(engine.device, dtype)), batch["label"])
+    acc = score_views(engine, loader, MetricAccumulator(num_classes), engine.device, dtype, show=rank == 0)
     engine.train()
     acc.all_reduce(engine.device)
     return {k: v for k, v in acc.compute().items() if k in ("top1", "top5", "loss", "num_samples")}
@@ -124,7 +121,7 @@ def optimizer_steps(engine, batches, criterion, teacher, cfg, at: Position, rank
         # pinned views (DataLoader pin_memory on CUDA) copy asynchronously; elsewhere this is a plain copy
         view = batch.view.to(engine.device, non_blocking=True)
         logits = engine(view.to(dtype))
-        sparse = batch.target if cfg.loss.mode == "kd" else None  # densified on the device, in the loss
+        sparse = batch.target if criterion.mode.teacher == "store" else None  # densified on the device, in the loss
         target = sparse.to(engine.device, non_blocking=True) if sparse is not None else None
         if teacher is not None:
             with torch.no_grad():

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from distill import distributed
@@ -30,10 +29,11 @@ from distill.device_replay import default_view_params, view_maker
 from distill.datasets import DatasetError, build_dataset, fingerprint, labels_of, num_classes_of
 from distill.models import FlipAveraged, create_teachers
 from distill.models.registry import check_model_name
-from distill.replay import TeacherViews
+from distill.batch import Batch
+from distill.replay import SeededViews, views_loader
 from distill.store_writing import ShardWriter, discard_unstarted, open_store, seal
 from distill.store_teachers import check_pretrained_heads, teacher_settings, teacher_spec
-from teacher_logits.codec import MAX_CLASSES
+from teacher_logits.codec import MAX_CLASSES, ceil_div
 from teacher_logits.manifest import MANIFEST, Manifest, describe_teacher, load_manifest, shard_indices
 from teacher_logits.location import StoreLocation, locate
 from teacher_logits.errors import UserError
@@ -57,22 +57,22 @@ def store_settings(args, data_fp: dict, maker: ViewMaker, num_classes: int) -> S
 
 
 @torch.no_grad()
-def label_batch(teacher, batch: dict, settings: StoreSettings, device, precision: str) -> Labelled:
-    view = batch["view"].to(device, non_blocking=True)
+def label_batch(teacher, batch: Batch, settings: StoreSettings, device, precision: str) -> Labelled:
+    view = batch.view.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         logits = teacher(view)
     logits = logits.float()
     if not torch.isfinite(logits).all():
-        bad = batch["index"][~torch.isfinite(logits).all(1).cpu()][:3].tolist()
+        bad = batch.index[~torch.isfinite(logits).all(1).cpu()][:3].tolist()
         raise UserError(f"teacher {describe_teacher(settings.teacher)} gave NaN/inf logits for samples {bad}: "
                        "check the checkpoint (or use --precision fp32)")
     # top-k on the device: only (N, k) values and indices cross to the host, not (N, C) probabilities
     top = logits.softmax(dim=1).topk(settings.k, dim=1)
     top_val, top_idx = top.values.cpu().numpy(), top.indices.cpu().numpy()
     mixed = Mixing(**settings.augmentation["mixing"]).enabled
-    columns = pack_records(batch["index"].numpy(), batch["seed"].numpy(), top_idx, top_val, settings,
-                           batch["mix_partner"].numpy() if mixed else None, batch["lam"].numpy() if mixed else None)
-    dominant = torch.where(batch["lam"] >= 0.5, batch["label"], batch["partner_label"]).numpy()
+    columns = pack_records(batch.index.numpy(), batch.seed.numpy(), top_idx, top_val, settings,
+                           batch.mix_partner.numpy() if mixed else None, batch.lam.numpy() if mixed else None)
+    dominant = torch.where(batch.lam >= 0.5, batch.label, batch.partner_label).numpy()
     return Labelled(columns, int((top_idx[:, 0] == dominant).sum()))
 
 
@@ -81,7 +81,7 @@ def default_shard_records(size: int, chunk_records: int) -> int:
     ranks read whole shards of their own, but never smaller than one compressed chunk (a
     smaller shard compresses worse: CIFAR-10 at k=10 stores 17.1 B/record in 4,096-record
     shards, 21.2 in 782-record ones) nor larger than 10,000 records (cheap to resume)."""
-    return max(min(10_000, -(-size // 64)), min(chunk_records, 10_000))
+    return max(min(10_000, ceil_div(size, 64)), min(chunk_records, 10_000))
 
 
 def check_flags(args, names, checkpoints) -> None:
@@ -172,9 +172,8 @@ def run(args) -> dict:
     todo = missing[rank::world]
     epochs = np.concatenate([np.full(p.records, p.epoch) for p in todo]) if todo else np.zeros(0, int)
     indices = np.concatenate([shard_indices(settings, p) for p in todo]) if todo else np.zeros(0, int)
-    views = TeacherViews(maker, args.seed, epochs, indices, labels_of(dataset)[:size])
-    loader = DataLoader(views, batch_size=args.batch_size, num_workers=args.workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+    views = SeededViews(maker, args.seed, epochs, indices, labels_of(dataset)[:size])
+    loader = views_loader(views, args.batch_size, args.workers, pin_memory=device.type == "cuda")
     writer, correct = ShardWriter(out, todo, manifest), 0
     # not part of the store's settings: a compiled teacher computes the same function, re-fused
     labeller = torch.compile(teacher) if args.compile and todo else teacher
@@ -185,7 +184,7 @@ def run(args) -> dict:
                 labelled = label_batch(labeller, batch, settings, device, args.precision)
                 writer.add(labelled.columns)
                 correct += labelled.correct
-                bar.update(len(batch["index"]))
+                bar.update(len(batch))
         except BaseException as e:  # bad input, a full disk, Ctrl-C, a bug: whatever stops the run
             # A store this run created and wrote nothing into would only block the corrected re-run
             # (its settings, e.g. the checkpoint's sha256, differ): remove it. An image that cannot be

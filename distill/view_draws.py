@@ -57,7 +57,7 @@ class ViewParams:
         return np.flatnonzero(self.partner >= 0)
 
     def mix_params(self, row: int) -> MixParams:
-        """One row as augment.MixParams (what TeacherViews records)."""
+        """One row as augment.MixParams (what SeededViews records)."""
         box = tuple(int(v) for v in self.box[row]) if self.cut[row] else None
         return MixParams(int(self.partner[row]), float(self.lam[row]), box)
 

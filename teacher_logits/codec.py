@@ -48,6 +48,12 @@ class CorruptChunk(ValueError):
     """A chunk that fails to decode: bad magic, bad header, size or checksum."""
 
 
+def ceil_div(items, per_part):
+    """How many parts of `per_part` items hold `items` (chunks of a shard, shards of an epoch,
+    batches of a rank): the ceiling of items / per_part, in integers."""
+    return -(-items // per_part)
+
+
 def index_dtype(num_classes: int) -> np.dtype:
     """Class indices: uint8 up to 256 classes, little-endian uint16 up to MAX_CLASSES."""
     if not 0 < num_classes <= MAX_CLASSES:
@@ -88,7 +94,7 @@ def decode_values(values: np.ndarray, mode: str, num_classes: int) -> tuple[np.n
 def tail_share(tail, num_classes: int, k: int):
     """What each class outside the top-k gets of the tail mass (numpy or torch): an even share
     of the C - k others, TinyViT's rule, and nothing when the top-k is every class. The one
-    rule both dense targets follow: dense_distribution here, distill.loss.SparseTarget.dense
+    rule both dense targets follow: dense_distribution here, distill.batch.SparseTarget.dense
     on the training device."""
     return tail / max(num_classes - k, 1) if num_classes > k else tail * 0
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from .codec import CODEC_VERSION
+from .codec import CODEC_VERSION, ceil_div
 from .errors import StoreError, UserError  # noqa: F401  (StoreError: importers take it from here too)
 from .files import sha256_bytes
 from .location import locate
-from .schema import StoreSettings
+from .schema import VALUE_DTYPES, StoreSettings
 
 MANIFEST = "manifest.json"
 FORMAT = "tinyvit-distill logit store"
@@ -193,9 +193,9 @@ def size_problem(manifest: dict) -> str | None:
     for name, value in numbers.items():
         if type(value) is not int or value < 0 or (value == 0 and name != "seed"):
             return f"settings.{name} is {value!r}, not a positive integer"
-    if numbers["dataset.size"] > MAX_SAMPLES or settings.get("values") not in ("log8", "fp16"):
+    if numbers["dataset.size"] > MAX_SAMPLES or settings.get("values") not in VALUE_DTYPES:
         return f"settings claim {numbers['dataset.size']} samples with values {settings.get('values')!r}"
-    per_epoch = -(-numbers["dataset.size"] // numbers["shard_records"])
+    per_epoch = ceil_div(numbers["dataset.size"], numbers["shard_records"])
     if len(shards) != settings["epochs"] * per_epoch:
         return f"{len(shards)} shards listed, its settings make {settings['epochs'] * per_epoch}"
     try:

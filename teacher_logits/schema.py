@@ -10,8 +10,9 @@ A record is one (sample, epoch) view. The codec (codec.py) stores records column
     partner   int32           Mixup/CutMix partner's sample index, -1 unmixed (mixed stores only)
     lam       float16         the mixing weight of the view's own image (mixed stores only)
 
-The rest of the code builds records with `pack_records` and reads them as `StoredRecords`,
-never by column name.
+`column_layout` is that table in code, for the writer (`pack_records`) and the checker
+(`check_chunk`) alike. The rest of the code builds records with `pack_records` and reads them
+as `StoredRecords`, never by column name.
 """
 from __future__ import annotations
 
@@ -20,6 +21,17 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from .codec import CODEC_VERSION, decode_values, encode_topk, index_dtype
+
+VALUE_DTYPES = {"log8": "|u1", "fp16": "<f2"}  # the topk_val column of each value codec (codec.encode_topk)
+
+
+def column_layout(k: int, num_classes: int, values: str, mixed: bool) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every column of a store's records: name -> (dtype, shape of one record's entry)."""
+    layout = {"index": ("<i8", ()), "seed": ("<u4", ()),
+              "topk_idx": (index_dtype(num_classes).str, (k,)), "topk_val": (VALUE_DTYPES[values], (k,))}
+    if mixed:
+        layout.update(partner=("<i4", ()), lam=("<f2", ()))
+    return layout
 
 
 @dataclass(frozen=True)
@@ -42,16 +54,17 @@ class StoreSettings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def chunk_header(manifest: dict) -> dict:
+def chunk_header(manifest) -> dict:
     """What every chunk of a store's shards carries besides its records (shards.py adds the
-    shard, epoch and chunk number): readers refuse a chunk of another store."""
+    shard, epoch and chunk number): readers refuse a chunk of another store. `manifest`: a
+    manifest.Manifest (which imports this module, so it is not named here)."""
     settings = manifest.settings
     return {"store_id": manifest.store_id, "values": settings.values, "k": settings.k,
             "num_classes": settings.num_classes}
 
 
-def check_chunk(header: dict, columns: dict, settings: dict, shard: dict, chunk: int) -> str | None:
-    """What is wrong with one decoded chunk of `shard` (its manifest entry), or None.
+def check_chunk(header: dict, columns: dict, settings: StoreSettings, shard, chunk: int) -> str | None:
+    """What is wrong with one decoded chunk of `shard` (its manifest.ShardEntry), or None.
 
     Checksums prove the bytes are the ones the manifest names, not that they mean what a
     reader assumes; a store made by someone else is checked for that too: every header
@@ -64,11 +77,8 @@ def check_chunk(header: dict, columns: dict, settings: dict, shard: dict, chunk:
         if type(got) is not (str if field in ("store_id", "shard", "values") else int) or \
                 (want is not None and got != want):
             return f"header field {field!r} is {got!r}, expected {want!r}"
-    k, layout = settings.k, {"index": ("<i8", ()), "seed": ("<u4", ())}
-    layout["topk_idx"] = (index_dtype(settings.num_classes).str, (k,))
-    layout["topk_val"] = ("|u1" if settings.values == "log8" else "<f2", (k,))
-    if "partner" in columns or "lam" in columns:  # mixed stores: both columns
-        layout.update(partner=("<i4", ()), lam=("<f2", ()))
+    layout = column_layout(settings.k, settings.num_classes, settings.values,
+                           mixed="partner" in columns or "lam" in columns)  # mixed stores: both columns
     if set(columns) != set(layout):
         return f"columns {sorted(columns)}, expected {sorted(layout)}"
     for name, (dtype, shape) in layout.items():
@@ -92,21 +102,21 @@ def stored_mix_weight(lam) -> np.ndarray:
     return np.asarray(lam, dtype=np.float64).astype("<f2")
 
 
-def pack_records(index, seed, top_classes, top_probs, settings: dict, partner=None, lam=None) -> dict:
+def pack_records(index, seed, top_classes, top_probs, settings: StoreSettings, partner=None, lam=None) -> dict:
     """Columns for the codec from labelled views: top_classes/top_probs are the teacher's (N, k)
     most probable classes and their probabilities; partner and lam only for mixed stores."""
     coded = encode_topk(np.asarray(top_probs), settings.num_classes, settings.values)
-    columns = pack_coded(index, seed, top_classes, coded, settings.num_classes)
-    if partner is not None:
-        columns["partner"] = np.asarray(partner).astype("<i4")
-        columns["lam"] = stored_mix_weight(lam)
-    return columns
+    return pack_coded(index, seed, top_classes, coded, settings.num_classes, partner, lam)
 
 
-def pack_coded(index, seed, top_classes, coded_values, num_classes: int) -> dict:
-    """Columns for the codec from top-k values already coded (codec.encode_topk/encode_values)."""
-    return {"index": np.asarray(index).astype(np.int64), "seed": np.asarray(seed).astype("<u4"),
-            "topk_idx": np.asarray(top_classes).astype(index_dtype(num_classes)), "topk_val": coded_values}
+def pack_coded(index, seed, top_classes, coded_values, num_classes: int, partner=None, lam=None) -> dict:
+    """Columns for the codec, in column_layout's dtypes, from top-k values already coded
+    (codec.encode_topk/encode_values, whose dtype says the value codec)."""
+    values = next(name for name, dtype in VALUE_DTYPES.items() if np.dtype(dtype) == coded_values.dtype)
+    given = {"index": index, "seed": seed, "topk_idx": top_classes, "topk_val": coded_values, "partner": partner,
+             "lam": None if lam is None else stored_mix_weight(lam)}
+    layout = column_layout(coded_values.shape[1], num_classes, values, mixed=partner is not None)
+    return {name: np.asarray(given[name]).astype(dtype) for name, (dtype, _) in layout.items()}
 
 
 @dataclass
@@ -121,7 +131,7 @@ class StoredRecords:
     lam: np.ndarray          # (N,) float32, 1 where the view is not mixed
 
     @classmethod
-    def from_columns(cls, columns: dict, settings: dict) -> StoredRecords:
+    def from_columns(cls, columns: dict, settings: StoreSettings) -> StoredRecords:
         probs, tail = decode_values(columns["topk_val"], settings.values, settings.num_classes)
         n = len(columns["index"])
         return cls(columns["index"], columns["seed"], columns["topk_idx"].astype(np.int64), probs, tail,

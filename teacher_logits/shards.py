@@ -23,7 +23,7 @@ from .codec import CorruptChunk, decode_records, encode_records
 from .location import locate
 from .files import sha256_bytes
 from .manifest import ShardEntry, StoreError, shard_indices
-from .schema import check_chunk
+from .schema import StoreSettings, check_chunk
 
 CHUNK_SUFFIX = "rec.zst"
 
@@ -55,7 +55,7 @@ def write_shard(store, plan: ShardEntry, columns: dict[str, np.ndarray], header:
     return len(data), sha256_bytes(data)
 
 
-def read_shard(store, entry: dict, store_id: str, settings: dict,
+def read_shard(store, entry: ShardEntry, store_id: str, settings: StoreSettings,
                max_chunk_bytes: int = 64 << 20) -> dict[str, np.ndarray]:
     """All columns of one shard, verified against its manifest entry, the store's schema
     (schema.check_chunk) and its planned indices (derived only once its bytes are proven, so

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .codec import ceil_div
 from .location import StoreUnreachable, locate
-from .manifest import MANIFEST, StoreError, load_manifest
+from .manifest import MANIFEST, ShardEntry, StoreError, load_manifest
 from .reader import LogitStore
 from .shards import CorruptShard
 
 
-def framing_bytes(entry: dict, chunk_records: int) -> int:
+def framing_bytes(entry: ShardEntry, chunk_records: int) -> int:
     """A shard's bytes that hold no record: a 512-byte tar header per chunk and the archive's
     1 KiB end marker (each chunk's padding to 512 bytes is left with the records)."""
-    chunks = -(-entry.records // chunk_records)
+    chunks = ceil_div(entry.records, chunk_records)
     return 512 * chunks + 1024
 
 

@@ -328,17 +328,15 @@ def student_c100(tmp_path_factory):
 def teacher_side(store, maker, labels, workers):
     """{(epoch, index): view} of every stored record as the teacher stage builds it, with `workers`
     DataLoader processes: the reference the replay-exactness tests compare the student side to."""
-    from torch.utils.data import DataLoader
-
-    from distill.replay import TeacherViews
+    from distill.replay import SeededViews, views_loader
 
     epochs = np.repeat(np.arange(store.epochs), maker.num_samples)
     indices = np.tile(np.arange(maker.num_samples), store.epochs)
-    views = TeacherViews(maker, store.settings.seed, epochs, indices, labels)
+    views = SeededViews(maker, store.settings.seed, epochs, indices, labels)
     out, n = {}, 0
-    for batch in DataLoader(views, batch_size=5, num_workers=workers):
-        for r in range(len(batch["index"])):
-            out[(int(epochs[n]), int(batch["index"][r]))] = batch["view"][r]
+    for batch in views_loader(views, 5, workers):
+        for r in range(len(batch)):
+            out[(int(epochs[n]), int(batch.index[r]))] = batch.view[r]
             n += 1
     return out
 

@@ -123,3 +123,41 @@ def test_no_import_cycle_and_the_store_imports_no_model_code():
 
     for module in sorted(graph):
         visit(module, [])
+
+
+def test_the_data_path_runs_downhill():
+    """The data layer hands the loss what it needs and never imports it: Batch and SparseTarget
+    live below both (distill/batch.py)."""
+    graph = {".".join(p.relative_to(REPO).with_suffix("").parts): imports_of(p) for p in LIBRARY}
+    for data_module in ("distill.replay", "distill.student_data", "distill.device_replay", "distill.batch"):
+        assert "distill.loss" not in graph[data_module], f"{data_module} imports the loss"
+
+
+def test_the_view_size_rule_has_one_definition():
+    """A recipe's sizes (native_size, any_size) are read only by distill/recipes.py: everyone else
+    asks recipes.view_size, so the stages cannot disagree on a view's size."""
+    readers = [f"{path.relative_to(REPO)}:{node.lineno}"
+               for path in [*LIBRARY, *sorted(REPO.glob("benchmarks/*.py")), *sorted(REPO.glob("tools/*.py"))]
+               if path != REPO / "distill" / "recipes.py"
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Attribute) and node.attr in ("native_size", "any_size")]
+    assert not readers, f"the view-size rule re-written at {', '.join(readers)}: use distill.recipes.view_size"
+
+
+def test_library_functions_are_not_named_like_tests():
+    """pytest collects test_* names: a library function so named reads as a test."""
+    named = [f"{path.relative_to(REPO)}:{node.name}" for path in LIBRARY
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.startswith(("test_", "Test"))]
+    assert not named, f"library names that look like tests: {named}"
+
+
+def test_loss_mode_is_interpreted_in_one_place():
+    """Only distill/loss.py's MODES table says what a loss.mode means: no other module compares
+    the mode to a literal."""
+    compared = [f"{path.relative_to(REPO)}:{node.lineno}" for path in LIBRARY if path.name != "loss.py"
+                for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Compare) and any(isinstance(side, ast.Attribute) and side.attr == "mode"
+                                                         and "loss" in ast.unparse(side)
+                                                         for side in [node.left, *node.comparators])]
+    assert not compared, f"loss.mode compared outside distill/loss.py: {compared}"

@@ -84,12 +84,12 @@ def test_imagenet_recipe_replays_exactly_across_workers(folder, folder_store):
 
 
 def test_test_views_use_timm_eval_crop(folder):
-    from distill.evaluation import test_views_loader
+    from distill.evaluation import eval_views_loader
 
     val = build_dataset("folder", str(folder), False)
-    batch = next(iter(test_views_loader(val, 48, 4, recipe="center-crop")))
-    assert batch["view"].shape == (4, 3, 48, 48)
-    assert batch["view"].min() >= -1e-6 and batch["view"].max() <= 1 + 1e-6  # normalisation undone
+    batch = next(iter(eval_views_loader(val, 48, 4, recipe="center-crop")))
+    assert batch.view.shape == (4, 3, 48, 48)
+    assert batch.view.min() >= -1e-6 and batch.view.max() <= 1 + 1e-6  # normalisation undone
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 2, no store

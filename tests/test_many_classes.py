@@ -58,6 +58,7 @@ def test_top_k_from_the_device_encodes_like_the_dense_probabilities():
     """label_batch keeps only (N, k) values and indices of the teacher's output; they encode to
     the same bytes as the full (N, C) probabilities did, at C = 21,841."""
     from distill.augment import Mixing
+    from distill.batch import Batch
     from distill.teacher_stage import label_batch
 
     torch.manual_seed(0)
@@ -65,14 +66,14 @@ def test_top_k_from_the_device_encodes_like_the_dense_probabilities():
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, num_classes)).eval()
     with torch.no_grad():
         teacher[1].weight.mul_(8)  # peaked, yet with a real tail outside the top-k
-    batch = {"view": torch.randn(n, 3, 8, 8), "index": torch.arange(n), "seed": torch.arange(n),
-             "label": torch.zeros(n, dtype=torch.long), "partner_label": torch.zeros(n, dtype=torch.long),
-             "lam": torch.ones(n), "mix_partner": torch.full((n,), -1)}
+    batch = Batch(view=torch.randn(n, 3, 8, 8), index=torch.arange(n), seed=torch.arange(n),
+                  label=torch.zeros(n, dtype=torch.long), partner_label=torch.zeros(n, dtype=torch.long),
+                  lam=torch.ones(n), mix_partner=torch.full((n,), -1))
     settings = StoreSettings(k, num_classes, "log8", 1, 0, n, 128, {"size": n},
                              {"mixing": dataclasses.asdict(Mixing())}, {"name": "linear"})  # no mixing
     columns = label_batch(teacher, batch, settings, torch.device("cpu"), "fp32").columns
     with torch.no_grad():
-        probs = teacher(batch["view"]).float().softmax(1)
+        probs = teacher(batch.view).float().softmax(1)
     idx = probs.topk(k, dim=1).indices.numpy()
     assert columns["topk_idx"].dtype == np.dtype("<u2")
     assert np.array_equal(columns["topk_idx"], idx)

@@ -110,8 +110,10 @@ def test_recipe_facts_have_one_home():
 
     assert load_config(None, ["data.recipe=imagenet"]).data.img_size == recipes.REGISTRY["imagenet"].native_size
     assert load_config(None, ["data.recipe=stl10"]).data.img_size == recipes.DEFAULT_INPUT_SIZE
-    assert recipes.test_view_spec("folder", 64) == ("center-crop", 64)
-    assert recipes.test_view_spec("stl10", 32) == ("none", recipes.REGISTRY["stl10"].native_size)
+    assert recipes.view_size("imagenet", 64) == 64 and recipes.view_size("imagenet") == 224  # any size
+    assert recipes.view_size("cifar", 64) == recipes.view_size("cifar") == 32  # fixed: the model resizes
+    assert recipes.eval_view_spec("folder", 64) == ("center-crop", 64)
+    assert recipes.eval_view_spec("stl10", 32) == ("none", recipes.REGISTRY["stl10"].native_size)
     assert recipes.default_recipe("digits").name == "crop" and recipes.default_recipe("cifar100").name == "cifar"
     with pytest.raises(ValueError, match="draws_from"):
         Recipe("bad", shifted, draws_from=("torch", "cuda"))

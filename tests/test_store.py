@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from conftest import REPO, run_tool, save_logits_args
 from distill.augment import Mixing
 from distill.datasets import build_dataset, labels_of
-from distill.replay import StoreViews, TeacherViews, store_view_maker
+from distill.replay import SeededViews, StoreViews, store_view_maker, views_loader
 from teacher_logits.reader import LogitStore
 from teacher_logits.verify import verify_store
 
@@ -43,14 +43,14 @@ def test_store_is_complete_and_verified(mixed_store):
 
 
 def teacher_side_views(store, maker, labels):
-    """Every view as the teacher stage builds it: TeacherViews through a 2-worker DataLoader."""
+    """Every view as the teacher stage builds it: SeededViews through a 2-worker DataLoader."""
     epochs = np.repeat(np.arange(store.epochs), 200)
     indices = np.tile(np.arange(200), store.epochs)
-    views = TeacherViews(maker, store.settings.seed, epochs, indices, labels)
+    views = SeededViews(maker, store.settings.seed, epochs, indices, labels)
     out = {}
-    for batch in DataLoader(views, batch_size=33, num_workers=2):
-        for n in range(len(batch["index"])):
-            out[(int(epochs[len(out)]), int(batch["index"][n]))] = batch["view"][n]
+    for batch in views_loader(views, 33, 2):
+        for n in range(len(batch)):
+            out[(int(epochs[len(out)]), int(batch.index[n]))] = batch.view[n]
     return out
 
 

@@ -10,8 +10,9 @@ import torch
 from conftest import run_tool, save_logits_args
 from distill.augment import record_seed
 from distill.datasets import build_dataset, labels_of
-from distill.loss import DistillationLoss, SparseTarget
-from distill.replay import Batch, StoreViews, TeacherViews, store_view_maker
+from distill.batch import Batch, SparseTarget
+from distill.loss import DistillationLoss
+from distill.replay import SeededViews, StoreViews, store_view_maker
 from store_doubles import CountingStore
 from teacher_logits.codec import decode_values, dense_distribution, encode_values
 from teacher_logits.reader import LogitStore
@@ -50,7 +51,7 @@ def same_batches(a: list[Batch], b: list[Batch]) -> bool:
     keys = ("view", "index", "seed", "label", "partner_label", "lam", "mix_partner")
     return len(a) == len(b) and all(
         all(torch.equal(getattr(x, k), getattr(y, k)) for k in keys)
-        and torch.equal(x.target.indices, y.target.indices) and torch.equal(x.target.probs, y.target.probs)
+        and torch.equal(x.target.top_classes, y.target.top_classes) and torch.equal(x.target.top_probs, y.target.top_probs)
         and torch.equal(x.target.tail, y.target.tail) for x, y in zip(a, b))
 
 
@@ -58,7 +59,7 @@ def test_both_sides_give_an_unmixed_view_its_own_label_as_partner(parts):
     """One rule for the partner label (distill.replay.mix_label), on the student side and the
     teacher's: the partner's label where a view is mixed, the sample's own where it is not."""
     store, maker, labels = parts
-    teacher = TeacherViews(maker, store.settings.seed, np.zeros(SAMPLES, int), np.arange(SAMPLES), labels)
+    teacher = SeededViews(maker, store.settings.seed, np.zeros(SAMPLES, int), np.arange(SAMPLES), labels)
     sides = [Batch.collate([teacher[n] for n in range(SAMPLES)]), *run_epoch(stream(parts), 0, 0)]
     mixed = 0
     for b in sides:

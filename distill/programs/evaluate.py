@@ -167,9 +167,9 @@ def write_attention(args, models, dataset, device, out):
 
     from distill.attention import class_token_maps, plot_attention, rollout_unsupported
     from distill.datasets import num_classes_of
-    from distill.recipes import test_view_spec
+    from distill.recipes import eval_view_spec
     from distill.datasets import labels_of
-    from distill.evaluation import one_per_class, test_views_loader
+    from distill.evaluation import eval_views_loader, one_per_class
 
     usable = []
     for name, model in models:
@@ -181,16 +181,16 @@ def write_attention(args, models, dataset, device, out):
     if not usable:
         print("attention: no model has a class token and global attention (a ViT): attention.png not written")
         return
-    recipe, size = test_view_spec(args.dataset, usable[0][1].input_size[-1])  # as evaluate_model's views
+    recipe, size = eval_view_spec(args.dataset, usable[0][1].input_size[-1])  # as evaluate_model's views
     shown = one_per_class(labels_of(dataset), args.attention)
-    batch = next(iter(test_views_loader(dataset, size, args.attention, args.workers, recipe=recipe, indices=shown)))
-    images = batch["view"].to(device)
+    batch = next(iter(eval_views_loader(dataset, size, args.attention, args.workers, recipe=recipe, indices=shown)))
+    images = batch.view.to(device)
     columns = []
     for name, model in usable:
         maps, logits = class_token_maps(model.to(device).eval(), images)
         columns.append((name, maps.cpu(), torch.argmax(logits, dim=1).cpu()))
     class_names = [str(c) for c in (getattr(dataset, "classes", None) or range(num_classes_of(args.dataset, dataset)))]
-    path = plot_attention(images.cpu(), batch["label"], columns, class_names, out / "attention.png")
+    path = plot_attention(images.cpu(), batch.label, columns, class_names, out / "attention.png")
     print(f"attention: {len(images)} images x {len(columns)} models in {path}")
 
 
