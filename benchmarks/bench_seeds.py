@@ -113,17 +113,19 @@ def data_flags(args) -> list[str]:
     return (["--data-root", args.data_root] if args.data_root else []) + (["--skip-md5"] if args.skip_md5 else [])
 
 
-def make_store(args, epochs: int) -> dict:
-    """The shared store (resumed if a run was cut short); its wall time is kept in OUT/store.json."""
-    path, record = os.path.join(args.out, "store"), os.path.join(args.out, "store.json")
-    pairs = [a for name, ckpt in (t.split("=", 1) for t in args.teacher) for a in ("--teacher", name, "--checkpoint", ckpt)]
+def make_store(args, epochs: int, teachers: list[str] | None = None, name: str = "store") -> dict:
+    """The shared store OUT/NAME of `teachers` (default: every --teacher), resumed if a run was
+    cut short; its wall time is kept in OUT/NAME.json."""
+    path, record = os.path.join(args.out, name), os.path.join(args.out, f"{name}.json")
+    pairs = [a for teacher, ckpt in (t.split("=", 1) for t in teachers or args.teacher)
+             for a in ("--teacher", teacher, "--checkpoint", ckpt)]
     cmd = [sys.executable, f"{REPO}/tools/save_logits.py", *pairs, "--dataset", "cifar10", *data_flags(args),
            "--aug", "cifar", "--mixup", str(args.mixup), "--cutmix", str(args.cutmix), "--topk", str(args.topk),
            "--epochs", str(epochs), "--workers", "1", "--out", path, *(["--limit", str(args.limit)] * bool(args.limit)),
            *(["--flip-average"] * getattr(args, "flip_average", False))]
     done = json.load(open(record)) if os.path.isfile(record) else {}
     if done.get("epochs", 0) < epochs:  # none yet, or grown: only the new epochs are labelled
-        wall = run(cmd, os.path.join(args.out, "store.log"))
+        wall = run(cmd, os.path.join(args.out, f"{name}.log"))
         done = {"path": path, "epochs": epochs, "wall_s": done.get("wall_s", 0.0) + wall,
                 "command": as_typed(cmd)}
         with open(record, "w") as f:

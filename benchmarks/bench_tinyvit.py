@@ -10,8 +10,9 @@ the views differing:
   kd             the store's views and soft targets (KL, T = 1, no label term)
 The best scratch (the higher final top-1 of the two) is what kd is measured against. At
 --ablation-epochs, the few runs that say where the gain comes from (ABLATIONS: temperature,
-label weight, DeiT's hard target, logit standardisation, stored epochs cycled), each beside a
-scratch and a kd run of the same budget.
+label weight, DeiT's hard target, logit standardisation, stored epochs cycled, and kd-single:
+one teacher of the ensemble alone, --single-teacher, from a second store of the same views),
+each beside a scratch and a kd run of the same budget.
 
 The store (Mixup/CutMix views, --store-epochs) is made once and grown when asked for more;
 every run resumes (output.resume=auto) and a finished one is kept, so killing this program and
@@ -52,7 +53,9 @@ ABLATIONS = {  # name -> overrides of kd at the ablation budget; what each asks 
     "kd-std": [*KD, "loss.standardize=true", "loss.temperature=2.0"],
     "kd-e5": [*KD, "logits.epochs=5"],
     "kd-e10": [*KD, "logits.epochs=10"],
+    "kd-single": KD,  # from OUT/store_single: the --single-teacher alone, the same views
 }
+SINGLE = "kd-single"
 
 
 def parse_args(argv=None):
@@ -67,6 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--store-epochs", type=int, default=20, help="stored epochs, cycled by longer runs (default: 20)")
     p.add_argument("--mixup", type=float, default=0.8, help="pairwise Mixup alpha of the stored views (default: 0.8)")
     p.add_argument("--cutmix", type=float, default=1.0, help="pairwise CutMix alpha of the stored views (default: 1.0)")
+    p.add_argument("--single-teacher", metavar="NAME",
+                   help="the --teacher that kd-single distils from alone (default: the last one)")
     p.add_argument("--flip-average", action="store_true",
                    help="store the teacher's probabilities averaged over each view and its mirror image")
     p.add_argument("--topk", type=int, default=10, help="stored teacher classes per record (default: 10)")
@@ -94,7 +99,32 @@ def planned_runs(args) -> dict:
         common = ["--config", CONFIG, *data, f"train.epochs={epochs}", "train.eval_every=2", "wandb.enabled=false",
                   "data.workers=1", f"logits.store={store}"]
         runs |= {f"{name}@{epochs}": [*common, *overrides] for name, overrides in modes.items()}
+    runs[f"{SINGLE}@{args.ablation_epochs}"] += [f"logits.store={os.path.join(args.out, 'store_single')}"]
     return runs
+
+
+def random_teacher(out: str, name: str) -> str:
+    """NAME=CHECKPOINT of a randomly initialised (seeded) teacher, for --quick."""
+    import torch
+
+    from distill.models import create_teacher
+
+    torch.manual_seed(1)
+    checkpoint = os.path.join(out, f"{name}.pt")
+    torch.save(create_teacher(name).model.state_dict(), checkpoint)
+    return f"{name}={checkpoint}"
+
+
+def single_teacher(args) -> str:
+    """The --teacher spec kd-single distils from alone."""
+    if len(args.teacher) < 2:
+        raise UserError(f"--only {SINGLE}: it compares one teacher with the ensemble, so give two or more --teacher")
+    name = args.single_teacher or args.teacher[-1].split("=")[0]
+    specs = [spec for spec in args.teacher if spec.split("=")[0] == name]
+    if not specs:
+        raise UserError(f"--single-teacher {name}: not one of the --teacher names "
+                        f"({', '.join(spec.split('=')[0] for spec in args.teacher)})")
+    return specs[0]
 
 
 def selected(args, runs) -> list[str]:
@@ -196,19 +226,23 @@ def main(argv=None):
     os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
     if args.quick:
         quick_setup(args)  # bench_seeds': a random ResNet-20 teacher, 256 images, 1 stored epoch
+        args.teacher.append(random_teacher(args.out, "cifar10_resnet56"))  # an ensemble, for kd-single
         args.epochs = args.ablation_epochs = args.store_epochs = 1
-        args.only = ["scratch", "kd", "kd-T2"] if args.only is None else args.only
+        args.only = ["scratch", "kd", "kd-T2", SINGLE] if args.only is None else args.only
     if not args.teacher:
         sys.exit("bench_tinyvit: --teacher NAME=CHECKPOINT is required (or --quick)")
     runs = planned_runs(args)
     if not args.report:
         todo, store_ready = selected(args, runs), threading.Event()
+        single = [single_teacher(args)] if any(key.startswith(f"{SINGLE}@") for key in todo) else []
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         with ThreadPoolExecutor(args.jobs) as pool:
             pending = [pool.submit(train, args, key, runs[key], threads, store_ready) for key in todo]
             try:  # while the scratch run trains, if it is one of them
                 if any("logits.store=null" not in runs[key] for key in todo):
                     make_store(args, args.store_epochs)
+                if single:
+                    make_store(args, args.store_epochs, single, "store_single")
             finally:
                 store_ready.set()  # a failed store fails the runs that wait for it, not the scratch run
             for job in pending:
@@ -230,6 +264,9 @@ def report(args, runs, argv) -> dict:
                "teacher": args.teacher, "flip_average": args.flip_average,
                "teacher_top1": scores[teacher_label(args.teacher, args.flip_average)], "teacher_scores": scores,
                "store": store, "runs": {}, "by_budget": {}}
+    single_record = os.path.join(args.out, "store_single.json")
+    if os.path.isfile(single_record):  # kd-single's store
+        results["store_single"] = json.load(open(single_record)) | {"teacher": single_teacher(args)}
     for key, r in collected.items():
         name, epochs = key.split("@")
         results["runs"][name if int(epochs) == args.epochs else key] = r

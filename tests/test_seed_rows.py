@@ -9,6 +9,8 @@ from conftest import REPO, write_cifar
 
 from distill.config import load_config
 from distill.models import create_student
+from teacher_logits.manifest import teacher_members
+from teacher_logits.reader import LogitStore
 
 ROWS = sorted(p.stem for p in (REPO / "configs" / "seed_rows").glob("*.yaml"))
 
@@ -90,23 +92,31 @@ def test_bench_seeds_quick(tmp_path):
 
 def test_bench_tinyvit_quick(tmp_path):
     """TinyViT-5M on 256 images for one epoch: scratch (no store), kd and one ablation from one
-    stored epoch; a second call with --report trains nothing and reports the same runs."""
+    stored epoch of a two-teacher ensemble, and kd-single from a store of the second teacher
+    alone; a second call with --report trains nothing and reports the same runs."""
     from benchmarks import bench_tinyvit
 
     cifar_root = write_cifar(tmp_path / "data", per_batch=60)
     out, report = tmp_path / "tinyvit", tmp_path / "tinyvit.json"
     result = bench_tinyvit.main(["--quick", "--data-root", str(cifar_root), "--skip-md5", "--out", str(out),
                                  "--json", str(report)])
-    assert set(result["runs"]) == {"scratch", "kd", "kd-T2"}
+    assert set(result["runs"]) == {"scratch", "kd", "kd-T2", "kd-single"}
     for name, r in result["runs"].items():
         assert r["finished"] and r["epochs"] == 1 and r["curve"][-1][0] == 1 and 0 <= r["test_top1"] <= 100, name
         assert "output.dir=" in r["command"] and ("logits.store=null" in r["command"]) == (name == "scratch")
     assert "loss.temperature=2.0" in result["runs"]["kd-T2"]["command"]
+    assert result["runs"]["kd-single"]["command"].endswith(f"logits.store={out / 'store_single'} "
+                                                           f"output.dir={out / 'runs' / 'kd-single_1'}")
+    single = teacher_members(LogitStore(str(out / "store_single")).settings.teacher)
+    assert [m["name"] for m in single] == ["cifar10_resnet56"] and result["store_single"]["teacher"].startswith(
+        "cifar10_resnet56=")
+    assert len(teacher_members(LogitStore(str(out / "store")).settings.teacher)) == 2
     budget = result["by_budget"]["1"]
-    assert budget["best_scratch"] == "scratch" and budget["ablations_minus_kd"].keys() == {"kd-T2"}
+    assert budget["best_scratch"] == "scratch" and budget["ablations_minus_kd"].keys() == {"kd-T2", "kd-single"}
     assert budget["kd_minus_best_scratch"] == round(result["runs"]["kd"]["test_top1"] - result["runs"]["scratch"]["test_top1"], 2)
-    assert set(result["teacher_scores"]) == {"cifar10_resnet20", "cifar10_resnet20, flip-averaged"}
-    assert result["teacher_top1"] == result["teacher_scores"]["cifar10_resnet20"]
+    alone = {"cifar10_resnet20", "cifar10_resnet56", "cifar10_resnet20 + cifar10_resnet56"}
+    assert set(result["teacher_scores"]) == alone | {f"{t}, flip-averaged" for t in alone}
+    assert result["teacher_top1"] == result["teacher_scores"]["cifar10_resnet20 + cifar10_resnet56"]
     assert json.loads(report.read_text())["runs"] == json.loads(json.dumps(result["runs"]))
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
     again = bench_tinyvit.main(["--quick", "--data-root", str(cifar_root), "--skip-md5", "--out", str(out), "--report"])
