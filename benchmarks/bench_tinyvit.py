@@ -12,7 +12,9 @@ The best scratch (the higher final top-1 of the two) is what kd is measured agai
 --ablation-epochs, the few runs that say where the gain comes from (ABLATIONS: temperature,
 label weight, DeiT's hard target, logit standardisation, stored epochs cycled, and kd-single:
 one teacher of the ensemble alone, --single-teacher, from a second store of the same views),
-each beside a scratch and a kd run of the same budget.
+each beside a scratch and a kd run of the same budget. kd-compiled is kd with train.compile=true:
+run beside kd (`--only kd@30 kd-compiled`, one core each) it times compile against eager over a
+whole run, start-up included (compile_speedup: kd's wall time over kd-compiled's).
 
 The store (Mixup/CutMix views, --store-epochs) is made once and grown when asked for more;
 every run resumes (output.resume=auto) and a finished one is kept, so killing this program and
@@ -54,6 +56,7 @@ ABLATIONS = {  # name -> overrides of kd at the ablation budget; what each asks 
     "kd-e5": [*KD, "logits.epochs=5"],
     "kd-e10": [*KD, "logits.epochs=10"],
     "kd-single": KD,  # from OUT/store_single: the --single-teacher alone, the same views
+    "kd-compiled": [*KD, "train.compile=true"],  # kd's steps compiled: its wall time against kd's, side by side
 }
 SINGLE = "kd-single"
 
@@ -164,7 +167,20 @@ def collect(args, key: str, overrides: list[str]) -> dict | None:
     cmd = [sys.executable, f"{REPO}/distill/train_student.py", *overrides, f"output.dir={out}"]
     return {"epochs": int(key.split("@")[1]), "finished": finished, "epochs_done": curve[-1]["epoch"],
             "test_top1": curve[-1]["top1"], "best_top1": max(c["top1"] for c in curve),
-            "curve": [(c["epoch"], c["top1"], c["wall_s"]) for c in curve], "command": as_typed(cmd)}
+            "curve": resumed_clock([(c["epoch"], c["top1"], c["wall_s"]) for c in curve]), "command": as_typed(cmd)}
+
+
+def resumed_clock(curve: list[tuple]) -> list[tuple]:
+    """A learning curve's wall times, summed over a resumed run's processes: checkpoints written
+    before they kept the clock (engine.Position.wall_s) restart it at 0 on resuming, so there a
+    drop continues from the last time logged (the work lost in the kill is left out)."""
+    fixed, offset, last = [], 0.0, 0.0
+    for epoch, top1, wall in curve:
+        if wall + offset < last:
+            offset = last
+        last = wall + offset
+        fixed.append((epoch, top1, round(last, 2)))
+    return fixed
 
 
 def teacher_scores(args) -> dict:
@@ -218,7 +234,9 @@ def comparisons(runs: dict, epochs: int, teacher_s: float) -> dict:
             "kd_minus_best_scratch": round(done["kd"]["test_top1"] - scratch[best], 2),
             "kd_reaches_best_scratch_final": time_to_accuracy(done["kd"], scratch[best], teacher_s),
             "ablations_minus_kd": {m: round(r["test_top1"] - done["kd"]["test_top1"], 2)
-                                   for m, r in done.items() if m in ABLATIONS}}
+                                   for m, r in done.items() if m in ABLATIONS},
+            **({"compile_speedup": round(done["kd"]["curve"][-1][2] / done["kd-compiled"]["curve"][-1][2], 3)}
+               if "kd-compiled" in done else {})}
 
 
 def main(argv=None):

@@ -81,10 +81,13 @@ class SafeCheckpointFiles:
 
 @dataclass
 class Position:
-    """Where a run is: epoch, optimizer steps done in it, optimizer steps done in all."""
+    """Where a run is: epoch, optimizer steps done in it, optimizer steps done in all, and the
+    training wall time spent to get here, summed over the processes of a resumed run (a
+    checkpoint keeps it, so a learning curve's times hold across a kill)."""
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
+    wall_s: float = 0.0
 
     def advance(self) -> None:
         self.global_step, self.step_in_epoch = self.global_step + 1, self.step_in_epoch + 1
@@ -222,7 +225,8 @@ class Checkpoints:
             raise OSError(f"could not load the checkpoint named in {self.directory / 'latest'}: delete "
                           f"{self.directory} or set output.resume=none")
         self.saved_at, self.loaded_from = state["global_step"], path
-        return Position(state["epoch"], state["step_in_epoch"], state["global_step"])
+        # checkpoints written before wall_s was kept restart the clock at 0
+        return Position(state["epoch"], state["step_in_epoch"], state["global_step"], state.get("wall_s", 0.0))
 
     def save(self, at: Position) -> None:
         tag = f"step{at.global_step}"

@@ -33,7 +33,7 @@ class RunLog:
                           if rank == 0 else None)
         self.bar = tqdm(total=total_steps, initial=at.global_step, unit="step", disable=rank != 0,
                         dynamic_ncols=True, file=sys.stderr)
-        self.started = time.time()
+        self.started = time.time() - at.wall_s  # a resumed run's clock goes on from its checkpoint
         self.wall = None
         self.last_eval, self.evaluated_at = None, None
 
@@ -42,8 +42,10 @@ class RunLog:
             print(message)
 
     def step(self, at, loss: float, lr: float, img_per_s: float) -> None:
-        """One optimizer step done: the jsonl line, W&B every train.log_every steps, the bar."""
+        """One optimizer step done: the jsonl line, W&B every train.log_every steps, the bar; `at`
+        takes the run's wall time so far, which the next checkpoint keeps."""
         now = time.time()
+        at.wall_s = now - self.started
         if self.train_log:
             self.train_log.write(json.dumps({"step": at.global_step, "epoch": at.epoch, "loss": loss, "lr": lr,
                                              "time": round(now, 3)}) + "\n")

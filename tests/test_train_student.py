@@ -128,8 +128,15 @@ def test_resume_mid_epoch_repeats_the_uninterrupted_run(kd_run, cifar_root, stor
     train(*args, "train.max_steps=10")  # stops in epoch 1 after 3 of its 7 steps
     assert sorted(losses(out)) == list(range(1, 11))
     assert (out / "checkpoints" / "latest").read_text().strip() == "step10"
+    first_wall = json.loads((out / "metrics.json").read_text())["train_wall_s"]
     proc = train(*args, "data.workers=1")  # resume; another worker count must not change the stream
     assert "resumed from" in proc.stdout and "global step 10" in proc.stdout
+    # the clock goes on from the checkpoint's: the whole run's wall time, not the second process's
+    walls = [json.loads(line)["wall_s"] for line in (out / "evals.jsonl").read_text().splitlines()]
+    stamps = {row["step"]: row["time"] for row in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())}
+    second = stamps[21] - stamps[11]  # the resumed process's steps
+    assert walls == sorted(walls)
+    assert json.loads((out / "metrics.json").read_text())["train_wall_s"] >= first_wall + second
     assert losses(out) == losses(kd_run)  # every step's loss and lr, bit for bit
     resumed = torch.load(out / "final" / "model.pt", weights_only=True)
     reference = torch.load(kd_run / "final" / "model.pt", weights_only=True)
