@@ -26,13 +26,7 @@ TINY = ["--config", "configs/smoke_digits.yaml", "logits.store=null", "loss.mode
 
 def train(out, *extra) -> str:
     """A short run of the tiny ViT on digits; what it printed."""
-    import contextlib
-    import io
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        run_program("train_student", [*TINY, f"output.dir={out}", *extra], check=True)
-    return printed.getvalue()
+    return run_program("train_student", [*TINY, f"output.dir={out}", *extra], check=True).out
 
 
 @pytest.fixture(scope="module")
