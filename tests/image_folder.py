@@ -36,21 +36,3 @@ def write_teacher(path: Path, num_classes: int) -> Path:
     torch.manual_seed(0)
     torch.save(timm.create_model("cifar10_resnet20", num_classes=num_classes).state_dict(), path)
     return path
-
-
-def call_quietly(name: str, argv) -> tuple[int, str, str]:
-    """tools/<name>.py's main(argv) as its script runs it, in this process: (exit code, stdout,
-    stderr). Unlike conftest.call_tool it needs no capsys, so module fixtures can use it."""
-    import contextlib
-    import io
-
-    from conftest import tool
-    from distill.cli import run_main
-
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_main(lambda: tool(name).main([str(a) for a in argv]))
-        except SystemExit as e:
-            code = e.code or 0
-    return code, out.getvalue(), err.getvalue()

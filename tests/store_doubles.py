@@ -1,5 +1,5 @@
 """Test doubles of the store reader (imported as `from store_doubles import ...`, as the tests
-import conftest and image_folder)."""
+import helpers and image_folder)."""
 from __future__ import annotations
 
 import os

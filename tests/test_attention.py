@@ -5,7 +5,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import run_tool
+from helpers import TINY_STUDENT, run_tool
 from distill.attention import (DPI, attention_figure_size, captured_attention, class_token_maps, rollout,
                                rollout_unsupported)
 from distill.datasets import STATS
@@ -60,7 +60,7 @@ def test_uniform_attention_rolls_out_to_a_uniform_map_of_the_exact_value():
 @pytest.mark.parametrize("name, why", [("tiny_vit_5m", "local windows"), ("cct_7_3x1", "sequence pooling"),
                                        ("cifar_cnn", "no attention layers")])
 def test_models_without_class_token_or_global_attention_are_refused_with_the_reason(name, why):
-    kwargs = dict(embed_dim=32, depth=1, num_heads=2) if name == "cct_7_3x1" else {}
+    kwargs = TINY_STUDENT if name == "cct_7_3x1" else {}
     assert why in rollout_unsupported(create_student(name, 10, 32, **kwargs))
     with pytest.raises(ValueError, match=why):
         class_token_maps(create_student(name, 10, 32, **kwargs), torch.rand(1, 3, 32, 32))

@@ -14,7 +14,7 @@ import random
 import typing
 
 import pytest
-from conftest import REPO, call, run_tool, train_student_module, user_error
+from helpers import REPO, run_program, run_tool, user_error
 
 from distill.config import BOUNDS, CHOICES, Config, load_config
 from teacher_logits.errors import UserError
@@ -171,11 +171,11 @@ def test_bad_values_exit_2_without_an_output_folder_subprocess(tmp_path):
     assert not out.exists()
 
 
-def test_mistyped_pretrained_tag_in_process(tmp_path, capsys):
+def test_mistyped_pretrained_tag_in_process(tmp_path):
     """The issue's example: `tiny_vit_5m.dist_in22` was a RuntimeError traceback from timm."""
     out = tmp_path / "run"
-    r = call(train_student_module().main, ["--config", REPO / "configs/smoke_digits.yaml", "loss.mode=scratch",
-                                           "model.name=tiny_vit_5m.dist_in22", "model.pretrained=true",
-                                           f"output.dir={out}", "wandb.enabled=false"], capsys)
+    r = run_program("train_student", ["--config", REPO / "configs/smoke_digits.yaml", "loss.mode=scratch",
+                                      "model.name=tiny_vit_5m.dist_in22", "model.pretrained=true",
+                                      f"output.dir={out}", "wandb.enabled=false"])
     user_error(r, "config key model.name", "'dist_in22'", "did you mean dist_in22k")
     assert not out.exists()

@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
-from conftest import call_tool
-from test_store_urls import QuietHandler, assert_one_line_error
+from helpers import run_program, user_error
+from test_store_urls import QuietHandler
 
 from teacher_logits import location
 
@@ -46,16 +46,16 @@ def stalled_host():
     server.close()
 
 
-def test_a_stalled_store_host_fails_in_bounded_time(stalled_host, monkeypatch, capsys):
+def test_a_stalled_store_host_fails_in_bounded_time(stalled_host, monkeypatch):
     """The issue's example: verify_logits (and the trainer) waited ~300 s per request, the HTTP
     library's default. With 0.5 s per request and 1 retry it fails in about 2 s, naming the URL
     and the settings."""
     monkeypatch.setenv("TVD_STORE_TIMEOUT", "0.5")
     monkeypatch.setenv("TVD_STORE_RETRIES", "1")
     start = time.monotonic()
-    code, _, err = call_tool("verify_logits", [stalled_host], capsys)
+    result = run_program("verify_logits", [stalled_host])
     elapsed = time.monotonic() - start
-    assert_one_line_error(code, err, stalled_host, "after 2 tries", "TVD_STORE_TIMEOUT")
+    user_error(result, stalled_host, "after 2 tries", "TVD_STORE_TIMEOUT")
     assert elapsed < 10, elapsed
 
 
@@ -69,10 +69,10 @@ def test_the_default_limits_fail_a_stalled_host_within_90_s():
 
 
 @pytest.mark.parametrize("value", ["soon", "-1", "1e9"])
-def test_bad_network_limits_are_named(value, monkeypatch, capsys):
+def test_bad_network_limits_are_named(value, monkeypatch):
     monkeypatch.setenv("TVD_STORE_TIMEOUT", value)
-    code, _, err = call_tool("verify_logits", ["http://127.0.0.1:9/store"], capsys)
-    assert_one_line_error(code, err, "$TVD_STORE_TIMEOUT", "unset it for the default 15")
+    user_error(run_program("verify_logits", ["http://127.0.0.1:9/store"]), "$TVD_STORE_TIMEOUT",
+               "unset it for the default 15")
 
 
 class CutShort(QuietHandler):

@@ -4,13 +4,13 @@ programs that the per-program files do not cover.
 Part of the bad-input catalogue (docs/reliability.md): one line naming the input and the fix,
 exit 2, no output folder. Every case runs the program's main in this process (run_main's way);
 those that fail after the process group starts (weights) are still refused before output.dir
-is created. The shared helpers and fixtures are in conftest.py.
+is created. The shared helpers are in helpers.py, the fixtures in conftest.py.
 """
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import call, save_logits, tool, user_error, with_out
+from helpers import run_program, user_error, with_out
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_tvd_debug")
 
@@ -32,38 +32,38 @@ def teacher_args(out, *extra):
     (["train.epoch=2"], "unknown config key train.epoch (did you mean train.epochs?)"),
     (["optim.weight_decay=-1"], "config key optim.weight_decay: must lie in [0, 10], got -1.0"),
 ])
-def test_train_teacher_bad_flags(tmp_path, capsys, extra, message):
+def test_train_teacher_bad_flags(tmp_path, extra, message):
     out = tmp_path / "t"
-    user_error(call(tool("train_teacher").main, teacher_args(out, *extra), capsys), message)
+    user_error(run_program("train_teacher", teacher_args(out, *extra)), message)
     assert not out.exists()
 
 
-def test_train_teacher_unknown_name_and_tag(tmp_path, capsys):
+def test_train_teacher_unknown_name_and_tag(tmp_path):
     out = tmp_path / "t"
     args = teacher_args(out)
     for name, message in (("cifar10_resnet2O", "unknown model 'cifar10_resnet2O' (did you mean cifar10_resnet20"),
                           ("resnet18.a1_in1kk", "resnet18 has no pretrained tag 'a1_in1kk' (did you mean a1_in1k")):
         args[1] = name
-        user_error(call(tool("train_teacher").main, args, capsys), message)
+        user_error(run_program("train_teacher", args), message)
     assert not out.exists()
 
 
-def test_train_teacher_out_is_a_file(tmp_path, capsys):
+def test_train_teacher_out_is_a_file(tmp_path):
     out = tmp_path / "t"
     out.write_text("mine")
-    user_error(call(tool("train_teacher").main, teacher_args(out), capsys),
+    user_error(run_program("train_teacher", teacher_args(out)),
                f"output.dir {out} is a file, not a directory")
     assert out.read_text() == "mine"
 
 
-def test_train_teacher_out_with_a_mistyped_run_record(tmp_path, capsys):
+def test_train_teacher_out_with_a_mistyped_run_record(tmp_path):
     """Run folders are typed on read: a run.json whose config is not a mapping was an AttributeError."""
     import json
 
     out = tmp_path / "t"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"format": "tinyvit-distill run", "config": [1, 2]}))
-    user_error(call(tool("train_teacher").main, teacher_args(out), capsys),
+    user_error(run_program("train_teacher", teacher_args(out)),
                f"{out / 'run.json'} is not a run record of this trainer")
     assert sorted(p.name for p in out.iterdir()) == ["run.json"]
 
@@ -93,9 +93,9 @@ def bad_weights(tmp_path_factory):
     ("other.pt", "does not match CifarResNet"),
     ("list.pt", "no state_dict of tensors found"),
 ])
-def test_train_teacher_init_weights_that_do_not_fit(bad_weights, tmp_path, capsys, file, message):
+def test_train_teacher_init_weights_that_do_not_fit(bad_weights, tmp_path, file, message):
     out = tmp_path / "t"
-    r = call(tool("train_teacher").main, teacher_args(out, "--checkpoint", bad_weights / file), capsys)
+    r = run_program("train_teacher", teacher_args(out, "--checkpoint", bad_weights / file))
     user_error(r, str(bad_weights / file), message)
     assert not out.exists()
 
@@ -111,11 +111,11 @@ def test_train_teacher_init_weights_that_do_not_fit(bad_weights, tmp_path, capsy
     (["--device", "gpu"], "--device 'gpu': expected auto, cpu, cuda or cuda:N"),
     (["--device", "cuda:7"], "--device cuda:7:"),
 ])
-def test_save_logits_bad_flags(base, tmp_path, capsys, extra, message):
+def test_save_logits_bad_flags(base, tmp_path, extra, message):
     if extra == ["--device", "cuda:7"] and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
     out = tmp_path / "s"
-    user_error(save_logits(with_out(base, out, *extra), capsys), message)
+    user_error(run_program("save_logits", with_out(base, out, *extra)), message)
     assert not out.exists()
 
 
@@ -127,7 +127,7 @@ def test_save_logits_bad_flags(base, tmp_path, capsys, extra, message):
     ("evaluate", ["--device", "tpu", "--dataset", "digits", "--teacher", "cifar10_resnet20", "--checkpoint",
                   "x.pt"], "--device 'tpu': expected auto, cpu, cuda or cuda:N"),
 ])
-def test_other_programs_bad_flags(store, tmp_path, capsys, program, extra, message):
+def test_other_programs_bad_flags(store, tmp_path, program, extra, message):
     argv = [store, *extra] if program == "verify_logits" else [*extra, "--out", tmp_path / "eval"]
-    user_error(call(tool(program).main, argv, capsys), message)
+    user_error(run_program(program, argv), message)
     assert not (tmp_path / "eval").exists()

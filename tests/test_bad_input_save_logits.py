@@ -1,30 +1,21 @@
 """Bad input to tools/save_logits.py: teacher and checkpoint, dataset, numbers, output
-directory, disk space.
+directory (a full disk: tests/test_bad_input_disks.py).
 
 Part of the bad-input catalogue (docs/reliability.md): every program refuses bad input with one
 line that names the input and what to do, a non-zero exit (2 for user errors), and no partial or
-overwritten output. The shared helpers (call, user_error, snapshot) and fixtures are in conftest.py.
+overwritten output. The shared helpers (run_program, user_error, snapshot) are in helpers.py, the
+fixtures in conftest.py.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    replace,
-    run_tool,
-    save_logits,
-    save_logits_args,
-    small_disk,
-    snapshot,
-    user_error,
-    with_out,
-)
+from helpers import replace, run_program, run_tool, save_logits_args, snapshot, user_error, with_out
 
 
 # in-process teacher runs on one thread, like the subprocesses; the errors users see
@@ -34,40 +25,40 @@ pytestmark = pytest.mark.usefixtures("one_thread", "no_tvd_debug")
 # ============================================================ save_logits: teacher and checkpoint
 
 
-def test_unknown_teacher_name(base, tmp_path, capsys):
+def test_unknown_teacher_name(base, tmp_path):
     out = tmp_path / "s"
-    r = save_logits(replace(with_out(base, out), "--teacher", "cifar10_resnet2O"), capsys)
+    r = run_program("save_logits", replace(with_out(base, out), "--teacher", "cifar10_resnet2O"))
     user_error(r, "--teacher: unknown model 'cifar10_resnet2O'", "did you mean", "cifar10_resnet20")
     assert not out.exists()
 
 
-def test_checkpoint_for_wrong_number_of_classes(base, ckpts, tmp_path, capsys):
+def test_checkpoint_for_wrong_number_of_classes(base, ckpts, tmp_path):
     out = tmp_path / "s"
     args = replace(replace(with_out(base, out), "--teacher", "cifar100_resnet56"), "--checkpoint",
                    ckpts / "r56_c100.pt")
-    r = save_logits(args, capsys)
+    r = run_program("save_logits", args)
     user_error(r, "r56_c100.pt", "fc.weight", "(100, 64)", "(10, 64)", "use a checkpoint for 10 classes")
     assert not out.exists()
 
 
-def test_checkpoint_for_another_architecture(base, ckpts, tmp_path, capsys):
+def test_checkpoint_for_another_architecture(base, ckpts, tmp_path):
     out = tmp_path / "s"
-    r = save_logits(replace(with_out(base, out), "--checkpoint", ckpts / "r56_c10.pt"), capsys)
+    r = run_program("save_logits", replace(with_out(base, out), "--checkpoint", ckpts / "r56_c10.pt"))
     line = user_error(r, "r56_c10.pt", "unexpected keys")
     assert not out.exists()
     assert "--teacher" in line and "architecture" in line
 
 
-def test_checkpoint_file_missing(base, tmp_path, capsys):
+def test_checkpoint_file_missing(base, tmp_path):
     out = tmp_path / "s"
-    r = save_logits(replace(with_out(base, out), "--checkpoint", tmp_path / "nope.pt"), capsys)
+    r = run_program("save_logits", replace(with_out(base, out), "--checkpoint", tmp_path / "nope.pt"))
     user_error(r, f"--checkpoint {tmp_path / 'nope.pt'}", "no such file", "pass the path")
     assert not out.exists()
 
 
-def test_checkpoint_not_a_torch_file(base, ckpts, tmp_path, capsys):
+def test_checkpoint_not_a_torch_file(base, ckpts, tmp_path):
     out = tmp_path / "s"
-    r = save_logits(replace(with_out(base, out), "--checkpoint", ckpts / "random.pt"), capsys)
+    r = run_program("save_logits", replace(with_out(base, out), "--checkpoint", ckpts / "random.pt"))
     user_error(r, "random.pt", "not a torch checkpoint", "re-save just the state_dict")
     assert not out.exists()
 
@@ -82,10 +73,10 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_malicious_pickle_checkpoint_is_refused_unexecuted(base, tmp_path, capsys):
+def test_malicious_pickle_checkpoint_is_refused_unexecuted(base, tmp_path):
     marker, ckpt, out = tmp_path / "pwned", tmp_path / "evil.pt", tmp_path / "s"
     torch.save({"state_dict": {"linear.bias": _Payload(marker)}}, ckpt)
-    r = save_logits(replace(with_out(base, out), "--checkpoint", ckpt), capsys)
+    r = run_program("save_logits", replace(with_out(base, out), "--checkpoint", ckpt))
     user_error(r, "evil.pt", "refusing to unpickle untrusted data")
     assert not marker.exists() and not out.exists()
     live = tmp_path / "live"  # the payload is real: a plain unpickle would have run it
@@ -94,19 +85,19 @@ def test_malicious_pickle_checkpoint_is_refused_unexecuted(base, tmp_path, capsy
     assert live.exists()
 
 
-def test_teacher_without_weights(base, tmp_path, capsys):
+def test_teacher_without_weights(base, tmp_path):
     out = tmp_path / "s"
     args = with_out(base, out)
     i = args.index("--checkpoint")
-    r = save_logits(args[:i] + args[i + 2:], capsys)
+    r = run_program("save_logits", args[:i] + args[i + 2:])
     user_error(r, "--teacher cifar10_resnet20 has no weights", "pass --checkpoint FILE or --pretrained")
     assert not out.exists()
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf"])
-def test_nan_or_inf_teacher_outputs_write_nothing(base, ckpts, tmp_path, capsys, bad):
+def test_nan_or_inf_teacher_outputs_write_nothing(base, ckpts, tmp_path, bad):
     out = tmp_path / "s"
-    r = save_logits(replace(with_out(base, out), "--checkpoint", ckpts / f"r20_{bad}.pt"), capsys)
+    r = run_program("save_logits", replace(with_out(base, out), "--checkpoint", ckpts / f"r20_{bad}.pt"))
     user_error(r, "teacher cifar10_resnet20 gave NaN/inf logits for samples", "check the checkpoint")
     assert not out.exists()  # no shard, and no half-made store that would refuse the fixed re-run
 
@@ -124,22 +115,22 @@ def test_unknown_dataset_subprocess(cifar_root, teacher_ckpt, tmp_path):
     assert not out.exists()
 
 
-def test_dataset_root_missing(base, tmp_path, capsys):
+def test_dataset_root_missing(base, tmp_path):
     out = tmp_path / "s"
-    r = save_logits(replace(with_out(base, out), "--data-root", tmp_path / "nodata"), capsys)
+    r = run_program("save_logits", replace(with_out(base, out), "--data-root", tmp_path / "nodata"))
     user_error(r, f"{tmp_path / 'nodata' / 'cifar-10-batches-py'}", "files not found", "write them there")
     assert not out.exists()
 
 
-def test_dataset_root_empty(base, tmp_path, capsys):
+def test_dataset_root_empty(base, tmp_path):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "s"
-    r = save_logits(replace(with_out(base, out), "--data-root", tmp_path / "empty"), capsys)
+    r = run_program("save_logits", replace(with_out(base, out), "--data-root", tmp_path / "empty"))
     user_error(r, f"{tmp_path / 'empty' / 'cifar-10-batches-py'}", "files not found", "write them there")
     assert not out.exists()
 
 
-def test_recreated_dataset_without_skip_md5(base, tmp_path, capsys, monkeypatch):
+def test_recreated_dataset_without_skip_md5(base, tmp_path, monkeypatch):
     """Our copy fails torchvision's md5 check, and the download fallback fails. The download
     is pointed at a closed local port, so it fails the same way online (it must never fetch
     CIFAR-10 into the shared fixture)."""
@@ -149,7 +140,7 @@ def test_recreated_dataset_without_skip_md5(base, tmp_path, capsys, monkeypatch)
     out = tmp_path / "s"
     args = with_out(base, out)
     args.remove("--skip-md5")
-    r = save_logits(args, capsys)
+    r = run_program("save_logits", args)
     user_error(r, "failed its md5 check", "cifar-10-batches-py", "pass --skip-md5", "data.skip_md5=true")
     assert not out.exists()
 
@@ -166,13 +157,13 @@ CORRUPT = {**{f"random-{seed}": np.random.default_rng(seed).bytes(3000) for seed
 
 
 @pytest.mark.parametrize("content", list(CORRUPT))
-def test_dataset_file_corrupt(base, cifar_root, tmp_path, capsys, content):
+def test_dataset_file_corrupt(base, cifar_root, tmp_path, content):
     """Any content in a batch file, random or crafted to ask for huge sizes: one line, no store."""
     root = tmp_path / "data"
     shutil.copytree(cifar_root, root)
     (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(CORRUPT[content])
     out = tmp_path / "s"
-    r = save_logits(replace(with_out(base, out), "--data-root", root), capsys)
+    r = run_program("save_logits", replace(with_out(base, out), "--data-root", root))
     user_error(r, f"CIFAR10 file {root / 'cifar-10-batches-py' / 'data_batch_3'} is unreadable",
                "re-create or re-download it")  # the file, not its folder (issue 27)
     assert not out.exists()
@@ -181,14 +172,14 @@ def test_dataset_file_corrupt(base, cifar_root, tmp_path, capsys, content):
 @pytest.mark.parametrize("content", [{"data": np.zeros((4, 100), np.uint8), "labels": [0] * 4},
                                      {"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3}, [1, 2, 3]],
                          ids=["short rows", "labels missing", "a list"])
-def test_dataset_file_of_another_layout(base, cifar_root, tmp_path, capsys, content):
+def test_dataset_file_of_another_layout(base, cifar_root, tmp_path, content):
     """A well-formed pickle of another layout was a ValueError or KeyError from torchvision."""
     import pickle
 
     root = tmp_path / "data"
     shutil.copytree(cifar_root, root)
     (root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(content))
-    r = save_logits(replace(with_out(base, out := tmp_path / "s"), "--data-root", root), capsys)
+    r = run_program("save_logits", replace(with_out(base, out := tmp_path / "s"), "--data-root", root))
     user_error(r, str(root / "cifar-10-batches-py" / "test_batch"), "unreadable")
     assert not out.exists()
 
@@ -205,42 +196,42 @@ def test_dataset_file_of_another_layout(base, cifar_root, tmp_path, capsys, cont
     ("--limit", 100000, "--limit 100000 exceeds the 200 samples of cifar10 train: lower it"),
     ("--img-size", 64, "--view-params counter: recipe cifar at 64 px resizes its views"),  # with --view-params counter
 ])
-def test_bad_numbers(base, tmp_path, capsys, flag, value, message):
+def test_bad_numbers(base, tmp_path, flag, value, message):
     out = tmp_path / "s"
     args = with_out(base, out)
     args = replace(args, flag, value) if flag in args else args + [flag, str(value)]
     fix = ["use --view-params generators"] if "view-params" in message else []
     args += ["--view-params", "counter"] if fix else []
-    user_error(save_logits(args, capsys), message, *fix)
+    user_error(run_program("save_logits", args), message, *fix)
     assert not out.exists()
 
 
 # ============================================================ save_logits: output directory
 
 
-def test_out_not_writable(base, tmp_path, capsys):
+def test_out_not_writable(base, tmp_path):
     """A directory cannot be made under a regular file (chmod does not stop root)."""
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" / "store"
-    r = save_logits(with_out(base, out), capsys)
+    r = run_program("save_logits", with_out(base, out))
     user_error(r, f"--out {out}", "cannot write there", "choose a writable directory")
     assert (tmp_path / "file").read_text() == "x"
 
 
-def test_out_is_a_file(base, tmp_path, capsys):
+def test_out_is_a_file(base, tmp_path):
     out = tmp_path / "file"
     out.write_text("keep me")
-    r = save_logits(with_out(base, out), capsys)
+    r = run_program("save_logits", with_out(base, out))
     user_error(r, f"--out {out}", "is a file", "choose a new directory")
     assert out.read_text() == "keep me"
 
 
-def test_out_is_a_non_store_directory(base, tmp_path, capsys):
+def test_out_is_a_non_store_directory(base, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     before = snapshot(out)
-    r = save_logits(with_out(base, out), capsys)
+    r = run_program("save_logits", with_out(base, out))
     user_error(r, f"--out {out}", "is not a logit store", "choose a new directory")
     assert snapshot(out) == before
 
@@ -252,57 +243,23 @@ def test_out_is_a_non_store_directory(base, tmp_path, capsys):
     ("--values", "fp16", "values: 'log8' != 'fp16'"),
     ("--view-params", "generators", "augmentation.params: 'counter' != None"),
 ])  # a larger --epochs grows the store, a smaller one is refused: tests/test_grow_store.py
-def test_rerun_with_other_settings_is_refused(base, store, capsys, flag, value, field):
+def test_rerun_with_other_settings_is_refused(base, store, flag, value, field):
     before = snapshot(store)
     args = with_out(base, store)
     args = replace(args, flag, value) if flag in args else args + [flag, value]
-    r = save_logits(args, capsys)
+    r = run_program("save_logits", args)
     user_error(r, f"--out {store} holds a store made with other settings", field,
                "use a new --out, or the original settings to resume")
     assert snapshot(store) == before
 
 
-def test_rerun_with_another_teacher_checkpoint_is_refused(base, store, ckpts, tmp_path, capsys):
+def test_rerun_with_another_teacher_checkpoint_is_refused(base, store, ckpts, tmp_path):
     import timm
 
     ckpt = tmp_path / "other.pt"
     torch.manual_seed(1)
     torch.save(timm.create_model("cifar10_resnet20").state_dict(), ckpt)
     before = snapshot(store)
-    r = save_logits(replace(with_out(base, store), "--checkpoint", ckpt), capsys)
+    r = run_program("save_logits", replace(with_out(base, store), "--checkpoint", ckpt))
     user_error(r, "teacher.checkpoint_sha256", "use a new --out")
     assert snapshot(store) == before
-
-
-# ============================================================ save_logits: out of disk space
-
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 64 KiB tmpfs, filled up to `leave` free bytes by the test (root only)."""
-    with small_disk(tmp_path / "disk", "64k") as mnt:
-        yield mnt
-
-
-def fill(mnt: Path, leave: int) -> None:
-    st = os.statvfs(mnt)
-    (mnt / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - leave))
-
-
-def test_disk_full_during_a_shard_write(base, tiny_disk, capsys):
-    fill(tiny_disk, 4096)  # room for the manifest (1 KB), not for the 10 KB shard
-    out = tiny_disk / "store"
-    r = save_logits(with_out(base, out), capsys)
-    user_error(r, f"--out {out}", "e0000-000000000.tar", "No space left on device", "free space",
-               "re-run the same command")
-    assert sorted(os.listdir(tiny_disk)) == ["filler"]  # no shard, no temp file, no half-made store
-
-
-def test_disk_full_before_the_manifest(base, tiny_disk, capsys):
-    fill(tiny_disk, 0)
-    out = tiny_disk / "store"
-    r = save_logits(with_out(base, out), capsys)
-    user_error(r, f"--out {out}", "cannot write there (No space left on device)", "choose a writable directory")
-    assert sorted(os.listdir(tiny_disk)) == ["filler"]
-
-

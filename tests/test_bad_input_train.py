@@ -2,20 +2,13 @@
 
 Part of the bad-input catalogue (docs/reliability.md): every program refuses bad input with one
 line that names the input and what to do, a non-zero exit (2 for user errors), and no partial or
-overwritten output. The shared helpers (call, user_error, snapshot) and fixtures are in conftest.py.
+overwritten output. The shared helpers (run_program, user_error, snapshot) are in helpers.py, the
+fixtures in conftest.py.
 """
 from __future__ import annotations
 
 import pytest
-from conftest import (
-    REPO,
-    call,
-    run_tool,
-    snapshot,
-    train_student_module,
-    user_error,
-    write_cifar,
-)
+from helpers import REPO, run_program, run_tool, snapshot, tiny_student_args, user_error, write_cifar
 
 
 # in-process teacher runs on one thread, like the subprocesses; the errors users see
@@ -28,8 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread", "no_tvd_debug")
 
 def train_args(cifar_root, store, out, *extra):
     return ["--config", REPO / "configs/smoke_cifar10.yaml", f"data.root={cifar_root}", "data.skip_md5=true",
-            f"logits.store={store}", f"output.dir={out}", "model.name=cifar_vit",
-            "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "train.batch_size=8", "data.workers=0",
+            f"logits.store={store}", f"output.dir={out}", *tiny_student_args(), "train.batch_size=8", "data.workers=0",
             "wandb.enabled=false", *extra]
 
 
@@ -46,27 +38,27 @@ def train_args(cifar_root, store, out, *extra):
     ("logits.store=null", "config key logits.store is required for loss.mode kd (or use loss.mode scratch)"),
     ("data.root=null", "config key data.root is required for dataset cifar10"),
 ])
-def test_train_config_errors(cifar_root, store, tmp_path, capsys, override, message):
+def test_train_config_errors(cifar_root, store, tmp_path, override, message):
     out = tmp_path / "run"
-    r = call(train_student_module().main, train_args(cifar_root, store, out, override), capsys)
+    r = run_program("train_student", train_args(cifar_root, store, out, override))
     user_error(r, message)
     assert not out.exists()
 
 
-def test_train_config_file_with_unknown_key(cifar_root, store, tmp_path, capsys):
+def test_train_config_file_with_unknown_key(cifar_root, store, tmp_path):
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("data:\n  dataset: cifar10\noptim:\n  learning_rate: 0.1\n")
     out = tmp_path / "run"
     args = train_args(cifar_root, store, out)
     args[1] = str(cfg)
-    r = call(train_student_module().main, args, capsys)
+    r = run_program("train_student", args)
     user_error(r, "unknown config key optim.learning_rate", "valid: lr, weight_decay")
     assert not out.exists()
 
 
-def test_train_config_override_not_yaml(cifar_root, store, tmp_path, capsys):
+def test_train_config_override_not_yaml(cifar_root, store, tmp_path):
     out = tmp_path / "run"
-    r = call(train_student_module().main, train_args(cifar_root, store, out, "optim.betas=[0.9, 0.99"), capsys)
+    r = run_program("train_student", train_args(cifar_root, store, out, "optim.betas=[0.9, 0.99"))
     user_error(r, "optim.betas")
     assert not out.exists()
 

@@ -74,7 +74,7 @@ def test_bench_distill_quick(tmp_path):
 
 
 def test_bench_replay_quick():
-    from conftest import needs_shared
+    from helpers import needs_shared
     from benchmarks import bench_replay
 
     needs_shared(bench_replay.CIFAR_TEST)  # real JPEGs
@@ -91,13 +91,13 @@ def test_bench_replay_quick():
 
 
 def test_bench_view_params(cifar_root, teacher_ckpt, tmp_path):
-    from conftest import save_logits_args, tool
+    from helpers import run_program, save_logits_args
 
     from benchmarks import bench_view_params
 
     store = tmp_path / "store"
-    tool("save_logits").main([str(a) for a in save_logits_args(cifar_root, teacher_ckpt, store, "--limit", "60", "--mixup",
-                                                                "0.8", "--cutmix", "1", "--view-params", "generators")])
+    run_program("save_logits", save_logits_args(cifar_root, teacher_ckpt, store, "--limit", "60", "--mixup", "0.8",
+                                                "--cutmix", "1", "--view-params", "generators"), check=True)
     result = bench_view_params.main(["--store", str(store), "--batches", "2", "--repeats", "1"])
     stored, recovery = result["stored"], result["recovery"]
     assert stored["records"] == 60 and stored["bytes_per_record_today"] < stored["bytes_per_record_packed"] \

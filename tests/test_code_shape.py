@@ -8,7 +8,7 @@ import ast
 import subprocess
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 LIBRARY = sorted([*REPO.glob("distill/**/*.py"), *REPO.glob("teacher_logits/*.py")])
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 300, 60
@@ -161,3 +161,24 @@ def test_loss_mode_is_interpreted_in_one_place():
                                                          and "loss" in ast.unparse(side)
                                                          for side in [node.left, *node.comparators])]
     assert not compared, f"loss.mode compared outside distill/loss.py: {compared}"
+
+
+def conftest_problems(source: str, max_lines: int = 200) -> list[str]:
+    """What keeps a conftest.py from being fixtures and hooks only: its length, and each top-level
+    function or class that is neither a `pytest.fixture` nor a `pytest_*` hook."""
+    def fixture(decorator) -> bool:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        return ast.unparse(target) in ("pytest.fixture", "fixture")
+
+    lines = len(source.splitlines())
+    problems = [f"{lines} lines (at most {max_lines - 1})"] if lines >= max_lines else []
+    return problems + [f"{node.name} (line {node.lineno}) is no fixture or hook: move it to tests/helpers.py"
+                       for node in ast.parse(source).body
+                       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                       and not node.name.startswith("pytest_") and not any(map(fixture, node.decorator_list))]
+
+
+def test_conftest_holds_only_fixtures_and_hooks():
+    """tests/conftest.py stays short and does one job, fixtures and hooks; the helpers tests share
+    are defined once in tests/helpers.py (tests/disks.py for mounted disks)."""
+    assert conftest_problems((REPO / "tests" / "conftest.py").read_text()) == []

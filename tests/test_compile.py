@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_tool, save_logits_args
+from helpers import run_tool, save_logits_args, tiny_student_args
 
 from teacher_logits.reader import LogitStore
 
-TINY = ["--config", "configs/smoke_digits.yaml", "loss.mode=scratch", "model.name=cifar_vit", "wandb.enabled=false",
-        "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2, pos_drop_rate: 0, proj_drop_rate: 0}",
-        "train.max_steps=3", "train.log_every=1", "data.workers=0", "data.test_limit=64"]
+TINY = ["--config", "configs/smoke_digits.yaml", "loss.mode=scratch", "wandb.enabled=false",
+        *tiny_student_args(pos_drop_rate=0, proj_drop_rate=0), "train.max_steps=3", "train.log_every=1",
+        "data.workers=0", "data.test_limit=64"]
 
 
 def losses(out):

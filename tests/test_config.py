@@ -118,17 +118,16 @@ def test_published_scratch_recipe(row):
     assert (cfg.train.epochs, cfg.train.batch_size * cfg.train.grad_accum) == (100, 64)
 
 
-def test_print_config_round_trips_through_config(tmp_path, capsys):
+def test_print_config_round_trips_through_config(tmp_path):
     """`--print-config` prints every key of the resolved config (file, then overrides); fed back
     with --config it resolves to the same config."""
-    from conftest import train_student_module
+    from helpers import run_program
 
-    main = train_student_module().main
-    main(["--config", "configs/smoke_cifar10.yaml", "optim.lr=0.123", "train.epochs=7", "--print-config"])
-    printed = capsys.readouterr().out
+    printed = run_program("train_student", ["--config", "configs/smoke_cifar10.yaml", "optim.lr=0.123",
+                                            "train.epochs=7", "--print-config"], check=True).out
     resolved = yaml.safe_load(printed)
     assert resolved["optim"]["lr"] == 0.123 and resolved["train"]["epochs"] == 7
     assert set(resolved) == {f.name for f in dataclasses.fields(Config)}
     (tmp_path / "printed.yaml").write_text(printed)
-    main(["--config", str(tmp_path / "printed.yaml"), "--print-config"])
-    assert capsys.readouterr().out == printed
+    again = run_program("train_student", ["--config", tmp_path / "printed.yaml", "--print-config"], check=True)
+    assert again.out == printed

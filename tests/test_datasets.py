@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import write_cifar
+from helpers import write_cifar
 from distill.datasets import NUM_CLASSES, DatasetError, build_dataset, fingerprint, labels_of
 
 

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import run_tool, save_logits_args, teacher_side, tool
+from helpers import run_program, run_tool, save_logits_args, teacher_side, tiny_student_args
 
 from distill.augment import Mixing, ViewMaker, record_seed
 from distill.datasets import build_dataset, labels_of
@@ -110,44 +110,44 @@ def test_counter_draws_have_the_recipes_distributions():
     assert np.array_equal(p.lam[p.cut], 1 - (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2]) / 32**2)
 
 
-@pytest.fixture(scope="module", params=["generators", "counter"])
-def mixed_store(request, cifar_root, teacher_ckpt, tmp_path_factory):
-    """A Mixup/CutMix store of each kind: `generators` is a store as made before issue 29."""
-    out = tmp_path_factory.mktemp("device_replay") / "store"
-    tool("save_logits").main([str(a) for a in save_logits_args(
-        cifar_root, teacher_ckpt, out, "--epochs", "2", "--limit", "120", "--shard-records", "40",
-        "--mixup", "0.8", "--cutmix", "1.0", "--mix-prob", "0.7", "--view-params", request.param)])
-    return LogitStore(str(out))
+MIXED_STORE = ["--epochs", "2", "--limit", "120", "--shard-records", "40", "--mix-prob", "0.7"]  # conftest's
+# conftest's mixed_store of each kind: `generators` is a store as made before issue 29
+EACH_KIND = pytest.mark.parametrize("mixed_store", [["--view-params", "generators"], ["--view-params", "counter"]],
+                                    ids=["generators", "counter"], indirect=True)
 
 
+@EACH_KIND
 def test_the_manifest_says_how_a_store_draws(mixed_store, cifar_root, teacher_ckpt, tmp_path):
     """Counter stores say so; a generators store has today's settings exactly (no new key), so a
     store made before issue 29 reads as one; a new store of a counter recipe is counter by default."""
-    augmentation = mixed_store.settings.augmentation
+    store = LogitStore(str(mixed_store))
+    augmentation = store.settings.augmentation
     assert augmentation.get("params") == ("counter" if "params" in augmentation else None)
     assert set(augmentation) - {"params"} == {"recipe", "resolution", "mixing"}
     if "params" not in augmentation:
         out = tmp_path / "default"
-        tool("save_logits").main([str(a) for a in save_logits_args(cifar_root, teacher_ckpt, out, "--limit", "40")])
+        run_program("save_logits", save_logits_args(cifar_root, teacher_ckpt, out, "--limit", "40"), check=True)
         assert LogitStore(str(out)).settings.augmentation["params"] == "counter"
-        grown = shutil.copytree(mixed_store.path, tmp_path / "grown")  # grown without --view-params: keeps its own
-        tool("save_logits").main([str(a) for a in save_logits_args(
+        grown = shutil.copytree(mixed_store, tmp_path / "grown")  # grown without --view-params: keeps its own
+        run_program("save_logits", save_logits_args(
             cifar_root, teacher_ckpt, grown, "--epochs", "3", "--limit", "120", "--shard-records", "40", "--mixup",
-            "0.8", "--cutmix", "1.0", "--mix-prob", "0.7")])
-        assert LogitStore(str(grown)).settings == dataclasses.replace(mixed_store.settings, epochs=3)
+            "0.8", "--cutmix", "1.0", "--mix-prob", "0.7"), check=True)
+        assert LogitStore(str(grown)).settings == dataclasses.replace(store.settings, epochs=3)
 
 
 @pytest.mark.parametrize("batch_size, cpu_workers", [(16, 2), (48, 0)])  # 48: a last batch of 24
+@EACH_KIND
 def test_a_store_streams_the_same_batches_replayed_on_the_device(mixed_store, train_set, batch_size, cpu_workers):
     """Per-sample views in 0 or 2 workers, device replay, and the teacher stage's views: all equal."""
-    maker = store_view_maker(train_set, mixed_store)
+    store = LogitStore(str(mixed_store))
+    maker = store_view_maker(train_set, store)
     labels = labels_of(train_set)[:120]
-    teacher = teacher_side(mixed_store, maker, labels, 0)
+    teacher = teacher_side(store, maker, labels, 0)
     replay = DeviceReplay(train_set, maker.recipe, maker.mixing, 120, "cpu", params=maker.params)
     for epoch, skip in ((0, 0), (1, 0), (1, 1)):
         runs = []
         for device_replay, workers in ((None, cpu_workers), (replay, 0)):
-            stream = StoreViews(mixed_store, maker, labels, batch_size, replay=device_replay)
+            stream = StoreViews(store, maker, labels, batch_size, replay=device_replay)
             stream.set_epoch(epoch, skip_batches=skip)
             runs.append(list(stream.batches(num_workers=workers)))
         cpu, device = runs
@@ -175,6 +175,7 @@ def test_recipes_without_device_steps_stay_on_the_cpu(train_set):
             replay_device("cuda", "cifar", 32)
 
 
+@EACH_KIND
 def test_a_student_trains_the_same_from_workers_and_auto(mixed_store, cifar_root, tmp_path):
     """The trainer on either kind of store: data.replay_device=auto (a counter store's views built
     batch-wise in the training process on this CPU host; a generators store's in workers, as
@@ -183,10 +184,10 @@ def test_a_student_trains_the_same_from_workers_and_auto(mixed_store, cifar_root
     for choice, workers in (("cpu", 1), ("auto", 0)):
         out = tmp_path / choice
         run_tool("distill/train_student.py", "--config", "configs/smoke_cifar10.yaml", f"data.root={cifar_root}",
-                 "data.skip_md5=true", f"logits.store={mixed_store.path}", f"output.dir={out}", "model.name=cifar_vit",
-                 "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "train.batch_size=32", "train.epochs=1",
-                 "train.max_steps=null", "train.log_every=1", "data.test_limit=20", f"data.replay_device={choice}",
-                 f"data.workers={workers}", "wandb.enabled=false", env={"DS_ACCELERATOR": "cpu"}, timeout=240)
+                 "data.skip_md5=true", f"logits.store={mixed_store}", f"output.dir={out}", *tiny_student_args(),
+                 "train.batch_size=32", "train.epochs=1", "train.max_steps=null", "train.log_every=1",
+                 "data.test_limit=20", f"data.replay_device={choice}", f"data.workers={workers}", "wandb.enabled=false",
+                 env={"DS_ACCELERATOR": "cpu"}, timeout=240)
         rows = map(json.loads, (out / "train_log.jsonl").read_text().splitlines())
         logs.append([(row["step"], row["loss"]) for row in rows])
     assert logs[0] == logs[1] and len(logs[0]) >= 3

@@ -18,15 +18,14 @@ import sys
 import numpy as np
 import torch
 import yaml
-from conftest import REPO
+from helpers import REPO, tiny_student_args
 from test_train_student import losses, train
 
 from distill.tracking import read_wandb_records
 
 # no dropout or drop-path anywhere (cifar_vit defaults pos/proj dropout to 0.1): runs are deterministic
-NO_DROP = "{embed_dim: 32, depth: 1, num_heads: 2, pos_drop_rate: 0.0, proj_drop_rate: 0.0, " \
-          "attn_drop_rate: 0.0, drop_path_rate: 0.0}"
-BASE = ["model.name=cifar_vit", f"model.kwargs={NO_DROP}", "loss.mode=scratch", "logits.store=null",
+NO_DROP = tiny_student_args(pos_drop_rate=0.0, proj_drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0)
+BASE = [*NO_DROP, "loss.mode=scratch", "logits.store=null",
         "data.test_limit=32", "data.workers=0", "train.log_every=1", "optim.lr=3e-3", "train.epochs=1"]
 
 

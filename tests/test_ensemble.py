@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import call_tool, tool
+from helpers import run_program, user_error
 from distill.augment import ViewMaker
 from distill.datasets import build_dataset
 from teacher_logits.codec import decode_values
@@ -69,7 +69,7 @@ def stores(teachers, tmp_path_factory):
     for name, extra, weights in [("equal", [], [0.5, 0.5]),
                                  ("weighted", ["--teacher-weights", "1", "3", "--values", "fp16", "--mixup", "0.8"],
                                   [0.25, 0.75])]:
-        tool("save_logits").main([str(a) for a in [*pairs(teachers), *BASE, *extra, "--out", root / name]])
+        run_program("save_logits", [*pairs(teachers), *BASE, *extra, "--out", root / name], check=True)
         made[name] = (root / name, weights)
     return made
 
@@ -120,10 +120,10 @@ def test_stored_targets_are_the_weighted_mean_of_the_teachers(stores, teachers, 
         assert np.abs(np.take_along_axis(single, idx, 1) - expected).max() > 0.05
 
 
-def test_verify_reruns_the_whole_ensemble(stores, teachers, capsys):
+def test_verify_reruns_the_whole_ensemble(stores, teachers):
     for name in ("equal", "weighted"):
-        code, out, err = call_tool("verify_logits", [stores[name][0], *pairs(teachers), "--check", "64", "--device", "cpu"],
-                              capsys)
+        code, out, err = run_program("verify_logits", [stores[name][0], *pairs(teachers), "--check", "64",
+                                                       "--device", "cpu"])
         assert code == 0, err
         agreement = float(out.split("top-1 agreement ")[1].split("%")[0])
         error = float(out.split("mean |p - stored p| ")[1].split()[0])
@@ -134,17 +134,16 @@ def test_verify_reruns_the_whole_ensemble(stores, teachers, capsys):
     ("first only", "the store was made by 2 teacher(s)"),
     ("swapped", "teacher.members[0].checkpoint_sha256"),
 ])
-def test_verify_refuses_other_teachers(stores, teachers, capsys, given, needle):
+def test_verify_refuses_other_teachers(stores, teachers, given, needle):
     paths = teachers[:1] if given == "first only" else teachers[::-1]
-    code, out, err = call_tool("verify_logits", [stores["equal"][0], *pairs(paths), "--check", "8"], capsys)
-    assert code == 2 and "teacher check" not in out
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("error: ") and needle in line and "in the store's order" in line, err
+    result = run_program("verify_logits", [stores["equal"][0], *pairs(paths), "--check", "8"])
+    user_error(result, needle, "in the store's order")
+    assert "teacher check" not in result.out
 
 
 def test_single_teacher_settings_are_unchanged(teachers, tmp_path):
     """One --teacher: the fingerprint stores have always had (no members, no weights)."""
-    tool("save_logits").main([str(a) for a in [*pairs(teachers[:1]), *BASE, "--limit", "16", "--out", tmp_path / "s"]])
+    run_program("save_logits", [*pairs(teachers[:1]), *BASE, "--limit", "16", "--out", tmp_path / "s"], check=True)
     teacher = json.loads((tmp_path / "s" / "manifest.json").read_text())["settings"]["teacher"]
     assert sorted(teacher) == ["checkpoint_sha256", "name", "precision", "pretrained"]
     assert teacher["name"] == R20
@@ -156,13 +155,10 @@ def test_single_teacher_settings_are_unchanged(teachers, tmp_path):
     (["--teacher-weights", "1", "0"], ["--teacher-weights: every weight must be a positive number, got 0"]),
     (["--teacher-weights", "1", "-2"], ["--teacher-weights: every weight must be a positive number, got -2"]),
 ])
-def test_bad_ensemble_input_is_one_line_naming_the_flag(teachers, tmp_path, capsys, extra, needles):
+def test_bad_ensemble_input_is_one_line_naming_the_flag(teachers, tmp_path, extra, needles):
     out = tmp_path / "s"
-    code, _, err = call_tool("save_logits", [*pairs(teachers), *BASE, *extra, "--out", out], capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    result = run_program("save_logits", [*pairs(teachers), *BASE, *extra, "--out", out])
+    assert result.err.strip() == user_error(result, *needles)  # the one line, nothing else
     assert not out.exists()
 
 
@@ -196,13 +192,13 @@ def test_ensemble_module_returns_log_of_the_weighted_mean():
     assert ensemble.weights == [0.25, 0.75] and ensemble.num_classes == 3
 
 
-def test_flip_averaged_targets_are_the_mean_over_the_view_and_its_mirror(teachers, tmp_path, capsys):
+def test_flip_averaged_targets_are_the_mean_over_the_view_and_its_mirror(teachers, tmp_path):
     """--flip-average: the stored target is the mean of the teacher's probabilities on the view and
     on its mirror image (not the plain view's), the store says so, and verify re-checks it."""
     from distill.models import create_teacher
 
     out = tmp_path / "flip"
-    tool("save_logits").main([str(a) for a in [*pairs(teachers[:1]), *BASE, "--flip-average", "--out", out]])
+    run_program("save_logits", [*pairs(teachers[:1]), *BASE, "--flip-average", "--out", out], check=True)
     store = LogitStore(out)
     assert store.settings.teacher["flip_average"] is True
     maker = store_view_maker(build_dataset("digits", None, train=True), store)
@@ -219,7 +215,7 @@ def test_flip_averaged_targets_are_the_mean_over_the_view_and_its_mirror(teacher
     assert np.abs(stored - expected).mean() < 0.01
     assert np.abs(np.take_along_axis(plain, idx, 1) - expected).max() > 0.05  # the mirror changed the targets
 
-    code, text, err = call_tool("verify_logits", [out, *pairs(teachers[:1]), "--check", "64", "--device", "cpu"], capsys)
+    code, text, err = run_program("verify_logits", [out, *pairs(teachers[:1]), "--check", "64", "--device", "cpu"])
     assert code == 0, err
     assert float(text.split("top-1 agreement ")[1].split("%")[0]) == 100.0
     assert float(text.split("mean |p - stored p| ")[1].split()[0]) < 0.01

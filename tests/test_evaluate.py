@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import run_tool
+from helpers import run_tool
 from distill.report import confusion_figure_size
 
 

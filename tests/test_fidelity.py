@@ -1,8 +1,7 @@
-"""Fidelity of what a student sees: strong and STL-10 recipes replay bit-exactly on both sides
-for any worker count; the stored 8-bit / fp16 soft targets equal the teacher re-run on the
-replayed views (what `online` mode computes) within the codec's stated error; verify_logits'
-figures, inspect_logits' figures, and bf16 labelling hold up. Tiny CIFAR of conftest (and a
-tiny STL-10), in-process tools, one student run as a subprocess."""
+"""Fidelity of what a student sees: the stored 8-bit / fp16 soft targets equal the teacher re-run
+on the replayed views (what `online` mode computes) within the codec's stated error; verify_logits'
+and inspect_logits' figures and bf16 labelling hold up. Tiny CIFAR of conftest, in-process tools,
+one student run as a subprocess (strong recipes' replay: tests/test_recipes.py)."""
 from __future__ import annotations
 
 import json
@@ -13,10 +12,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, call_tool, check_student_side, needs_shared, run_tool, teacher_side, tool
-from test_datasets import write_stl10
+from helpers import SHARED, needs_shared, run_program, run_tool, save_logits_args
 
-from distill.augment import Mixing, ViewMaker
+from distill.augment import ViewMaker
 from distill.datasets import build_dataset, labels_of
 from distill.replay import StoreViews, store_view_maker
 from teacher_logits.codec import LOG_RANGE, STEP, decode_values
@@ -26,10 +24,9 @@ R20 = "cifar10_resnet20"
 MIX = ["--mixup", "0.8", "--cutmix", "1.0", "--mix-prob", "0.7"]
 
 
-def save(root, ckpt, out, *extra, dataset="cifar10"):
-    tool("save_logits").main([str(a) for a in ["--teacher", R20, "--checkpoint", ckpt, "--dataset", dataset,
-                                               "--data-root", root, "--skip-md5", "--out", out, "--workers", "0",
-                                               "--batch-size", "32", *extra]])
+def save(root, ckpt, out, *extra):
+    """A store of the cifar10_resnet20 `ckpt` over CIFAR-10 at `root`, made in this process."""
+    run_program("save_logits", save_logits_args(root, ckpt, out, *extra), check=True)
     return out
 
 
@@ -92,42 +89,7 @@ def fp16_store(cifar_root, spread_teacher, tmp_path_factory):
     return save(cifar_root, spread_teacher, tmp_path_factory.mktemp("fp16") / "s", "--topk", "5", "--values", "fp16")
 
 
-# ------------------------------------------------------------------ 1. replay of strong recipes
-
-@pytest.mark.parametrize("recipe", ["cifar-strong", "stl10"])
-def test_strong_recipes_replay_exactly_across_workers(recipe, cifar_root, teacher_ckpt, tmp_path):
-    if recipe == "stl10":
-        root, _ = write_stl10(tmp_path / "stl", n_train=16, n_test=4)
-        store_path = save(root, teacher_ckpt, tmp_path / "store", "--aug", "stl10", "--epochs", "2",
-                          "--shard-records", "6", dataset="stl10")
-        dataset = build_dataset("stl10", root, train=True, skip_md5=True)
-    else:
-        store_path = save(cifar_root, teacher_ckpt, tmp_path / "store", "--aug", "cifar-strong", "--epochs", "2",
-                          "--limit", "40", "--shard-records", "16", *MIX)
-        dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
-    store = LogitStore(store_path)
-    assert store.settings.augmentation["recipe"] == recipe
-    size = store.settings.dataset["size"]
-    maker = ViewMaker(dataset, recipe, Mixing(**store.settings.augmentation["mixing"]), num_samples=size)
-    labels = labels_of(dataset)[:size]
-    side0, side2 = teacher_side(store, maker, labels, 0), teacher_side(store, maker, labels, 2)
-    assert side0.keys() == side2.keys() and len(side0) == 2 * size
-    assert all(torch.equal(side0[k], side2[k]) for k in side0)
-    res = 96 if recipe == "stl10" else 32
-    assert next(iter(side0.values())).shape == (3, res, res)
-    # the augmentation is real: the two epochs' views of a sample differ, and so do the recipe's
-    # own effects (grayscale views for stl10; erased zero blocks for cifar-strong)
-    assert sum(not torch.equal(side0[(0, i)], side0[(1, i)]) for i in range(size)) == size
-    if recipe == "stl10":
-        grey = sum(torch.equal(v[0], v[1]) and torch.equal(v[1], v[2]) for v in side0.values())
-        assert 0 < grey < len(side0)
-    for workers in (0, 2):
-        for epoch in range(2):
-            seen, _ = check_student_side(store, maker, labels, side0, epoch, workers)
-            assert sorted(seen) == list(range(size))
-
-
-# ------------------------------------------------------------------ 2. online mode vs the store
+# ------------------------------------------------------------------ 1. online mode vs the store
 
 def test_online_teacher_equals_stored_targets(log8_store, cifar_root, spread_teacher):
     store = LogitStore(log8_store)
@@ -176,29 +138,29 @@ def test_online_teacher_equals_stored_targets(log8_store, cifar_root, spread_tea
     assert checked == 200 and clear >= 190 and mixed > 50
 
 
-# ------------------------------------------------------------------ 3. verify_logits --check
+# ------------------------------------------------------------------ 2. verify_logits --check
 
-def check_output(store, ckpt, root, capsys) -> tuple[float, float]:
-    code, out, err = call_tool("verify_logits", [store, "--teacher", R20, "--checkpoint", ckpt, "--data-root", root,
-                                            "--skip-md5", "--check", "200", "--device", "cpu"], capsys)
+def check_output(store, ckpt, root) -> tuple[float, float]:
+    code, out, err = run_program("verify_logits", [store, "--teacher", R20, "--checkpoint", ckpt, "--data-root", root,
+                                                   "--skip-md5", "--check", "200", "--device", "cpu"])
     assert code == 0, out + err
     m = re.search(r"teacher check: 200 views, top-1 agreement ([\d.]+)%, mean \|p - stored p\| ([\d.]+)", out)
     assert m, out
     return float(m.group(1)), float(m.group(2))
 
 
-def test_verify_check_error_within_codec_bound(log8_store, fp16_store, cifar_root, spread_teacher, capsys):
-    agreement, mae = check_output(log8_store, spread_teacher, cifar_root, capsys)
+def test_verify_check_error_within_codec_bound(log8_store, fp16_store, cifar_root, spread_teacher):
+    agreement, mae = check_output(log8_store, spread_teacher, cifar_root)
     assert agreement == 100.0
     # each stored p is within a relative exp(STEP) - 1 of the teacher's; the k stored values of
     # a record sum to at most 1, so their mean error is at most (exp(STEP) - 1) / k
     assert 0 < mae < (np.exp(STEP) - 1) / 5
-    agreement16, mae16 = check_output(fp16_store, spread_teacher, cifar_root, capsys)
+    agreement16, mae16 = check_output(fp16_store, spread_teacher, cifar_root)
     assert agreement16 == 100.0 and mae16 < 1e-3
     assert mae16 < mae
 
 
-# ------------------------------------------------------------------ 4. fp16 stores end to end
+# ------------------------------------------------------------------ 3. fp16 stores end to end
 
 def test_fp16_store_targets_and_student(fp16_store, cifar_root, spread_teacher, tmp_path):
     store = LogitStore(fp16_store)
@@ -236,10 +198,10 @@ def test_fp16_store_targets_and_student(fp16_store, cifar_root, spread_teacher, 
     assert (out / "final" / "model.pt").is_file()
 
 
-# ------------------------------------------------------------------ 5. inspect_logits
+# ------------------------------------------------------------------ 4. inspect_logits
 
-def test_inspect_figures_match_manifest(log8_store, spread_teacher, capsys):
-    code, out, err = call_tool("inspect_logits", [log8_store], capsys)
+def test_inspect_figures_match_manifest(log8_store, spread_teacher):
+    code, out, err = run_program("inspect_logits", [log8_store])
     assert code == 0, out + err
     shown = {}
     for line in out.splitlines():
@@ -276,7 +238,7 @@ def test_inspect_figures_match_manifest(log8_store, spread_teacher, capsys):
     assert len(histogram) >= 2  # the teacher's top-1 varies over samples
 
 
-# ------------------------------------------------------------------ 6. bf16 labelling
+# ------------------------------------------------------------------ 5. bf16 labelling
 
 def by_index(store):
     """An epoch's columns of a store, in sample order."""
@@ -335,26 +297,3 @@ def test_bf16_top1_agrees_with_fp32_for_a_trained_teacher(tmp_path):
     # mostly not bf16 numbers (a softmax in bf16 would make every one of them a bf16 number)
     values = b["topk_val"].astype(np.float32)
     assert (values != torch.from_numpy(values).bfloat16().float().numpy()).mean() > 0.25
-
-
-# Run seed 656 gives sample 24 of epoch 0 (of 40) a Mixup weight of 0.2596435545..., which
-# float64 -> float16 rounds to 0.2595 and float64 -> float32 -> float16 to 0.2598.
-DOUBLE_ROUNDING_SEED, DOUBLE_ROUNDING_SAMPLE = 656, 24
-
-
-def test_mix_weight_check_accepts_every_float16_rounding(cifar_root, teacher_ckpt, tmp_path):
-    """The student's partner/weight check compares the stored float16 with the replayed weight
-    through the writer's own cast, so a weight whose float32 detour rounds to the next float16
-    step is not taken for a store of other mixing settings (it stopped full-data students)."""
-    from distill.augment import mix_params, record_seed
-    from distill.replay import store_view_maker
-
-    seed = int(record_seed(DOUBLE_ROUNDING_SEED, 0, DOUBLE_ROUNDING_SAMPLE))
-    lam = mix_params(seed, 40, Mixing(0.8, 0.0), 32).lam
-    assert np.float32(lam).astype(np.float16) != np.float16(lam), "the case no longer double-rounds"
-    out = save(cifar_root, teacher_ckpt, tmp_path / "store", "--limit", "40", "--mixup", "0.8",
-               "--seed", DOUBLE_ROUNDING_SEED)
-    store, data = LogitStore(out), build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
-    stream = StoreViews(store, store_view_maker(data, store), labels_of(data), 8)
-    seen = [i for batch in stream.batches() for i in batch.index.tolist()]
-    assert sorted(seen) == list(range(40))

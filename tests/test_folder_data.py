@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 import yaml
-from conftest import check_student_side, run_tool, teacher_side
-from image_folder import CLASSES, call_quietly, write_image_folder, write_teacher
+from helpers import check_student_side, run_program, run_tool, teacher_side, user_error
+from image_folder import CLASSES, write_image_folder, write_teacher
 from PIL import Image
 
 from distill.augment import Mixing, ViewMaker
@@ -40,7 +40,7 @@ def label(root, ckpt, out, *extra):
 def folder_store(folder, teacher3, tmp_path_factory):
     out = tmp_path_factory.mktemp("stores") / "pets"
     argv = label(folder, teacher3, out, "--epochs", "2", "--shard-records", "10", *MIX)
-    code, _, err = call_quietly("save_logits", argv)
+    code, _, err = run_program("save_logits", argv)
     assert code == 0, err
     return out
 
@@ -95,14 +95,9 @@ def test_test_views_use_timm_eval_crop(folder):
 # ---------------------------------------------------------------- bad input: one line, exit 2, no store
 
 def refused(argv, out, *needles):
-    code, stdout, err = call_quietly("save_logits", argv)
-    assert code == 2, (stdout, err)
-    errors = [line for line in err.splitlines() if "error" in line.lower()]  # progress bars aside
-    assert len(errors) == 1 and errors[0].startswith("error: ") and err.strip().endswith(errors[0]), err
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
+    line = user_error(run_program("save_logits", argv), *needles)
     assert not out.exists()  # no partial store
-    return errors[0]
+    return line
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -199,17 +194,17 @@ def test_store_refused_for_changed_folder_or_other_classes(folder, folder_store,
     shutil.copytree(folder, changed)
     Image.new("RGB", (30, 30)).save(changed / "train" / "cat" / "extra.png")
     check = ["--teacher", "cifar10_resnet20", "--checkpoint", teacher3, "--check", "4", "--device", "cpu"]
-    code, _, err = call_quietly("verify_logits", [folder_store, *check, "--data-root", changed])
+    code, _, err = run_program("verify_logits", [folder_store, *check, "--data-root", changed])
     assert code == 2 and "dataset.files_sha256" in err and "pass the data the store was made from" in err
     renamed = tmp_path / "renamed"
     shutil.copytree(folder, renamed)
     (renamed / "train" / "cat").rename(renamed / "train" / "cow")
-    code, _, err = call_quietly("verify_logits", [folder_store, *check, "--data-root", renamed])
+    code, _, err = run_program("verify_logits", [folder_store, *check, "--data-root", renamed])
     assert code == 2 and "dataset.classes" in err and "'cow'" in err
 
 
 def test_inspect_and_train_teacher_take_a_folder(folder, folder_store, tmp_path):
-    code, out, err = call_quietly("inspect_logits", [folder_store, "--json"])
+    code, out, err = run_program("inspect_logits", [folder_store, "--json"])
     assert code == 0, err
     summary = json.loads(out)
     assert summary["dataset"] == "folder" and summary["num_classes"] == len(CLASSES)

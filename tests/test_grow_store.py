@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, call_tool, tool
+from helpers import REPO, run_program, user_error
 from teacher_logits.files import sha256_bytes
 from teacher_logits.manifest import load_manifest
 from teacher_logits.schema import chunk_header
@@ -29,17 +29,6 @@ ARGS = ["--dataset", "digits", "--aug", "crop", "--mixup", "0.8", "--limit", "10
 def command(ckpt, out, epochs, *extra) -> list[str]:
     return ["--teacher", "cifar10_resnet20", "--checkpoint", str(ckpt), *ARGS, "--epochs", str(epochs),
             "--out", str(out), *extra]
-
-
-def save_logits(ckpt, out, epochs, capsys=None, extra=()) -> tuple[int, str]:
-    """tools/save_logits.py's main in this process: (exit code, stderr) as its script would end
-    (with capsys), or just run (fixtures, where it must succeed)."""
-    argv = command(ckpt, out, epochs, *extra)
-    if capsys is None:
-        tool("save_logits").main(argv)
-        return 0, ""
-    code, _, err = call_tool("save_logits", argv, capsys)
-    return code, err
 
 
 def files(store) -> dict[str, bytes]:
@@ -58,7 +47,7 @@ def _one_thread(one_thread):
 @pytest.fixture(scope="module")
 def one_epoch(teacher_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("grow") / "e1"
-    assert save_logits(teacher_ckpt, out, 1)[0] == 0
+    run_program("save_logits", command(teacher_ckpt, out, 1), check=True)
     return out
 
 
@@ -66,7 +55,7 @@ def one_epoch(teacher_ckpt, tmp_path_factory):
 def three_epochs(teacher_ckpt, tmp_path_factory):
     """The store a direct --epochs 3 run makes."""
     out = tmp_path_factory.mktemp("direct") / "e3"
-    assert save_logits(teacher_ckpt, out, 3)[0] == 0
+    run_program("save_logits", command(teacher_ckpt, out, 3), check=True)
     return out
 
 
@@ -85,7 +74,7 @@ def test_growing_labels_only_the_new_epochs(one_epoch, three_epochs, teacher_ckp
     store = tmp_path / "store"
     shutil.copytree(one_epoch, store)
     before, old = files(store), manifest(store)
-    assert save_logits(teacher_ckpt, store, 3)[0] == 0
+    run_program("save_logits", command(teacher_ckpt, store, 3), check=True)
     after, new = files(store), manifest(store)
     old_shards = [e["name"] for e in old["shards"]]
     assert len(old_shards) == 3 and all(after[name] == before[name] for name in old_shards)  # byte-identical
@@ -96,7 +85,7 @@ def test_growing_labels_only_the_new_epochs(one_epoch, three_epochs, teacher_ckp
     assert problems == [] and stats["records"] == 300
     assert_same_store_as_direct(store, three_epochs)
     # a second grow (3 -> 4) keeps the first id and the first three epochs
-    assert save_logits(teacher_ckpt, store, 4)[0] == 0
+    run_program("save_logits", command(teacher_ckpt, store, 4), check=True)
     grown = manifest(store)
     assert grown["store_id"] == old["store_id"] and grown["id_epochs"] == 1 and grown["shards"][:9] == new["shards"]
     assert verify_store(store)[0] == [] and LogitStore(store).epochs == 4
@@ -107,7 +96,7 @@ def test_a_grown_store_keeps_its_shard_size_without_the_flag(one_epoch, teacher_
     shutil.copytree(one_epoch, store)
     argv = command(teacher_ckpt, store, 2)
     del argv[argv.index("--shard-records"):argv.index("--shard-records") + 2]  # the default would be 16
-    tool("save_logits").main(argv)
+    run_program("save_logits", argv, check=True)
     assert manifest(store)["settings"]["shard_records"] == 40 and len(manifest(store)["shards"]) == 6
 
 
@@ -120,19 +109,18 @@ def test_default_shard_size_gives_many_shards_per_epoch():
     assert default_shard_records(1_000, 4096) == 4096 and default_shard_records(10**8, 4096) == 10_000  # bounds
 
 
-def test_fewer_epochs_are_refused(three_epochs, teacher_ckpt, capsys):
+def test_fewer_epochs_are_refused(three_epochs, teacher_ckpt):
     before = files(three_epochs)
-    code, err = save_logits(teacher_ckpt, three_epochs, 2, capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, err
-    assert "holds a store of 3 epochs; stores only grow, so --epochs 2 is refused" in lines[0]
-    assert "use the existing store (students cycle through its stored epochs)" in lines[0]
+    result = run_program("save_logits", command(teacher_ckpt, three_epochs, 2))
+    line = user_error(result, "holds a store of 3 epochs; stores only grow, so --epochs 2 is refused",
+                      "use the existing store (students cycle through its stored epochs)")
+    assert result.err.strip() == line  # nothing else printed
     assert files(three_epochs) == before
 
 
-def test_growing_with_another_change_is_refused_naming_it(one_epoch, teacher_ckpt, capsys):
+def test_growing_with_another_change_is_refused_naming_it(one_epoch, teacher_ckpt):
     before = files(one_epoch)
-    code, err = save_logits(teacher_ckpt, one_epoch, 3, capsys, extra=["--seed", "7"])
+    code, _, err = run_program("save_logits", command(teacher_ckpt, one_epoch, 3, "--seed", "7"))
     assert code == 2 and "other settings (seed: 0 != 7 [store != now])" in err and "epochs" not in err, err
     assert files(one_epoch) == before
 
@@ -158,12 +146,12 @@ def test_killed_while_growing_keeps_the_old_epochs_and_resumes(one_epoch, three_
         assert LogitStore(store).epochs == 1
     else:
         assert not killed["complete"] and killed["settings"]["epochs"] == 3
-    assert save_logits(teacher_ckpt, store, 3)[0] == 0
+    run_program("save_logits", command(teacher_ckpt, store, 3), check=True)
     assert verify_store(store)[0] == [] and manifest(store)["shards"][:3] == old["shards"]
     assert_same_store_as_direct(store, three_epochs)
 
 
-def test_a_complete_stores_command_builds_no_teacher_and_writes_nothing(one_epoch, teacher_ckpt, tmp_path, capsys,
+def test_a_complete_stores_command_builds_no_teacher_and_writes_nothing(one_epoch, teacher_ckpt, tmp_path,
                                                                         monkeypatch):
     import distill.teacher_stage
 
@@ -175,6 +163,6 @@ def test_a_complete_stores_command_builds_no_teacher_and_writes_nothing(one_epoc
         raise AssertionError("a complete store's re-run built its teacher")
 
     monkeypatch.setattr(distill.teacher_stage, "load_teacher", no_teacher)
-    code, out, _ = call_tool("save_logits", command(teacher_ckpt, store, 1), capsys)
+    code, out, _ = run_program("save_logits", command(teacher_ckpt, store, 1))
     assert code == 0 and "complete already (1 epochs, 100 records), nothing to label" in out
     assert {p.name: p.stat().st_mtime_ns for p in store.iterdir()} == stamps  # not even the manifest rewritten

@@ -8,15 +8,14 @@ import json
 
 import pytest
 import torch
-from conftest import REPO, call, snapshot, train_student_module, user_error
+from helpers import REPO, program, run_program, snapshot, tiny_student_args, user_error
 
 from distill.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_tvd_debug")
 
 TINY = ["--config", "configs/smoke_digits.yaml", "logits.store=null", "loss.mode=scratch", "wandb.enabled=false",
-        "model.name=cifar_vit", "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "data.limit=64",
-        "data.test_limit=32", "data.workers=0"]
+        *tiny_student_args(), "data.limit=64", "data.test_limit=32", "data.workers=0"]
 OFFLOAD = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
            "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": False},
                                  "contiguous_gradients": True, "reduce_bucket_size": 5e7},
@@ -24,7 +23,7 @@ OFFLOAD = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
 
 
 def test_timm_flags_are_config_keys_between_the_overrides():
-    args = train_student_module().parse_args(["--config", "X", "--epochs", "2", "--lr", "1e-3", "data.root=D",
+    args = program("train_student").parse_args(["--config", "X", "--epochs", "2", "--lr", "1e-3", "data.root=D",
                                               "--model", "cct_7_3x1", "--bf16", "--output", "runs/a b", "a.b=1"])
     assert args.overrides == ["model.name=\"cct_7_3x1\"", "train.epochs=2", "optim.lr=0.001", "output.dir=\"runs/a b\"",
                               "deepspeed.bf16=true", "data.root=D", "a.b=1"]
@@ -35,7 +34,7 @@ def test_timm_flags_are_config_keys_between_the_overrides():
 
 def test_help_lists_each_alias_with_its_key(capsys):
     with pytest.raises(SystemExit):
-        train_student_module().parse_args(["--help"])
+        program("train_student").parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     for flag, key in (("--epochs N", "train.epochs=N"), ("--batch-size N", "train.batch_size=N"),
                       ("--amp", "deepspeed.fp16=true"), ("--resume", "output.resume="), ("--seed N", "train.seed")):
@@ -48,20 +47,20 @@ def test_help_lists_each_alias_with_its_key(capsys):
     (["--clip-grad", "3"], "deepspeed.grad_clip=3"),  # timm's name for it
     (["--train-epochs", "4"], "train.epochs=4"),
 ])
-def test_an_unknown_flag_names_the_key_it_meant(argv, key, capsys, tmp_path):
-    r = call(train_student_module().main, [*TINY, "data.root=D", *argv, f"output.dir={tmp_path / 'run'}"], capsys)
+def test_an_unknown_flag_names_the_key_it_meant(argv, key, tmp_path):
+    r = run_program("train_student", [*TINY, "data.root=D", *argv, f"output.dir={tmp_path / 'run'}"])
     user_error(r, f"unknown flag {argv[0].split('=')[0]}", f"did you mean the config key {key}?")
     assert not (tmp_path / "run").exists()
 
 
-def test_epochs_flag_trains_that_many_epochs_counted_alike_by_bar_and_log(tmp_path, capsys):
-    train_student_module().main([*TINY, "--epochs", "2", "--batch-size", "32", "--output", str(tmp_path / "run")])
+def test_epochs_flag_trains_that_many_epochs_counted_alike_by_bar_and_log(tmp_path):
+    run = run_program("train_student", [*TINY, "--epochs", "2", "--batch-size", "32", "--output", tmp_path / "run"],
+                      check=True)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["steps"] == 4
     assert [json.loads(line)["epoch"] for line in (tmp_path / "run" / "evals.jsonl").read_text().splitlines()] == [1, 2]
-    out, err = capsys.readouterr()
-    assert "epoch 1: test top1" in out and "epoch 2: test top1" in out and "epoch 0" not in out
-    assert "epoch=1/2" in err and "epoch=2/2" in err and "epoch=0" not in err  # the bar: the epoch being trained
+    assert "epoch 1: test top1" in run.out and "epoch 2: test top1" in run.out and "epoch 0" not in run.out
+    assert "epoch=1/2" in run.err and "epoch=2/2" in run.err and "epoch=0" not in run.err  # the bar: the epoch trained
 
 
 @pytest.mark.parametrize("level", ["warning", "info"])
@@ -80,10 +79,10 @@ def test_deepspeeds_own_logging_is_warnings_unless_a_key_says_info(level):
         logger.setLevel(logging.WARNING)
 
 
-def test_fp16_is_refused_on_cpu_in_one_line(capsys, tmp_path):
+def test_fp16_is_refused_on_cpu_in_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: fp16 is allowed")
-    r = call(train_student_module().main, [*TINY, "--amp", f"output.dir={tmp_path / 'run'}"], capsys)
+    r = run_program("train_student", [*TINY, "--amp", f"output.dir={tmp_path / 'run'}"])
     user_error(r, "deepspeed.fp16", "needs a GPU", "deepspeed.bf16=true")
     assert not (tmp_path / "run").exists()
 
@@ -113,8 +112,8 @@ def test_a_zero_offload_file_merges_under_the_trainers_keys(tmp_path):
 
     join_process_group()
     cfg = load_config(REPO / "configs/smoke_digits.yaml", [
-        "model.name=cifar_vit", "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "deepspeed.zero_stage=2",
-        f"deepspeed.config={zero_offload_file(tmp_path)}", "train.batch_size=16", "optim.lr=0.01"])
+        *tiny_student_args(), "deepspeed.zero_stage=2", f"deepspeed.config={zero_offload_file(tmp_path)}",
+        "train.batch_size=16", "optim.lr=0.01"])
     engine = build_engine(cfg, build_model(cfg, 10)[0], 10, 10)
     assert engine.zero_cpu_offload() and engine.zero_optimization_stage() == 2  # the file's
     assert engine.train_micro_batch_size_per_gpu() == 16 and set(engine.lr_scheduler.base_lrs) == {0.01}  # ours
@@ -126,9 +125,9 @@ def test_a_zero_offload_file_merges_under_the_trainers_keys(tmp_path):
     ({"optimizer": {"type": "Lamb"}}, ["sets optimizer", "optim.*"]),
     ({"zero_optimization": {"stage": 2, "offload_optimiser": {}}}, ["DeepSpeed refuses", "offload_optimiser"]),
 ])
-def test_a_file_that_contradicts_the_run_or_deepspeed_is_refused(changes, needles, tmp_path, capsys):
+def test_a_file_that_contradicts_the_run_or_deepspeed_is_refused(changes, needles, tmp_path):
     out = tmp_path / "run"
-    r = call(train_student_module().main, [*TINY, "deepspeed.zero_stage=2", f"output.dir={out}",
-                                           f"deepspeed.config={zero_offload_file(tmp_path, **changes)}"], capsys)
+    r = run_program("train_student", [*TINY, "deepspeed.zero_stage=2", f"output.dir={out}",
+                                      f"deepspeed.config={zero_offload_file(tmp_path, **changes)}"])
     user_error(r, "deepspeed.config", "ds_offload.json", *needles)
     assert snapshot(tmp_path).keys() == {"ds_offload.json"}

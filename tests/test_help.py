@@ -5,31 +5,28 @@ import importlib.util
 import re
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 PROGRAMS = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("tools/*.py"), *REPO.glob("benchmarks/*.py")]
                   if p.name not in ("__init__.py", "bench_report.py"))
 PROGRAMS += ["distill/train_student.py", "distill/programs/list_models.py"]
 
 
-def parser_of(path: str) -> argparse.ArgumentParser:
-    """The program's parser, caught as its parse function builds it."""
+def parser_of(path: str, monkeypatch) -> argparse.ArgumentParser:
+    """The program's parser, caught as its parse function builds it (argparse patched until the
+    test ends)."""
     spec = importlib.util.spec_from_file_location(f"help_{path.replace('/', '_')}", REPO / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     built = []
-    original = argparse.ArgumentParser.parse_known_args
 
     def capture(self, *args, **kwargs):
         built.append(self)
         raise SystemExit(0)
 
-    argparse.ArgumentParser.parse_known_args = capture
-    try:
-        with pytest.raises(SystemExit):
-            (getattr(module, "parse_args", None) or module.main)([])
-    finally:
-        argparse.ArgumentParser.parse_known_args = original
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", capture)
+    with pytest.raises(SystemExit):
+        (getattr(module, "parse_args", None) or module.main)([])
     return built[0]
 
 
@@ -46,8 +43,8 @@ def entries(help_text: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("path", PROGRAMS)
-def test_help_shows_every_default(path):
-    parser = parser_of(path)
+def test_help_shows_every_default(path, monkeypatch):
+    parser = parser_of(path, monkeypatch)
     printed = entries(parser.format_help())
     for action in parser._actions:
         if not action.option_strings or action.help == argparse.SUPPRESS or \

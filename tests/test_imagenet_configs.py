@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO
-from image_folder import CLASSES, call_quietly, write_image_folder, write_teacher
+from helpers import REPO, run_program
+from image_folder import CLASSES, write_image_folder, write_teacher
 from timm.optim import param_groups_weight_decay
 
 from distill.config import load_config
@@ -27,7 +27,7 @@ def folder_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("in1k")
     folder = write_image_folder(root / "images")
     teacher = write_teacher(root / "teacher.pt", len(CLASSES))
-    code, _, err = call_quietly("save_logits", [
+    code, _, err = run_program("save_logits", [
         "--teacher", "cifar10_resnet20", "--checkpoint", teacher, "--dataset", "folder", "--data-root", folder,
         "--aug", "imagenet", "--img-size", "64", "--mixup", "0.8", "--cutmix", "1.0", "--topk", "3",
         "--out", root / "store", "--workers", "0", "--batch-size", "24"])

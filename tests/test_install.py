@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 

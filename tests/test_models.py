@@ -10,7 +10,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from conftest import SHARED, needs_shared
+from helpers import SHARED, needs_shared, run_program
 
 from distill.models import Preprocessed, create_student, create_teacher, load_weights
 from teacher_logits.errors import UserError
@@ -227,16 +227,15 @@ def test_non_checkpoint_and_missing_files(tmp_path):
         load_weights(timm.create_model("cifar10_resnet20"), tmp_path / "missing.pt")
 
 
-def test_the_model_list_names_every_student_and_teacher_with_its_size(capsys):
+def test_the_model_list_names_every_student_and_teacher_with_its_size():
     """`python -m distill.models` (tvd-models): one row per registered model."""
     import timm
 
     from distill.model_cost import count_params
-    from distill.programs.list_models import main
 
-    main(["--num-classes", "10"])
+    printed = run_program("list_models", ["--num-classes", "10"], check=True).out
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line}
+            for line in printed.splitlines() if line.startswith("| ") and "---" not in line}
     rows.pop("model")
     assert {"cifar_vit", "cct_7_3x1", "tiny_vit_5m", "tiny_vit_21m", "cifar10_resnet56", "cifar100_resnet56"} <= set(rows)
     assert rows["cifar_vit"][:1] == ["student"] and rows["cifar10_resnet56"][:1] == ["teacher"]
@@ -251,7 +250,7 @@ def test_python_dash_m_distill_models_runs():
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
     proc = subprocess.run([sys.executable, "-m", "distill.models", "--help"], capture_output=True, text=True, cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)

@@ -16,24 +16,17 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO, call, run_tool, train_student_module, user_error
+from helpers import REPO, TINY_STUDENT, run_program, run_tool, tiny_student_args, user_error
 
 from distill.models import create_student, load_adapted, read_state_dict
 
 TINY = ["--config", "configs/smoke_digits.yaml", "logits.store=null", "loss.mode=scratch", "wandb.enabled=false",
-        "model.name=cifar_vit", "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "train.batch_size=32",
-        "data.test_limit=64", "data.workers=0", "train.max_steps=2"]
+        *tiny_student_args(), "train.batch_size=32", "data.test_limit=64", "data.workers=0", "train.max_steps=2"]
 
 
 def train(out, *extra) -> str:
     """A short run of the tiny ViT on digits; what it printed."""
-    import contextlib
-    import io
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        train_student_module().main([*TINY, f"output.dir={out}", *extra])
-    return printed.getvalue()
+    return run_program("train_student", [*TINY, f"output.dir={out}", *extra], check=True).out
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +90,7 @@ def test_a_weights_file_starts_a_run_at_another_resolution_and_class_count(expor
 @pytest.mark.parametrize("name", ["tiny_vit_5m", "cct_7_3x1"])
 def test_resolution_bound_weights_are_resampled(tmp_path, name):
     """TinyViT's attention biases (other windows) and CCT's position embedding, 64 -> 32 px."""
-    kwargs = {} if name == "tiny_vit_5m" else dict(embed_dim=32, depth=1, num_heads=2)
+    kwargs = {} if name == "tiny_vit_5m" else TINY_STUDENT
     torch.manual_seed(0)
     source = create_student(name, 10, 64, **kwargs)
     torch.save(source.state_dict(), tmp_path / "model.pt")
@@ -111,14 +104,14 @@ def test_resolution_bound_weights_are_resampled(tmp_path, name):
     assert target(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_pretrained_offline_fails_in_one_line(capsys, tmp_path, monkeypatch):
+def test_pretrained_offline_fails_in_one_line(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the same with or without network
-    r = call(train_student_module().main, [*TINY, "model.name=tiny_vit_5m", "model.kwargs={}", "model.pretrained=true",
-                                           f"output.dir={tmp_path / 'run'}"], capsys)
+    r = run_program("train_student", [*TINY, "model.name=tiny_vit_5m", "model.kwargs={}", "model.pretrained=true",
+                                      f"output.dir={tmp_path / 'run'}"])
     user_error(r, "could not download timm's weights for tiny_vit_5m_224", "model.init=FILE")
-    r = call(train_student_module().main, [*TINY, "model.pretrained=true", f"output.dir={tmp_path / 'run2'}"], capsys)
+    r = run_program("train_student", [*TINY, "model.pretrained=true", f"output.dir={tmp_path / 'run2'}"])
     user_error(r, "timm has no pretrained weights for cifar_vit", "model.init=FILE")
 
 

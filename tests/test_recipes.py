@@ -4,7 +4,8 @@
   teacher stage stores its views, the student side rebuilds them bit for bit (0 and 2
   workers), and a student trains from the store;
 - every registered recipe names the generators it draws from: its views do not depend on
-  the state of the ones it leaves out (a wrong entry would make views that do not replay).
+  the state of the ones it leaves out (a wrong entry would make views that do not replay);
+- the strong built-in recipes (cifar-strong, stl10) replay bit-exactly for any worker count.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_STUDENT, check_student_side, save_logits_args, teacher_side, tool
+from helpers import REPO, check_student_side, run_program, save_logits_args, teacher_side, tiny_student_args
 from PIL import Image
+from test_datasets import write_stl10
 
 from distill import recipes
 from distill.augment import Mixing, ViewMaker, build_transform, scoped_rng
@@ -45,7 +47,7 @@ def test_a_recipe_registered_here_replays_through_both_stages(shift_recipe, cifa
     store_path = tmp_path / "store"
     argv = save_logits_args(cifar_root, teacher_ckpt, store_path, "--aug", "test-shift", "--epochs", "2",
                             "--limit", "24", "--shard-records", "10", "--mixup", "0.8", "--cutmix", "1.0")
-    tool("save_logits").main([str(a) for a in argv])
+    run_program("save_logits", argv, check=True)
     store = LogitStore(str(store_path))
     assert store.settings.augmentation["recipe"] == "test-shift"
     dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
@@ -63,7 +65,7 @@ def test_a_recipe_registered_here_replays_through_both_stages(shift_recipe, cifa
     out = tmp_path / "student"
     run(REPO / "configs/smoke_cifar10.yaml",
         [f"data.root={cifar_root}", "data.skip_md5=true", "data.recipe=test-shift", f"logits.store={store_path}",
-         f"output.dir={out}", "model.name=cifar_vit", f"model.kwargs={TINY_STUDENT}", "train.epochs=1",
+         f"output.dir={out}", *tiny_student_args(), "train.epochs=1",
          "train.batch_size=8", "data.workers=0", "data.test_limit=16", "wandb.enabled=false"])
     assert (out / "final" / "model.pt").is_file()
 
@@ -117,3 +119,42 @@ def test_recipe_facts_have_one_home():
     assert recipes.default_recipe("digits").name == "crop" and recipes.default_recipe("cifar100").name == "cifar"
     with pytest.raises(ValueError, match="draws_from"):
         Recipe("bad", shifted, draws_from=("torch", "cuda"))
+
+
+def save(root, ckpt, out, *extra):
+    run_program("save_logits", save_logits_args(root, ckpt, out, *extra), check=True)
+    return out
+
+
+@pytest.mark.parametrize("recipe", ["cifar-strong", "stl10"])
+def test_strong_recipes_replay_exactly_across_workers(recipe, cifar_root, teacher_ckpt, tmp_path):
+    if recipe == "stl10":
+        root, _ = write_stl10(tmp_path / "stl", n_train=16, n_test=4)
+        store_path = save(root, teacher_ckpt, tmp_path / "store", "--aug", "stl10", "--epochs", "2",
+                          "--shard-records", "6", "--dataset", "stl10")
+        dataset = build_dataset("stl10", root, train=True, skip_md5=True)
+    else:
+        store_path = save(cifar_root, teacher_ckpt, tmp_path / "store", "--aug", "cifar-strong", "--epochs", "2",
+                          "--limit", "40", "--shard-records", "16", "--mixup", "0.8", "--cutmix", "1.0",
+                          "--mix-prob", "0.7")
+        dataset = build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
+    store = LogitStore(store_path)
+    assert store.settings.augmentation["recipe"] == recipe
+    size = store.settings.dataset["size"]
+    maker = ViewMaker(dataset, recipe, Mixing(**store.settings.augmentation["mixing"]), num_samples=size)
+    labels = labels_of(dataset)[:size]
+    side0, side2 = teacher_side(store, maker, labels, 0), teacher_side(store, maker, labels, 2)
+    assert side0.keys() == side2.keys() and len(side0) == 2 * size
+    assert all(torch.equal(side0[k], side2[k]) for k in side0)
+    res = 96 if recipe == "stl10" else 32
+    assert next(iter(side0.values())).shape == (3, res, res)
+    # the augmentation is real: the two epochs' views of a sample differ, and so do the recipe's
+    # own effects (grayscale views for stl10; erased zero blocks for cifar-strong)
+    assert sum(not torch.equal(side0[(0, i)], side0[(1, i)]) for i in range(size)) == size
+    if recipe == "stl10":
+        grey = sum(torch.equal(v[0], v[1]) and torch.equal(v[1], v[2]) for v in side0.values())
+        assert 0 < grey < len(side0)
+    for workers in (0, 2):
+        for epoch in range(2):
+            seen, _ = check_student_side(store, maker, labels, side0, epoch, workers)
+            assert sorted(seen) == list(range(size))

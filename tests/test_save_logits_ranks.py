@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO, run_tool, save_logits_args
+from helpers import REPO, run_tool, save_logits_args
 from distill.distributed import free_port
 from teacher_logits.verify import verify_store
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import REPO, write_cifar
+from helpers import REPO, write_cifar
 
 from distill.config import load_config
 from distill.models import create_student

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import REPO, run_tool, save_logits_args
+from helpers import REPO, run_program, run_tool, save_logits_args
 from distill.augment import Mixing
 from distill.datasets import build_dataset, labels_of
 from distill.replay import SeededViews, StoreViews, store_view_maker, views_loader
@@ -20,14 +20,7 @@ from teacher_logits.reader import LogitStore
 from teacher_logits.verify import verify_store
 
 MIX = ["--mixup", "0.8", "--cutmix", "1.0", "--mix-prob", "0.7"]
-
-
-@pytest.fixture(scope="module")
-def mixed_store(tmp_path_factory, cifar_root, teacher_ckpt):
-    out = tmp_path_factory.mktemp("stores") / "mixed"
-    run_tool("tools/save_logits.py", *save_logits_args(cifar_root, teacher_ckpt, out, "--epochs", "2",
-                                                       "--shard-records", "48", "--chunk-records", "20", *MIX))
-    return out
+MIXED_STORE = ["--epochs", "2", "--shard-records", "48", "--chunk-records", "20", "--mix-prob", "0.7"]  # its layout
 
 
 def test_store_is_complete_and_verified(mixed_store):
@@ -140,3 +133,26 @@ def test_resume_after_sigkill(tmp_path, cifar_root, teacher_ckpt):
     run_tool("tools/save_logits.py", *args)
     problems, _, stats = verify_store(out)
     assert problems == [] and stats["records"] == 600
+
+
+# Run seed 656 gives sample 24 of epoch 0 (of 40) a Mixup weight of 0.2596435545..., which
+# float64 -> float16 rounds to 0.2595 and float64 -> float32 -> float16 to 0.2598.
+DOUBLE_ROUNDING_SEED, DOUBLE_ROUNDING_SAMPLE = 656, 24
+
+
+def test_mix_weight_check_accepts_every_float16_rounding(cifar_root, teacher_ckpt, tmp_path):
+    """The student's partner/weight check compares the stored float16 with the replayed weight
+    through the writer's own cast, so a weight whose float32 detour rounds to the next float16
+    step is not taken for a store of other mixing settings (it stopped full-data students)."""
+    from distill.augment import mix_params, record_seed
+
+    seed = int(record_seed(DOUBLE_ROUNDING_SEED, 0, DOUBLE_ROUNDING_SAMPLE))
+    lam = mix_params(seed, 40, Mixing(0.8, 0.0), 32).lam
+    assert np.float32(lam).astype(np.float16) != np.float16(lam), "the case no longer double-rounds"
+    out = tmp_path / "store"
+    run_program("save_logits", save_logits_args(cifar_root, teacher_ckpt, out, "--limit", "40", "--mixup", "0.8",
+                                                "--seed", DOUBLE_ROUNDING_SEED), check=True)
+    store, data = LogitStore(out), build_dataset("cifar10", cifar_root, train=True, skip_md5=True)
+    stream = StoreViews(store, store_view_maker(data, store), labels_of(data), 8)
+    seen = [i for batch in stream.batches() for i in batch.index.tolist()]
+    assert sorted(seen) == list(range(40))

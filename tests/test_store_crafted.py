@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import call_tool, save_logits_args, tool, user_error
+from helpers import run_program, save_logits_args, user_error
 from webdataset.tariterators import tar_file_iterator
 
 from teacher_logits import codec
@@ -21,15 +21,7 @@ from teacher_logits.shards import CorruptShard
 
 FUZZ_CASES = 400
 ODD_VALUES = [None, "x", -1, 0, 10**12, 3.5, [], {}, True]
-
-
-@pytest.fixture(scope="module")
-def mixed_store(cifar_root, teacher_ckpt, tmp_path_factory):
-    """A real 40-sample Mixup/CutMix store in one shard of 4 chunks."""
-    out = tmp_path_factory.mktemp("mixed") / "store"
-    tool("save_logits").main([str(a) for a in save_logits_args(
-        cifar_root, teacher_ckpt, out, "--limit", "40", "--mixup", "0.8", "--cutmix", "1.0", "--chunk-records", "10")])
-    return out
+MIXED_STORE = ["--limit", "40", "--chunk-records", "10"]  # conftest's mixed_store: 40 samples, one shard of 4 chunks
 
 
 def chunks_of(shard: bytes) -> list[tuple[str, bytes]]:
@@ -163,22 +155,21 @@ def class_index_200(mixed_store, out):
     return out
 
 
-def test_verify_refuses_a_class_index_past_the_classes(mixed_store, tmp_path, capsys, no_tvd_debug):
+def test_verify_refuses_a_class_index_past_the_classes(mixed_store, tmp_path, no_tvd_debug):
     out = class_index_200(mixed_store, tmp_path / "crafted")
-    code, printed, err = call_tool("verify_logits", [out], capsys)
+    code, printed, err = run_program("verify_logits", [out])
     assert code == 1 and "Traceback" not in err, err
     fails = [line for line in printed.splitlines() if line.startswith("FAIL:")]
     assert len(fails) == 1 and "chunk 0: column 'topk_idx' holds 1 out-of-range values" in fails[0], printed
 
 
-def test_trainer_refuses_a_class_index_past_the_classes(mixed_store, cifar_root, tmp_path, capsys, no_tvd_debug):
-    from conftest import call, train_student_module
+def test_trainer_refuses_a_class_index_past_the_classes(mixed_store, cifar_root, tmp_path, no_tvd_debug):
 
     out = class_index_200(mixed_store, tmp_path / "crafted")
     run = tmp_path / "run"
-    r = call(train_student_module().main, ["--config", "configs/smoke_cifar10.yaml", f"data.root={cifar_root}",
-                                           "data.skip_md5=true", f"logits.store={out}", f"output.dir={run}",
-                                           "wandb.enabled=false", "train.epochs=1", "data.recipe=cifar"], capsys)
+    r = run_program("train_student", ["--config", "configs/smoke_cifar10.yaml", f"data.root={cifar_root}",
+                                      "data.skip_md5=true", f"logits.store={out}", f"output.dir={run}",
+                                      "wandb.enabled=false", "train.epochs=1", "data.recipe=cifar"])
     user_error(r, "column 'topk_idx' holds 1 out-of-range values")
     assert not run.exists(), "refused before the run folder is made"
 
@@ -207,20 +198,19 @@ def test_manifest_sizes_are_bounded_before_anything_is_planned(mixed_store, tmp_
     assert "\n" not in str(refused.value)
 
 
-def test_a_truncated_later_shard_stops_the_trainer_before_it_writes(cifar_root, teacher_ckpt, tmp_path, capsys,
+def test_a_truncated_later_shard_stops_the_trainer_before_it_writes(cifar_root, teacher_ckpt, tmp_path,
                                                                     no_tvd_debug):
     """Sizes of every shard come from one listing before the run starts: a shard truncated in
     transfer is named at once, not when training reaches it."""
-    from conftest import call, train_student_module
 
     out = tmp_path / "store"
-    tool("save_logits").main([str(a) for a in save_logits_args(cifar_root, teacher_ckpt, out, "--limit", "40",
-                                                             "--epochs", "2", "--shard-records", "20")])
+    run_program("save_logits", save_logits_args(cifar_root, teacher_ckpt, out, "--limit", "40",
+                                                "--epochs", "2", "--shard-records", "20"), check=True)
     last = sorted(out.glob("e0001-*.tar"))[-1]
     last.write_bytes(last.read_bytes()[:1000])
     run = tmp_path / "run"
-    r = call(train_student_module().main, ["--config", "configs/smoke_cifar10.yaml", f"data.root={cifar_root}",
-                                           "data.skip_md5=true", f"logits.store={out}", f"output.dir={run}",
-                                           "wandb.enabled=false", "train.epochs=2", "data.recipe=cifar"], capsys)
+    r = run_program("train_student", ["--config", "configs/smoke_cifar10.yaml", f"data.root={cifar_root}",
+                                      "data.skip_md5=true", f"logits.store={out}", f"output.dir={run}",
+                                      "wandb.enabled=false", "train.epochs=2", "data.recipe=cifar"])
     user_error(r, last.name, "1000 bytes, the manifest says", "re-run the save_logits command")
     assert not run.exists()

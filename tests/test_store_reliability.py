@@ -14,7 +14,7 @@ import time
 import pytest
 import zstandard
 
-from conftest import REPO, run_tool, save_logits_args
+from helpers import REPO, run_tool, save_logits_args
 from teacher_logits.files import sha256_bytes
 from teacher_logits.reader import LogitStore
 from teacher_logits.shards import CorruptShard

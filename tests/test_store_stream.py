@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_tool, save_logits_args
+from helpers import run_tool, save_logits_args
 from distill.augment import record_seed
 from distill.datasets import build_dataset, labels_of
 from distill.batch import Batch, SparseTarget

@@ -16,7 +16,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from conftest import REPO, call_tool, run_tool, save_logits_args
+from helpers import REPO, run_program, run_tool, save_logits_args, tiny_student_args, user_error
 from teacher_logits.manifest import new_manifest
 from teacher_logits.reader import LogitStore
 from teacher_logits.verify import verify_store
@@ -50,10 +50,10 @@ def shard_digests(manifest) -> dict[str, str]:
     return {s.name: s.sha256 for s in manifest.shards}
 
 
-def test_memory_store_equals_the_disk_store_and_resumes(memory_url, disk_store, cifar_root, teacher_ckpt, capsys,
+def test_memory_store_equals_the_disk_store_and_resumes(memory_url, disk_store, cifar_root, teacher_ckpt,
                                                         one_thread):
     args = save_logits_args(cifar_root, teacher_ckpt, memory_url, *SMALL)
-    code, out, err = call_tool("save_logits", args, capsys)
+    code, out, err = run_program("save_logits", args)
     assert code == 0, err
     remote, local = LogitStore(memory_url), LogitStore(disk_store)
     assert shard_digests(remote.manifest) == shard_digests(local.manifest)  # byte-identical shards
@@ -62,7 +62,7 @@ def test_memory_store_equals_the_disk_store_and_resumes(memory_url, disk_store, 
         for name in want:
             assert np.array_equal(got[name], want[name]), name
     assert verify_store(memory_url)[:2] == ([], [])
-    code, out, _ = call_tool("inspect_logits", [memory_url, "--json"], capsys)
+    code, out, _ = run_program("inspect_logits", [memory_url, "--json"])
     assert code == 0 and json.loads(out)["records"] == 2 * 64
 
     # a run killed after some shards: unsealed manifest, one shard not yet put
@@ -70,7 +70,7 @@ def test_memory_store_equals_the_disk_store_and_resumes(memory_url, disk_store, 
     lost = local.manifest.shards[5].name
     fs.rm_file(f"{root}/{lost}")
     fs.pipe_file(f"{root}/manifest.json", json.dumps(new_manifest(local.settings).as_json()).encode())
-    code, out, err = call_tool("save_logits", args, capsys)
+    code, out, err = run_program("save_logits", args)
     assert code == 0, err
     assert "in 1 new shards" in out  # complete shards are skipped, as on disk
     assert shard_digests(LogitStore(memory_url).manifest) == shard_digests(local.manifest)
@@ -96,37 +96,27 @@ def http_server(tmp_path):
     thread.join()
 
 
-TRAIN = ["--config", "configs/smoke_cifar10.yaml", "data.skip_md5=true", "model.name=cifar_vit",
-         "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "train.batch_size=16", "train.epochs=1",
-         "train.max_steps=3", "train.log_every=1", "data.test_limit=32", "wandb.enabled=false"]
+TRAIN = ["--config", "configs/smoke_cifar10.yaml", "data.skip_md5=true", *tiny_student_args(), "train.batch_size=16",
+         "train.epochs=1", "train.max_steps=3", "train.log_every=1", "data.test_limit=32", "wandb.enabled=false"]
 
 
-def test_trainer_reads_a_store_served_over_http(http_server, disk_store, cifar_root, tmp_path, capsys):
+def test_trainer_reads_a_store_served_over_http(http_server, disk_store, cifar_root, tmp_path):
     www, base = http_server
     shutil.copytree(disk_store, www / "store")
     url = f"{base}/store"
-    code, out, err = call_tool("verify_logits", [url], capsys)
+    code, out, err = run_program("verify_logits", [url])
     assert code == 0 and "exactly once" in out, err
     out = tmp_path / "run"
-    code, err = train_from(url, cifar_root, out, "data.workers=1")  # a forked worker reads the shards
-    assert code == 0, err
+    proc = train_from(url, cifar_root, out, "data.workers=1")  # a forked worker reads the shards
+    assert proc.returncode == 0, proc.stderr
     steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps if "loss" in s][-1] == 3
-
-
-def assert_one_line_error(code: int, stderr: str, *names: str) -> None:
-    """Exit 2 and one `error:` line naming each of `names` (run_main's contract)."""
-    assert code == 2, stderr
-    lines = [line.partition("error: ")[2] for line in stderr.splitlines() if "error: " in line]
-    assert len(lines) == 1, stderr  # (a progress bar may share the line it starts on)
-    for name in names:
-        assert name in lines[0], lines[0]
 
 
 def train_from(url, cifar_root, out, *extra):
     proc = run_tool("distill/train_student.py", *TRAIN, f"data.root={cifar_root}", f"logits.store={url}",
                     f"output.dir={out}", *extra, check=False, timeout=240, env={"DS_ACCELERATOR": "cpu"})
-    return proc.returncode, proc.stderr
+    return proc
 
 
 def closed_port() -> int:
@@ -136,39 +126,36 @@ def closed_port() -> int:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed: no missing extra")
-def test_missing_back_end_names_the_extra(cifar_root, teacher_ckpt, capsys):
+def test_missing_back_end_names_the_extra(cifar_root, teacher_ckpt):
     url = "s3://tvd-test-bucket/store"
     for tool, argv in (("save_logits", save_logits_args(cifar_root, teacher_ckpt, url)), ("verify_logits", [url])):
-        code, _, err = call_tool(tool, argv, capsys)
-        assert_one_line_error(code, err, url, 'pip install "tinyvit-distill[s3]"')
+        user_error(run_program(tool, argv), url, 'pip install "tinyvit-distill[s3]"')
     assert not (REPO / "s3:").exists()  # the URL was never taken for a relative path
 
 
-def test_unreachable_url_is_named(tmp_path, cifar_root, capsys):
+def test_unreachable_url_is_named(tmp_path, cifar_root):
     url = f"http://127.0.0.1:{closed_port()}/store"
     for tool in ("verify_logits", "inspect_logits"):
-        code, _, err = call_tool(tool, [url], capsys)
-        assert_one_line_error(code, err, url)
-    assert_one_line_error(*train_from(url, cifar_root, tmp_path / "run"), url)
+        user_error(run_program(tool, [url]), url)
+    user_error(train_from(url, cifar_root, tmp_path / "run"), url)
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_shard_over_http_is_named(http_server, disk_store, cifar_root, tmp_path, capsys):
+def test_missing_shard_over_http_is_named(http_server, disk_store, cifar_root, tmp_path):
     www, base = http_server
     shutil.copytree(disk_store, www / "store")
     lost = "e0000-000000000.tar"
     (www / "store" / lost).unlink()  # the server answers 404
     url = f"{base}/store"
-    code, out, _ = call_tool("verify_logits", [url], capsys)
+    code, out, _ = run_program("verify_logits", [url])
     assert code == 1 and f"FAIL: {url}/{lost}: shard missing" in out
     run = tmp_path / "run"
-    assert_one_line_error(*train_from(url, cifar_root, run, "data.workers=1"), f"{url}/{lost}")
+    user_error(train_from(url, cifar_root, run, "data.workers=1"), f"{url}/{lost}")
     assert not run.exists()  # refused before the run wrote anything
 
 
-def test_read_only_url_is_refused_for_writing(http_server, cifar_root, teacher_ckpt, capsys):
+def test_read_only_url_is_refused_for_writing(http_server, cifar_root, teacher_ckpt):
     www, base = http_server
     url = f"{base}/new"
-    code, _, err = call_tool("save_logits", save_logits_args(cifar_root, teacher_ckpt, url), capsys)
-    assert_one_line_error(code, err, url, "read-only")
+    user_error(run_program("save_logits", save_logits_args(cifar_root, teacher_ckpt, url)), url, "read-only")
     assert list(www.iterdir()) == []

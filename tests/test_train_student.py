@@ -19,12 +19,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_tool, save_logits_args, write_cifar
+from helpers import REPO, run_tool, save_logits_args, tiny_student_args, write_cifar
 
 from distill.tracking import read_wandb_records
 
-TINY = ["model.name=cifar_vit", "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "train.batch_size=32",
-        "data.test_limit=null", "train.max_steps=null"]
+TINY = [*tiny_student_args(), "train.batch_size=32", "data.test_limit=null", "train.max_steps=null"]
 # 200 samples / 32 = 7 steps per epoch; 21 steps, checkpoints at 4, 7, 8, 12, 14, 16, 20, 21.
 KD = ["train.epochs=3", "optim.lr=3e-3", "loss.alpha=0.5", "loss.temperature=2", "train.checkpoint_every=4",
       "train.log_every=1", "data.workers=0"]

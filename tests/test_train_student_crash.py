@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from conftest import REPO, run_tool, save_logits_args
+from helpers import REPO, run_tool, save_logits_args, tiny_student_args
 from distill.evaluation import load_student
 
-TINY = ["model.name=cifar_vit", "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "train.batch_size=32",
-        "data.test_limit=64", "train.max_steps=null", "train.epochs=3", "train.checkpoint_every=3",
-        "data.workers=0", "wandb.enabled=false", "output.resume=auto"]  # 7 steps an epoch, 21 in all
+TINY = [*tiny_student_args(), "train.batch_size=32", "data.test_limit=64", "train.max_steps=null",
+        "train.epochs=3", "train.checkpoint_every=3", "data.workers=0", "wandb.enabled=false",
+        "output.resume=auto"]  # 7 steps an epoch, 21 in all
 
 
 @pytest.fixture(scope="module")

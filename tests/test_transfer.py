@@ -12,13 +12,12 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import run_tool
-from image_folder import CLASSES, call_quietly, write_image_folder, write_teacher
+from helpers import TINY_STUDENT, run_program, run_tool, tiny_student_args
+from image_folder import CLASSES, write_image_folder, write_teacher
 
 from distill.models import create_student, load_adapted
 
-TINY = ["model.name=cifar_vit", "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "data.img_size=32",
-        "data.workers=0", "wandb.enabled=false"]
+TINY = [*tiny_student_args(), "data.img_size=32", "data.workers=0", "wandb.enabled=false"]
 
 
 def train(*args):
@@ -30,15 +29,15 @@ def test_folder_to_transfer_end_to_end(tmp_path):
     folder = write_image_folder(tmp_path / "pets")
     teacher = write_teacher(tmp_path / "r20_3cls.pt", len(CLASSES))
     store = tmp_path / "store"
-    code, out, err = call_quietly("save_logits", [
+    code, out, err = run_program("save_logits", [
         "--teacher", "cifar10_resnet20", "--checkpoint", teacher, "--dataset", "folder", "--data-root", folder,
         "--aug", "imagenet", "--img-size", "32", "--mixup", "0.8", "--cutmix", "1.0", "--topk", "3",
         "--epochs", "2", "--out", store, "--workers", "0", "--batch-size", "16"])
     assert code == 0, err
     assert "labelled 48 views" in out
 
-    code, out, err = call_quietly("verify_logits", [store, "--teacher", "cifar10_resnet20", "--checkpoint", teacher,
-                                                    "--data-root", folder, "--check", "16", "--device", "cpu"])
+    code, out, err = run_program("verify_logits", [store, "--teacher", "cifar10_resnet20", "--checkpoint", teacher,
+                                                   "--data-root", folder, "--check", "16", "--device", "cpu"])
     assert code == 0, out + err
     assert "top-1 agreement 100.00%" in out  # the teacher, re-run on replayed 32 px views, agrees
     assert "re-labelling views" in err  # with a progress bar
@@ -50,8 +49,8 @@ def test_folder_to_transfer_end_to_end(tmp_path):
     assert exported["num_classes"] == len(CLASSES) and exported["img_size"] == 32
     assert json.loads((run / "metrics.json").read_text())["steps"] == 3  # 24 images / batch 8
 
-    code, out, err = call_quietly("evaluate", ["--checkpoint", run / "final", "--dataset", "folder", "--data-root",
-                                               folder, "--out", tmp_path / "eval", "--throughput-iters", "0"])
+    code, out, err = run_program("evaluate", ["--checkpoint", run / "final", "--dataset", "folder", "--data-root",
+                                              folder, "--out", tmp_path / "eval", "--throughput-iters", "0"])
     assert code == 0, err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["models"]["kd"]
     assert metrics["num_samples"] == 3 * len(CLASSES)
@@ -65,7 +64,7 @@ def test_folder_to_transfer_end_to_end(tmp_path):
 
 def tiny_student(num_classes, seed, **kwargs):
     torch.manual_seed(seed)
-    return create_student("cifar_vit", num_classes, 32, embed_dim=32, depth=1, num_heads=2, **kwargs)
+    return create_student("cifar_vit", num_classes, 32, **TINY_STUDENT, **kwargs)
 
 
 def test_init_student_keeps_body_and_remakes_only_the_head(tmp_path):
