@@ -6,7 +6,8 @@ The modules, by stage (each docstring says what it owns and why):
   `recipes` (one entry per augmentation recipe), `augment` (a view is a function of
   image, seed and recipe), `view_draws` (a batch's view parameters from counters), `replay` (the store's views rebuilt for the student, the `Batch`
   the step sees), `device_replay` (the same views by whole-batch ops on the device).
-- Teacher stage: `teacher_stage` (label E augmented passes once, into a store),
+- Teacher stage: `teacher_stage` (label E augmented passes once, into a store, as its
+  `LabelJob` asks),
   `store_writing` (open, write and seal it), `store_teachers` (which teachers made a store,
   and the checks against them).
 - Student stage: `student_stage` (the run, top to bottom), `student_data` (its views and test
@@ -18,9 +19,11 @@ The modules, by stage (each docstring says what it owns and why):
 - Evaluation: `evaluation` (score any classifier on a test split), `metrics`, `report`,
   `attention`.
 - Configuration: `config` (the schema), `config_tree` (the strict YAML -> dataclass loader),
-  `cli` (the flags the programs share and their one-line errors).
+  `input_rules` (each rule an input obeys, once, for flags and config keys alike), `cli` (the
+  flags the programs share and their one-line errors).
 - Programs: `programs/` (the console scripts; `tools/NAME.py` runs each from a checkout).
 
 The one rule of the house: the store (`teacher_logits/`) never imports this library, and the
-library never imports the programs, the benchmarks or the tests (tests/test_code_shape.py).
+library never imports the programs, the benchmarks or the tests, nor sees argparse: programs
+parse their flags into typed jobs (tests/test_code_shape.py).
 """
