@@ -27,7 +27,7 @@ from distill.augment import Mixing
 from distill.cli import HelpFormatter, add_data_args, add_teacher_args, run_main
 from distill.datasets import build_dataset, labels_of, num_classes_of
 from distill.models import create_teacher
-from distill.programs.save_logits import parse_args as save_logits_args
+from distill.programs.save_logits import label_job, parse_args as save_logits_args
 from distill.replay import SeededViews, views_loader
 from distill.teacher_stage import run as save_logits
 
@@ -58,7 +58,7 @@ def stored(args, out: str) -> float:
     argv += ["--data-root", args.data_root] if args.data_root else []
     argv += ["--skip-md5"] if args.skip_md5 else []
     start = time.perf_counter()
-    save_logits(save_logits_args(argv))
+    save_logits(label_job(save_logits_args(argv)))
     return args.limit / (time.perf_counter() - start)
 
 

@@ -1,7 +1,8 @@
 """What the programs share: the data flags, and how they end on bad input.
 
 `add_data_args` is the one definition of --dataset / --data-root / --skip-md5 / --img-size,
-`add_teacher_args` of --teacher / --checkpoint / --pretrained / --teacher-weights.
+`add_teacher_args` of --teacher / --checkpoint / --pretrained / --teacher-weights;
+`check_flag_bounds` and `check_positive_flags` apply distill/input_rules.py's rules to flags.
 On bad input a program prints one line naming the input and the fix and exits 2.
 A UserError (a bad flag, file, store or config; DatasetError and StoreError are ones) or an
 OSError (a path that cannot be read or written) is the user's to fix; anything else is our
@@ -72,16 +73,29 @@ def add_teacher_args(parser: argparse.ArgumentParser, ensemble: bool = False, re
                                  "(default: equal)")
 
 
+def flag_name(dest: str) -> str:
+    """How a user spells the flag of an argparse dest: 'batch_size' -> '--batch-size'."""
+    return "--" + dest.replace("_", "-")
+
+
 def check_flag_bounds(args, flags: dict) -> None:
     """Each flag's number in its range, before anything loads: `flags` maps an argparse dest
     to a Bounds, or to the config key whose bounds it shares (distill/config.py BOUNDS, the
-    one home of the ranges)."""
+    one home of the ranges). `args`: the parsed flags, or a job whose fields are named as them."""
     from distill.config import BOUNDS
-    from distill.config_tree import check_bounds
+    from distill.input_rules import check_bounds
 
     for dest, bounds in flags.items():
-        check_bounds(getattr(args, dest, None), BOUNDS[bounds] if isinstance(bounds, str) else bounds,
-                     "--" + dest.replace("_", "-"))
+        bounds = BOUNDS[bounds] if isinstance(bounds, str) else bounds
+        check_bounds(getattr(args, dest, None), bounds, flag_name(dest))
+
+
+def check_positive_flags(args, dests) -> None:
+    """Each of these count flags positive where given; `args` as in check_flag_bounds."""
+    from distill.input_rules import check_positive
+
+    for dest in dests:
+        check_positive(getattr(args, dest, None), flag_name(dest))
 
 
 def run_main(main) -> None:

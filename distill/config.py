@@ -18,9 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from distill.config_tree import Bounds, build, closest, dotted_keys, get_dotted, set_dotted
+from distill.config_tree import build, closest, dotted_keys, get_dotted, set_dotted
 from distill.datasets import DATASETS
 from distill.device_replay import REPLAY_DEVICES
+from distill.input_rules import Bounds
 from distill.loss import MODES, TEACHER_TARGETS
 from distill.recipes import default_input_size, recipe_names
 from teacher_logits.errors import UserError

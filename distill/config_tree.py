@@ -1,8 +1,8 @@
 """A tree of dataclasses built from a nested dict (parsed YAML), strictly: every key must be a
 field, every value convert losslessly to the field's type (numbers finite, strings not empty)
-and lie in its key's `Bounds` or set of choices, or a UserError names the dotted key (with the
-closest names where one is close). distill/config.py holds the schema (its dataclasses, bounds
-and choices) and uses these to load it."""
+and lie in its key's `Bounds` (distill/input_rules.py) or set of choices, or a UserError names
+the dotted key (with the closest names where one is close). distill/config.py holds the schema
+(its dataclasses, bounds and choices) and uses these to load it."""
 from __future__ import annotations
 
 import copy
@@ -10,27 +10,10 @@ import difflib
 import math
 import types
 import typing
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 
+from distill.input_rules import check_bounds
 from teacher_logits.errors import UserError
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """The valid range of a number: [low, high], or open at an end ("(0, 10]")."""
-    low: float
-    high: float
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open else value <= self.high
-        return above and below
-
-    def __str__(self) -> str:
-        low, high = (str(x) if isinstance(x, int) else f"{x:g}" for x in (self.low, self.high))
-        return f"{'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
 
 def did_you_mean(word, names, n: int = 3) -> str:
@@ -113,16 +96,6 @@ def closest(name: str, keys: list[str]) -> str | None:
     if not spelled:
         return None
     return whole.get(spelled[0]) or next(k for k in keys if last[k] == spelled[0])
-
-
-def check_bounds(value, bounds: Bounds, name: str) -> None:
-    """A number (or each of a list of numbers) in `bounds`, or a UserError naming the input
-    (`name`: 'config key train.epochs', '--workers'); None (unset) passes."""
-    for n, number in enumerate(value if isinstance(value, list) else [value]):
-        finite = not isinstance(number, float) or math.isfinite(number)  # ints are, however long
-        if number is not None and not (finite and number in bounds):
-            where = f"{name}[{n}]" if isinstance(value, list) else name
-            raise UserError(f"{where}: must lie in {bounds}, got {number!r}")
 
 
 def coerce(value, kind, key: str):

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from distill.augment import ViewMaker
 from distill.datasets import labels_of, num_classes_of
+from distill.input_rules import check_file, check_positive
 from distill.recipes import eval_view_spec
 from distill.metrics import MetricAccumulator
 from distill.model_cost import count_flops, count_params, measure_throughput
@@ -66,8 +67,10 @@ def check_student_section(info: dict, path: Path) -> None:
     try:
         for key, kind in STUDENT_TYPES.items():
             coerce(info.get(key), kind, f"student.{key}")
-        if info["num_classes"] < 1 or info["img_size"] < 1 or len(info["mean"]) != len(info["std"]):
-            raise UserError("num_classes and img_size must be positive, mean and std of one length")
+        for key in ("num_classes", "img_size"):
+            check_positive(info[key], f"student.{key}")
+        if len(info["mean"]) != len(info["std"]):
+            raise UserError("student.mean and student.std must be of one length")
     except UserError as e:
         raise UserError(f"{path}: {str(e).removeprefix('config key ')}; pass the final/ directory that "
                         "train_student.py wrote") from None
@@ -89,11 +92,10 @@ def load_model(spec: str, num_classes: int) -> tuple[str, Preprocessed]:
     if "/" in name and not timm.is_model(name):
         raise UserError(f"{spec}: no such path, and not a timm model name: pass a student export (the final/ "
                         "directory train_student.py wrote) or a teacher NAME=CHECKPOINT")
-    checkpoint = str(weights_file(checkpoint)) if checkpoint else ""  # an export or run folder: its weights
-    if checkpoint and not Path(checkpoint).is_file():
-        raise UserError(f"checkpoint {checkpoint} of teacher {name} not found: pass the teacher's weights file, "
-                        "export folder or run folder")
-    teacher = create_teacher(name, checkpoint=checkpoint or None, pretrained=not checkpoint, num_classes=num_classes)
+    checkpoint = str(weights_file(checkpoint)) if checkpoint else None  # an export or run folder: its weights
+    check_file(checkpoint, f"teacher {name}'s checkpoint", "pass the teacher's weights file, export folder or run "
+                                                           "folder")
+    teacher = create_teacher(name, checkpoint=checkpoint, pretrained=not checkpoint, num_classes=num_classes)
     return name, teacher.eval()
 
 

@@ -4,13 +4,14 @@ views (verify_logits --check, TinyViT's check-saved-logits).
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from distill.augment import ViewMaker
+from distill.input_rules import check_file
 from distill.models.teachers import ensemble_spec
 from distill.models.weights import weights_file
 from teacher_logits.errors import UserError
@@ -19,27 +20,48 @@ from teacher_logits.manifest import describe_teacher, differences, teacher_membe
 from teacher_logits.schema import StoredRecords
 
 
+CHECKPOINT_FIX = "pass the path of the teacher's weights file"
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The teacher (or ensemble) a store is labelled by, as asked for: its members' names, their
+    weights files (None: the pretrained weights alone) and the normalised ensemble weights."""
+    names: tuple[str, ...]
+    checkpoints: tuple[str | None, ...]
+    weights: tuple[float, ...]
+    pretrained: bool
+
+
+def teacher_spec(names, checkpoints, pretrained: bool, weights=None) -> TeacherSpec:
+    """The TeacherSpec of --teacher/--checkpoint pairs (and --teacher-weights), counts and weights
+    checked (models.teachers.ensemble_spec); a checkpoint that is an export or run folder is its
+    weights file (models.weights.weights_file)."""
+    names, checkpoints, weights = ensemble_spec(names, checkpoints, pretrained, weights)
+    return TeacherSpec(tuple(names), tuple(None if c is None else str(weights_file(c)) for c in checkpoints),
+                       tuple(weights), bool(pretrained))
+
+
 def file_sha256(path: str | None) -> str | None:
     if path is None:
         return None
-    if not Path(path).is_file():
-        raise UserError(f"--checkpoint {path}: no such file; pass the path of the teacher's weights file")
+    check_file(path, "--checkpoint", CHECKPOINT_FIX)
     return sha256_file(path)
 
 
-def teacher_settings(names: list[str], checkpoints: list[str | None], pretrained: bool, weights: list[float],
-                     precision: str, flip_average: bool = False) -> dict:
+def teacher_settings(spec: TeacherSpec, precision: str, flip_average: bool = False) -> dict:
     """The teacher fingerprint of a store. One teacher: {name, checkpoint_sha256, pretrained,
     precision}, as stores have always recorded it. Several: every member's {name,
     checkpoint_sha256, pretrained}, the normalised weights, and the precision. A store of
     flip-averaged targets (`FlipAveraged`) adds flip_average: true; others keep the old keys."""
+    names, checkpoints, pretrained = spec.names, spec.checkpoints, spec.pretrained
     if len(names) == 1:
-        found = {"name": names[0], "checkpoint_sha256": file_sha256(checkpoints[0]), "pretrained": bool(pretrained),
+        found = {"name": names[0], "checkpoint_sha256": file_sha256(checkpoints[0]), "pretrained": pretrained,
                  "precision": precision}
     else:
-        found = {"members": [{"name": n, "checkpoint_sha256": file_sha256(c), "pretrained": bool(pretrained)}
+        found = {"members": [{"name": n, "checkpoint_sha256": file_sha256(c), "pretrained": pretrained}
                              for n, c in zip(names, checkpoints)],
-                 "weights": list(weights), "precision": precision}
+                 "weights": list(spec.weights), "precision": precision}
     return found | ({"flip_average": True} if flip_average else {})
 
 
@@ -72,21 +94,13 @@ def store_teachers(stored: dict, names, checkpoints, pretrained: bool) -> tuple[
     return names, checkpoints, stored.get("weights", [1.0])
 
 
-def teacher_spec(args) -> tuple[list[str], list[str | None], list[float]]:
-    """(names, checkpoints, normalised weights) of save_logits' --teacher/--checkpoint pairs; a
-    checkpoint that is an export or run folder is its weights file (models.weights.weights_file)."""
-    names, checkpoints, weights = ensemble_spec(args.teacher, args.checkpoint, args.pretrained,
-                                                getattr(args, "teacher_weights", None))
-    return names, [None if c is None else str(weights_file(c)) for c in checkpoints], weights
-
-
-def check_pretrained_heads(names, checkpoints, pretrained: bool, classes: int, dataset: str) -> None:
+def check_pretrained_heads(spec: TeacherSpec, classes: int, dataset: str) -> None:
     """Refuse a hub teacher whose pretrained head has another class count than the data: timm
     would silently give it a random head, and the store would hold noise."""
     import timm
 
-    for name, checkpoint in zip(names, checkpoints):
-        if not pretrained or checkpoint is not None or not timm.is_model(name):
+    for name, checkpoint in zip(spec.names, spec.checkpoints):
+        if not spec.pretrained or checkpoint is not None or not timm.is_model(name):
             continue
         cfg = timm.models.get_pretrained_cfg(name)
         head = getattr(cfg, "num_classes", None)

@@ -54,38 +54,68 @@ class TrainingData:
 
 
 def load_data(cfg, rank: int, world: int) -> TrainingData:
+    """A run's data, downhill: the dataset's splits and labels, then (with logits.store) the store
+    resolved once against them, then the views built from both."""
+    train_set, test_set = load_splits(cfg)
+    labels, num_classes = labels_of(train_set), num_classes_of(cfg.data.dataset, train_set)
+    if cfg.logits.store:
+        source = resolve_store(cfg, train_set)
+        store_views = replayed_views(source, train_set, labels[:source.size], cfg, rank, world)
+        return TrainingData(train_set, test_set, num_classes, source.size, labels[:source.size], store_views.maker,
+                            store_views, len(store_views), cfg.train.batch_size)
+    size = cfg.data.limit or len(train_set)
+    maker = ViewMaker(train_set, cfg.data.recipe, resolution=view_size(cfg.data.recipe, cfg.data.img_size),
+                      num_samples=size)
+    return TrainingData(train_set, test_set, num_classes, size, labels[:size], maker, None,
+                        ceil_div(size // world, cfg.train.batch_size), cfg.train.batch_size)
+
+
+def load_splits(cfg):
+    """(train split, test split) of the config's dataset; an image folder's must hold the same classes."""
     train_set = build_dataset(cfg.data.dataset, cfg.data.root, train=True, skip_md5=cfg.data.skip_md5)
     test_set = build_dataset(cfg.data.dataset, cfg.data.root, train=False, skip_md5=cfg.data.skip_md5)
     if cfg.data.dataset == "folder" and test_set.classes != train_set.classes:
         odd = sorted(set(train_set.classes) ^ set(test_set.classes)) or "the same names"
         raise DatasetError(f"image folder {cfg.data.root}: train/ and val/ have other class folders ({odd}): "
                            "give both the same classes")
-    store_views = None
-    if cfg.logits.store:
-        store = LogitStore(cfg.logits.store)
-        size = check_store(store, cfg, train_set)
-        store.check_present(stored_epochs(store, cfg))  # before the run writes anything, and so is
-        # one shard read whole (checksum and schema: a crafted store stops here), by every rank, so that
-        # all refuse together: one extra shard per rank at start, outside the epochs' one-reader rule
-        store.read(store.shards(0)[0])
-        maker = store_view_maker(train_set, store, size)
-        device = replay_device(cfg.data.replay_device, maker.recipe, maker.size, maker.params)
-        replay = None if device is None else DeviceReplay(train_set, maker.recipe, maker.mixing, size, device,
-                                                          params=maker.params)
-        store_views = StoreViews(store, maker, labels_of(train_set)[:size], cfg.train.batch_size, rank, world,
-                                 shuffle_seed=cfg.train.seed, stored_epochs=stored_epochs(store, cfg), replay=replay)
-        micro_per_epoch = len(store_views)
-        left_out = store.manifest.records // store.epochs - store_views.records_per_rank() * world
-        if left_out and rank == 0:
-            print(f"warning: {left_out} records per epoch left out to give the {world} ranks equal steps (their "
-                  "shards differ in size); a store whose shards split evenly over the ranks loses none")
-    else:
-        size = cfg.data.limit or len(train_set)
-        maker = ViewMaker(train_set, cfg.data.recipe, resolution=view_size(cfg.data.recipe, cfg.data.img_size),
-                          num_samples=size)
-        micro_per_epoch = ceil_div(size // world, cfg.train.batch_size)
-    return TrainingData(train_set, test_set, num_classes_of(cfg.data.dataset, train_set), size, labels_of(train_set)[:size],
-                        maker, store_views, micro_per_epoch, cfg.train.batch_size)
+    return train_set, test_set
+
+
+@dataclass(frozen=True)
+class ResolvedStore:
+    """logits.store opened once and checked for this run."""
+    store: LogitStore
+    size: int  # training samples it covers (a store may cover a --limit prefix)
+    epochs: int  # the first stored epochs the student cycles through (logits.epochs)
+
+
+def resolve_store(cfg, train_set) -> ResolvedStore:
+    """The config's store, refused unless it serves this run: made for this data (check_store),
+    holding the epochs asked for, each of their shards present and the first one readable."""
+    store = LogitStore(cfg.logits.store)
+    size = check_store(store, cfg, train_set)
+    epochs = stored_epochs(store, cfg)
+    store.check_present(epochs)  # before the run writes anything, and so is
+    # one shard read whole (checksum and schema: a crafted store stops here), by every rank, so that
+    # all refuse together: one extra shard per rank at start, outside the epochs' one-reader rule
+    store.read(store.shards(0)[0])
+    return ResolvedStore(store, size, epochs)
+
+
+def replayed_views(source: ResolvedStore, train_set, labels: np.ndarray, cfg, rank: int, world: int) -> StoreViews:
+    """This rank's student batches from the store: its views rebuilt by the store's own view maker
+    (in DataLoader workers, or batch-wise on the replay device) and joined to its targets."""
+    maker = store_view_maker(train_set, source.store, source.size)
+    device = replay_device(cfg.data.replay_device, maker.recipe, maker.size, maker.params)
+    replay = None if device is None else DeviceReplay(train_set, maker.recipe, maker.mixing, source.size, device,
+                                                      params=maker.params)
+    views = StoreViews(source.store, maker, labels, cfg.train.batch_size, rank, world, shuffle_seed=cfg.train.seed,
+                       stored_epochs=source.epochs, replay=replay)
+    left_out = source.store.manifest.records // source.store.epochs - views.records_per_rank() * world
+    if left_out and rank == 0:
+        print(f"warning: {left_out} records per epoch left out to give the {world} ranks equal steps (their "
+              "shards differ in size); a store whose shards split evenly over the ranks loses none")
+    return views
 
 
 def check_store(store: LogitStore, cfg, dataset) -> int:

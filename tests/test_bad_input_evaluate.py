@@ -106,7 +106,7 @@ def test_evaluate_teacher_for_wrong_number_of_classes(eval_base, ckpts, tmp_path
 def test_evaluate_teacher_checkpoint_missing(eval_base, tmp_path):
     out = tmp_path / "eval"
     r = evaluate(eval_base, out, ["--compare", f"cifar10_resnet20={tmp_path / 'nope.pt'}"])
-    user_error(r, f"checkpoint {tmp_path / 'nope.pt'} of teacher cifar10_resnet20 not found",
+    user_error(r, f"teacher cifar10_resnet20's checkpoint {tmp_path / 'nope.pt'}: no such file",
                "pass the teacher's weights file")
     assert not out.exists()
 
@@ -173,7 +173,7 @@ def test_unique_names_never_collide_with_a_given_name():
 @pytest.mark.parametrize("edit, message", [
     ({"num_classes": "ten"}, "student.num_classes: expected int, got 'ten'"),
     ({"mean": "red"}, "student.mean: expected a list, got 'red'"),
-    ({"img_size": -3}, "num_classes and img_size must be positive"),
+    ({"img_size": -3}, "student.img_size must be positive, got -3"),
 ], ids=["classes a word", "mean a word", "negative size"])
 def test_evaluate_export_with_a_mistyped_student_section(eval_base, student_c100, tmp_path, edit, message):
     """Exports are typed on read: an edited config.yaml was a TypeError inside the model."""

@@ -1,6 +1,7 @@
 """The library stays easy to change: files and functions small enough to read at once, the
 store's schema spelled only inside teacher_logits/, no import-path tricks outside tests/ (the
-packages, benchmarks included, are installed), and no library module importing a program.
+packages, benchmarks included, are installed), no library module importing a program, and none
+taking argparse's flags (programs build typed jobs).
 
 A longer file or function is allowed where a `# long: <why>` comment stands in its first lines.
 """
@@ -89,6 +90,26 @@ def imports_of(path) -> set[str]:
     module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
     modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__") for p in LIBRARY}
     return {name for name in imported_names(path) if name in modules and name != module}
+
+
+PROGRAMS = [REPO / "distill" / "cli.py", *REPO.glob("distill/programs/*.py")]  # parse flags, hand on typed jobs
+
+
+def takes_parsed_flags(function) -> bool:
+    """A parameter named `args` (not `*args`) or annotated as argparse's Namespace."""
+    params = [*function.args.posonlyargs, *function.args.args, *function.args.kwonlyargs]
+    return any(p.arg == "args" or (p.annotation is not None and "Namespace" in ast.unparse(p.annotation))
+               for p in params)
+
+
+@pytest.mark.parametrize("path", [p for p in LIBRARY if p not in PROGRAMS], ids=lambda p: str(p.relative_to(REPO)))
+def test_the_library_never_sees_argparse(path):
+    """Programs parse their flags and build typed jobs (teacher_stage.LabelJob, config.Config); the
+    library takes those, so it never learns how a program spells its flags."""
+    assert "argparse" not in {name.split(".")[0] for name in imported_names(path)}, "imports argparse"
+    found = [f"{node.name} (line {node.lineno})" for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and takes_parsed_flags(node)]
+    assert not found, f"takes parsed flags (args / a Namespace): {', '.join(found)}: take a typed job instead"
 
 
 def test_the_library_imports_no_benchmark_or_program_shim():

@@ -17,9 +17,10 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _vit(variant, pretrained, img_size, args, kwargs):
-    args = dict(img_size=img_size, patch_size=4, class_token=True, global_pool="token", pos_embed="learn", **args)
-    return _create(VisionTransformer, variant, pretrained, img_size, **dict(args, **kwargs))
+def _vit(variant, pretrained, img_size, architecture, kwargs):
+    architecture = dict(img_size=img_size, patch_size=4, class_token=True, global_pool="token", pos_embed="learn",
+                        **architecture)
+    return _create(VisionTransformer, variant, pretrained, img_size, **dict(architecture, **kwargs))
 
 
 @register_model

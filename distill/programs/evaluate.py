@@ -19,7 +19,14 @@ import re
 from pathlib import Path
 
 
-from distill.cli import HelpFormatter, add_data_args, add_teacher_args, check_flag_bounds, run_main
+from distill.cli import (
+    HelpFormatter,
+    add_data_args,
+    add_teacher_args,
+    check_flag_bounds,
+    check_positive_flags,
+    run_main,
+)
 from teacher_logits.errors import UserError
 
 COLUMNS = ["model", "top1", "top5", "precision_macro", "recall_macro", "f1_macro", "mcc", "params", "flops",
@@ -69,10 +76,7 @@ def main(argv=None):
     from distill.report import markdown_table
 
     specs = model_specs(args)
-    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit),
-                        ("--attention", args.attention)):
-        if value is not None and value <= 0:
-            raise UserError(f"{flag} must be positive, got {value}")
+    check_positive_flags(args, ("batch_size", "limit", "attention"))
     if args.throughput_iters < 0:
         raise UserError(f"--throughput-iters must be 0 (skip) or positive, got {args.throughput_iters}")
     check_flag_bounds(args, {"workers": "data.workers"})

@@ -13,8 +13,7 @@ see shared/teachers).
 """
 import argparse
 
-from distill.cli import HelpFormatter, run_main
-from teacher_logits.errors import UserError
+from distill.cli import HelpFormatter, check_positive_flags, run_main
 
 COLUMNS = ["model", "role", "params_M", "GFLOPs", "timm weights"]
 
@@ -58,8 +57,7 @@ def describe(name: str, role: str, img_size: int, num_classes: int) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.img_size <= 0 or args.num_classes <= 0:
-        raise UserError("--img-size and --num-classes must be positive")
+    check_positive_flags(args, ("img_size", "num_classes"))
     import distill.models  # noqa: F401  (registers the models with timm)
     from distill.report import markdown_table
 

@@ -24,10 +24,19 @@ and students cycle through the stored epochs.
 """
 import argparse
 import os
-
+from dataclasses import fields
 
 from distill.recipes import VIEW_PARAMS, recipe_names, recipes_help
-from distill.cli import HelpFormatter, VIEW_SIZE_HELP, add_data_args, add_teacher_args, run_main
+from distill.cli import (
+    HelpFormatter,
+    VIEW_SIZE_HELP,
+    add_data_args,
+    add_teacher_args,
+    check_flag_bounds,
+    check_positive_flags,
+    run_main,
+)
+from distill.input_rules import Bounds, check_file
 
 
 def parse_args(argv=None):
@@ -79,11 +88,37 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def label_job(args):
+    """The teacher stage's job (distill.teacher_stage.LabelJob) of the parsed flags, checked."""
+    from distill.store_teachers import teacher_spec
+    from distill.teacher_stage import LabelJob
+
+    teacher = teacher_spec(args.teacher, args.checkpoint, args.pretrained, args.teacher_weights)  # counts, weights
+    job = LabelJob(teacher, **{f.name: getattr(args, f.name) for f in fields(LabelJob) if f.name != "teacher"})
+    check_job(job)
+    return job
+
+
+def check_job(job) -> None:
+    """Numbers, names and files that are wrong whatever the data: refused before anything loads.
+    The job's fields are named as the flags (distill/input_rules.py holds the rules)."""
+    from distill.models.registry import check_model_name
+    from distill.store_teachers import CHECKPOINT_FIX
+
+    for name in job.teacher.names:  # the registry's names and tags
+        check_model_name(name, "--teacher", job.teacher.pretrained)
+    check_positive_flags(job, ("epochs", "topk", "batch_size", "chunk_records", "limit", "img_size", "shard_records"))
+    check_flag_bounds(job, {"workers": "data.workers", "seed": "train.seed", "img_size": "data.img_size",
+                            "mixup": Bounds(0, 100), "cutmix": Bounds(0, 100), "mix_prob": Bounds(0, 1)})
+    for checkpoint in job.teacher.checkpoints:
+        check_file(checkpoint, "--checkpoint", CHECKPOINT_FIX)
+
+
 def main(argv=None):
     args = parse_args(argv)  # before the heavy imports: --help and flag errors answer at once
     from distill.teacher_stage import run
 
-    summary = run(args)
+    summary = run(label_job(args))
     if int(os.environ.get("RANK", 0)) != 0:
         return
     if "records" in summary:  # found complete: nothing was loaded or written

@@ -14,8 +14,7 @@ import argparse
 import os
 import sys
 
-from distill.cli import HelpFormatter, add_data_args, run_main
-from teacher_logits.errors import UserError
+from distill.cli import HelpFormatter, add_data_args, check_positive_flags, run_main
 
 
 def main(argv=None):
@@ -27,10 +26,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=1024, help="images per step")
     p.add_argument("--limit", type=int, help="train on the first N images only (tests)")
     args = p.parse_args(argv)
-    for flag in ("epochs", "batch_size", "limit"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise UserError(f"--{flag.replace('_', '-')} {value}: must be positive")
+    check_positive_flags(args, ("epochs", "batch_size", "limit"))
     final = os.path.join(args.out, "final", "metrics.json")
     if os.path.exists(final):
         print(f"{args.out} is finished: {final}; use another --out to train again")

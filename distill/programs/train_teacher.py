@@ -14,7 +14,6 @@ teacher architecture: the same engine, checkpoints, resume, W&B and export. Extr
 `deepspeed tools/train_teacher.py ...` runs it on several GPUs.
 """
 import argparse
-import os
 
 
 from distill.cli import HelpFormatter, add_data_args, add_teacher_args, check_flag_bounds, run_main
@@ -44,12 +43,12 @@ def main(argv=None):
     check_flag_bounds(args, {"epochs": "train.epochs", "lr": "optim.lr", "batch_size": "train.batch_size",
                              "limit": "data.limit", "workers": "data.workers", "img_size": "data.img_size"})
     if args.checkpoint:
+        from distill.input_rules import check_file
         from distill.models.weights import weights_file  # an export or run folder: its weights file
 
         args.checkpoint = str(weights_file(args.checkpoint))
-        if not os.path.isfile(args.checkpoint):
-            raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file; pass a weights file, an export "
-                                    "folder (a run's final/) or a run folder")
+        check_file(args.checkpoint, "--checkpoint", "pass a weights file, an export folder (a run's final/) or a "
+                                                    "run folder")
     aug = args.aug or default_recipe(args.dataset).name
     overrides = [f"model.name={args.teacher}", f"model.pretrained={str(args.pretrained).lower()}",
                  f"data.dataset={args.dataset}", f"data.skip_md5={str(args.skip_md5).lower()}", f"data.recipe={aug}",

@@ -16,7 +16,7 @@ import sys
 
 
 from distill.cli import HelpFormatter, add_data_args, add_teacher_args, check_flag_bounds, run_main
-from distill.config_tree import Bounds
+from distill.input_rules import Bounds
 
 
 def parse_args(argv=None):
