@@ -79,7 +79,7 @@ def replayed_average(store: LogitStore, paths, weights):
     its replayed view, each teacher's probabilities)."""
     from distill.models import create_teacher
 
-    data, aug = store.settings.dataset, store.settings.augmentation
+    data = store.settings.dataset
     dataset = build_dataset(data["name"], None, train=True)
     maker = store_view_maker(dataset, store)
     cols = [store.read(entry) for entry in store.shards()]
