@@ -54,15 +54,19 @@ def teacher_settings(spec: TeacherSpec, precision: str, flip_average: bool = Fal
     precision}, as stores have always recorded it. Several: every member's {name,
     checkpoint_sha256, pretrained}, the normalised weights, and the precision. A store of
     flip-averaged targets (`FlipAveraged`) adds flip_average: true; others keep the old keys."""
-    names, checkpoints, pretrained = spec.names, spec.checkpoints, spec.pretrained
-    if len(names) == 1:
-        found = {"name": names[0], "checkpoint_sha256": file_sha256(checkpoints[0]), "pretrained": pretrained,
-                 "precision": precision}
+    members = member_fingerprints(spec.names, spec.checkpoints, spec.pretrained)
+    if len(members) == 1:
+        found = {**members[0], "precision": precision}
     else:
-        found = {"members": [{"name": n, "checkpoint_sha256": file_sha256(c), "pretrained": pretrained}
-                             for n, c in zip(names, checkpoints)],
-                 "weights": list(spec.weights), "precision": precision}
+        found = {"members": members, "weights": list(spec.weights), "precision": precision}
     return found | ({"flip_average": True} if flip_average else {})
+
+
+def member_fingerprints(names, checkpoints, pretrained: bool) -> list[dict]:
+    """Each teacher's {name, checkpoint_sha256, pretrained}: what a store records of a member,
+    and what given --teacher/--checkpoint pairs are compared with."""
+    return [{"name": n, "checkpoint_sha256": file_sha256(c), "pretrained": bool(pretrained)}
+            for n, c in zip(names, checkpoints)]
 
 
 def flip_averaged(stored: dict) -> bool:
@@ -76,8 +80,7 @@ def store_teachers(stored: dict, names, checkpoints, pretrained: bool) -> tuple[
     in the store's manifest, in its order. The weights are the store's."""
     names, checkpoints, _ = ensemble_spec(names, checkpoints, pretrained)
     members = teacher_members(stored)
-    given = [{"name": n, "checkpoint_sha256": file_sha256(c), "pretrained": bool(pretrained)}
-             for n, c in zip(names, checkpoints)]
+    given = member_fingerprints(names, checkpoints, pretrained)
     if len(given) != len(members):
         raise UserError(f"--teacher: the store was made by {len(members)} teacher(s) ({describe_teacher(stored)}), "
                        f"{len(given)} given ({' '.join(names)}): pass each of the store's teachers with its "
