@@ -38,3 +38,16 @@ def save_curves(fig, axes, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def resumed_clock(curve: list[tuple]) -> list[tuple]:
+    """A learning curve's wall times, summed over a resumed run's processes: checkpoints written
+    before they kept the clock (engine.Position.wall_s) restart it at 0 on resuming, so there a
+    drop continues from the last time logged (the work lost in the kill is left out)."""
+    fixed, offset, last = [], 0.0, 0.0
+    for epoch, top1, wall in curve:
+        if wall + offset < last:
+            offset = last
+        last = wall + offset
+        fixed.append((epoch, top1, round(last, 2)))
+    return fixed

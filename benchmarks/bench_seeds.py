@@ -84,15 +84,21 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def quick_setup(args) -> None:
+def random_teacher(out: str, name: str, seed: int = 0) -> str:
+    """NAME=CHECKPOINT of a randomly initialised (seeded) teacher, for --quick runs."""
     import torch
 
     from distill.models import create_teacher
 
-    torch.manual_seed(0)
-    ckpt = os.path.join(args.out, "teacher.pt")
-    torch.save(create_teacher("cifar10_resnet20").model.state_dict(), ckpt)
-    args.teacher, args.rows, args.limit, args.partial_epochs = [f"cifar10_resnet20={ckpt}"], ["s1_vit"], 256, [1]
+    torch.manual_seed(seed)
+    checkpoint = os.path.join(out, f"{name}.pt")
+    torch.save(create_teacher(name).model.state_dict(), checkpoint)
+    return f"{name}={checkpoint}"
+
+
+def quick_setup(args) -> None:
+    args.teacher, args.rows, args.limit, args.partial_epochs = [random_teacher(args.out, "cifar10_resnet20")], \
+        ["s1_vit"], 256, [1]
     args.epochs, args.store_epochs = ["s1_vit=1"], 1
 
 

@@ -36,8 +36,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.bench_distill import run
-from benchmarks.bench_report import save_curves
-from benchmarks.bench_seeds import as_typed, make_store, quick_setup, time_to_accuracy
+from benchmarks.bench_report import resumed_clock, save_curves
+from benchmarks.bench_seeds import as_typed, make_store, quick_setup, random_teacher, time_to_accuracy
 from distill.cli import HelpFormatter, add_data_args, run_main
 from teacher_logits.errors import UserError
 
@@ -106,18 +106,6 @@ def planned_runs(args) -> dict:
     return runs
 
 
-def random_teacher(out: str, name: str) -> str:
-    """NAME=CHECKPOINT of a randomly initialised (seeded) teacher, for --quick."""
-    import torch
-
-    from distill.models import create_teacher
-
-    torch.manual_seed(1)
-    checkpoint = os.path.join(out, f"{name}.pt")
-    torch.save(create_teacher(name).model.state_dict(), checkpoint)
-    return f"{name}={checkpoint}"
-
-
 def single_teacher(args) -> str:
     """The --teacher spec kd-single distils from alone."""
     if len(args.teacher) < 2:
@@ -168,19 +156,6 @@ def collect(args, key: str, overrides: list[str]) -> dict | None:
     return {"epochs": int(key.split("@")[1]), "finished": finished, "epochs_done": curve[-1]["epoch"],
             "test_top1": curve[-1]["top1"], "best_top1": max(c["top1"] for c in curve),
             "curve": resumed_clock([(c["epoch"], c["top1"], c["wall_s"]) for c in curve]), "command": as_typed(cmd)}
-
-
-def resumed_clock(curve: list[tuple]) -> list[tuple]:
-    """A learning curve's wall times, summed over a resumed run's processes: checkpoints written
-    before they kept the clock (engine.Position.wall_s) restart it at 0 on resuming, so there a
-    drop continues from the last time logged (the work lost in the kill is left out)."""
-    fixed, offset, last = [], 0.0, 0.0
-    for epoch, top1, wall in curve:
-        if wall + offset < last:
-            offset = last
-        last = wall + offset
-        fixed.append((epoch, top1, round(last, 2)))
-    return fixed
 
 
 def teacher_scores(args) -> dict:
@@ -244,7 +219,7 @@ def main(argv=None):
     os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
     if args.quick:
         quick_setup(args)  # bench_seeds': a random ResNet-20 teacher, 256 images, 1 stored epoch
-        args.teacher.append(random_teacher(args.out, "cifar10_resnet56"))  # an ensemble, for kd-single
+        args.teacher.append(random_teacher(args.out, "cifar10_resnet56", seed=1))  # an ensemble, for kd-single
         args.epochs = args.ablation_epochs = args.store_epochs = 1
         args.only = ["scratch", "kd", "kd-T2", SINGLE] if args.only is None else args.only
     if not args.teacher:
