@@ -38,9 +38,9 @@ class Data:
     limit: int | None = None  # first N training samples; None: what the store covers, or all
     test_limit: int | None = None  # evaluate on a fixed random N of the test split; None: all
     workers: int = 0  # DataLoader processes building views
-    replay_device: str = "cpu"  # cuda: rebuild a store's views on the GPU, batch-wise (distill/device_replay.py;
-    # recipes none, crop, cifar); auto: cuda where it can, else batch-wise on the CPU in this process for a
-    # store of counter view parameters, else cpu; cpu: in DataLoader workers
+    replay_device: str = "auto"  # auto: a store of counter view parameters (recipes none, crop, cifar)
+    # batch-wise on the GPU, or on the CPU in this process (distill/device_replay.py), else in DataLoader
+    # workers; cuda: any store of those recipes on the GPU, batch-wise; cpu: in DataLoader workers
 
 
 @dataclass

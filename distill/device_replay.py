@@ -17,8 +17,9 @@ two cheap steps apart:
 The views equal the CPU path's bit for bit (tests/test_device_replay.py, on CPU tensors).
 A `counter` store's views are defined by these steps: its teacher stage and DataLoader
 workers build them with `CounterViewMaker`, the same steps on the few images of a batch.
-On a host without a GPU, `data.replay_device=auto` builds a counter store's views here,
-batch-wise on the CPU in the training process: no worker competes with the step's threads.
+`data.replay_device=auto`, the default, builds a counter store's views here: on the GPU, or
+without one batch-wise on the CPU in the training process, where no worker competes with the
+step's threads.
 Recipes with RandAugment, colour jitter or timm's random-resized crops (cifar-strong,
 stl10, imagenet) have no device steps: they stay on the CPU path, and asking for device
 replay of them says so.
@@ -73,16 +74,20 @@ def default_view_params(dataset, recipe: str, resolution: int | None) -> str:
     return "generators" if counter_problem(dataset, recipe, resolution or view_size(recipe)) else "counter"
 
 
-def replay_device(choice: str, recipe: str, resolution: int, params: str = "generators") -> torch.device | None:
+def replay_device(choice: str, recipe: str, resolution: int, params: str = "generators",
+                  dataset=None) -> torch.device | None:
     """The device a store's views are rebuilt on for data.replay_device = `choice` (None: the CPU
-    path, in DataLoader workers). auto takes this rank's GPU where the recipe allows it; without
-    one, the CPU in the training process for a store of counter parameters (a few ms a batch,
-    against per-view work in workers that share the step's cores: docs/benchmarks.md section 3)."""
+    path, in DataLoader workers). cuda: this rank's GPU, for any store of a recipe with device
+    steps. auto (the default): a store of counter parameters batch-wise, on this rank's GPU or
+    else the CPU in the training process (~5 ms a batch of 128 against ~50 ms of per-view work
+    in workers that share the step's cores: docs/benchmarks.md section 3), where `dataset`'s
+    images fit in memory; a store of generator draws stays in the workers, whose per-view
+    draws (~60 us a view) they spread over the cores."""
     problem = device_replay_problem(recipe, resolution)
-    if choice == "cpu" or (choice == "auto" and problem):
+    if choice == "cpu" or (choice == "auto" and (problem or params != "counter" or not images_fit(dataset))):
         return None
     if choice == "auto" and not torch.cuda.is_available():
-        return torch.device("cpu") if params == "counter" else None
+        return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError("data.replay_device=cuda: no CUDA device is visible; use data.replay_device=cpu or auto")
     if problem:
@@ -90,6 +95,17 @@ def replay_device(choice: str, recipe: str, resolution: int, params: str = "gene
     from distill.distributed import resolve_device
 
     return resolve_device("cuda")
+
+
+RESIDENT_LIMIT = 2 << 30  # bytes of images `auto` gathers into one array; beyond it views stay in workers
+
+
+def images_fit(dataset) -> bool:
+    """Whether batch-wise replay may keep `dataset`'s images in one array: they are one already
+    (torchvision's CIFAR), or stacking them takes at most RESIDENT_LIMIT (judged by the first)."""
+    if dataset is None or isinstance(getattr(dataset, "data", None), np.ndarray) or not len(dataset):
+        return True
+    return len(dataset) * image_array(dataset, 0).nbytes <= RESIDENT_LIMIT
 
 
 def padded_planes(images: np.ndarray, padding: int, device) -> torch.Tensor:

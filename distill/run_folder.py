@@ -27,9 +27,10 @@ from teacher_logits.manifest import differences
 
 RUN_FILE = "run.json"
 FORMAT = "tinyvit-distill run"
-# what a run may change on resume: where it logs and how often, how many views it builds at once
+# what a run may change on resume: where it logs and how often, how and where it builds the same views
 RESULT_FREE_KEYS = ("wandb", "output", "train.eval_every", "train.log_every", "train.checkpoint_every",
-                    "train.max_steps", "train.compile", "data.workers", "data.test_limit", "deepspeed.log_level")
+                    "train.max_steps", "train.compile", "data.workers", "data.replay_device", "data.test_limit",
+                    "deepspeed.log_level")
 
 
 def training_config(config: dict) -> dict:

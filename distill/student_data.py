@@ -106,7 +106,7 @@ def replayed_views(source: ResolvedStore, train_set, labels: np.ndarray, cfg, ra
     """This rank's student batches from the store: its views rebuilt by the store's own view maker
     (in DataLoader workers, or batch-wise on the replay device) and joined to its targets."""
     maker = store_view_maker(train_set, source.store, source.size)
-    device = replay_device(cfg.data.replay_device, maker.recipe, maker.size, maker.params)
+    device = replay_device(cfg.data.replay_device, maker.recipe, maker.size, maker.params, train_set)
     replay = None if device is None else DeviceReplay(train_set, maker.recipe, maker.mixing, source.size, device,
                                                       params=maker.params)
     views = StoreViews(source.store, maker, labels, cfg.train.batch_size, rank, world, shuffle_seed=cfg.train.seed,

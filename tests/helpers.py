@@ -129,6 +129,13 @@ def tiny_student_args(**kwargs) -> list[str]:
     return ["model.name=cifar_vit", "model.kwargs={" + ", ".join(f"{k}: {v}" for k, v in merged.items()) + "}"]
 
 
+def tiny_scratch(**model_kwargs) -> list[str]:
+    """train_student's arguments for the tiny student trained from labels on the embedded digits
+    (no store, no W&B, views in this process); tests add their own sizes and steps."""
+    return ["--config", "configs/smoke_digits.yaml", "logits.store=null", "loss.mode=scratch", "wandb.enabled=false",
+            "data.workers=0", *tiny_student_args(**model_kwargs)]
+
+
 def write_cifar(root: Path, per_batch: int = 40, num_classes: int = 10, seed: int = 0) -> Path:
     """A small CIFAR-10 (or -100 with num_classes=100) in torchvision's pickle layout.
     Images are class-coloured noise, so a model can learn them quickly."""

@@ -132,3 +132,31 @@ def test_bench_gpu_quick(tmp_path):
     assert text.startswith("# before\n") and text.endswith("# after\n") and "old figures" not in text
     assert result["device"] in text and "at 32 px, bare bf16 loop" in text
     assert json.loads((tmp_path / "r.json").read_text()) == result
+
+
+def test_bench_compile_compares_two_runs_of_one_config(tmp_path):
+    """A run against itself: speedup 1, the same curves; a run of another config is refused
+    naming the key (bench_compile compares train.compile alone)."""
+    import shutil
+
+    from helpers import run_program, tiny_scratch
+
+    from benchmarks import bench_compile
+    from teacher_logits.errors import UserError
+
+    run = tmp_path / "eager"
+    run_program("train_student", [*tiny_scratch(), "data.limit=128", "data.test_limit=32", "train.batch_size=32",
+                                  "train.max_steps=null", "train.epochs=2", "train.eval_every=1", "train.log_every=1",
+                                  f"output.dir={run}"], check=True)
+    out = tmp_path / "compare.json"
+    result = bench_compile.main(["--eager", str(run), "--compiled", str(run), "--json", str(out)])
+    assert result["epochs"] == 2 and result["speedup"] == 1.0 and result["largest_loss_difference"] == 0
+    assert set(result["top1"]) == {1, 2} and finite_positive(*result["steady_steps_per_s"].values())
+    assert json.loads(out.read_text())["loss_curves"] == {"1": result["loss_curves"][1], "2": result["loss_curves"][2]}
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    record = json.loads((other / "run.json").read_text())
+    record["config"]["optim"]["lr"] *= 2
+    (other / "run.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match="differ in more than train.compile.*optim.lr"):
+        bench_compile.main(["--eager", str(run), "--compiled", str(other)])

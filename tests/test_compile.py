@@ -8,13 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import run_tool, save_logits_args, tiny_student_args
+from helpers import run_tool, save_logits_args, tiny_scratch
 
 from teacher_logits.reader import LogitStore
 
-TINY = ["--config", "configs/smoke_digits.yaml", "loss.mode=scratch", "wandb.enabled=false",
-        *tiny_student_args(pos_drop_rate=0, proj_drop_rate=0), "train.max_steps=3", "train.log_every=1",
-        "data.workers=0", "data.test_limit=64"]
+TINY = [*tiny_scratch(pos_drop_rate=0, proj_drop_rate=0), "train.max_steps=3", "train.log_every=1",
+        "data.test_limit=64"]
 
 
 def losses(out):

@@ -168,18 +168,40 @@ def test_recipes_without_device_steps_stay_on_the_cpu(train_set):
     with pytest.raises(UserError, match="resizes its views"):
         DeviceReplay(train_set, "cifar", Mixing(), len(train_set), "cpu", resolution=64)
     assert replay_device("cpu", "cifar", 32) is None
-    if not torch.cuda.is_available():  # auto: workers for a generators store, this process for a counter one
-        assert replay_device("auto", "cifar", 32) is None
-        assert replay_device("auto", "cifar", 32, "counter") == torch.device("cpu")
+    assert replay_device("auto", "cifar", 32) is None  # a generators store: its per-view draws stay in workers
+    if not torch.cuda.is_available():  # a counter store: batch-wise in this process
+        assert replay_device("auto", "cifar", 32, "counter", train_set) == torch.device("cpu")
         with pytest.raises(UserError, match="no CUDA device"):
             replay_device("cuda", "cifar", 32)
 
 
+def test_auto_keeps_images_that_would_not_fit_in_workers(train_set, monkeypatch):
+    """auto gathers a dataset's images into one array only where they are one already
+    (torchvision's CIFAR) or stacking them stays under the limit: a large image folder keeps
+    its views in the workers rather than filling memory."""
+    import distill.device_replay as device_replay
+
+    class Folder(torch.utils.data.Dataset):  # images read one at a time, no resident array
+        def __len__(self):
+            return len(train_set)
+
+        def __getitem__(self, i):
+            return train_set[i]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_replay, "RESIDENT_LIMIT", len(train_set) * 32 * 32 * 3)
+    assert replay_device("auto", "cifar", 32, "counter", Folder()) == torch.device("cpu")
+    monkeypatch.setattr(device_replay, "RESIDENT_LIMIT", len(train_set) * 32 * 32 * 3 - 1)
+    assert replay_device("auto", "cifar", 32, "counter", Folder()) is None
+    assert replay_device("auto", "cifar", 32, "counter", train_set) == torch.device("cpu")  # resident already
+
+
 @EACH_KIND
 def test_a_student_trains_the_same_from_workers_and_auto(mixed_store, cifar_root, tmp_path):
-    """The trainer on either kind of store: data.replay_device=auto (a counter store's views built
-    batch-wise in the training process on this CPU host; a generators store's in workers, as
-    before) logs the very losses of data.replay_device=cpu's per-sample views in a worker."""
+    """The trainer on either kind of store: data.replay_device=auto, the default (a counter
+    store's views built batch-wise in the training process on this CPU host; a generators
+    store's in workers, as before) logs the very losses of data.replay_device=cpu's per-sample
+    views in a worker."""
     logs = []
     for choice, workers in (("cpu", 1), ("auto", 0)):
         out = tmp_path / choice

@@ -8,14 +8,13 @@ import json
 
 import pytest
 import torch
-from helpers import REPO, program, run_program, snapshot, tiny_student_args, user_error
+from helpers import REPO, program, run_program, snapshot, tiny_scratch, tiny_student_args, user_error
 
 from distill.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_tvd_debug")
 
-TINY = ["--config", "configs/smoke_digits.yaml", "logits.store=null", "loss.mode=scratch", "wandb.enabled=false",
-        *tiny_student_args(), "data.limit=64", "data.test_limit=32", "data.workers=0"]
+TINY = [*tiny_scratch(), "data.limit=64", "data.test_limit=32"]
 OFFLOAD = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
            "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": False},
                                  "contiguous_gradients": True, "reduce_bucket_size": 5e7},
@@ -131,3 +130,41 @@ def test_a_file_that_contradicts_the_run_or_deepspeed_is_refused(changes, needle
                                       f"deepspeed.config={zero_offload_file(tmp_path, **changes)}"])
     user_error(r, "deepspeed.config", "ds_offload.json", *needles)
     assert snapshot(tmp_path).keys() == {"ds_offload.json"}
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_one_rank_steps_as_a_plain_torch_loop(zero_stage):
+    """One fp32 rank at ZeRO 0 skips DeepSpeed's gradient all-reduce (nothing to average) and
+    steps torch's multi-tensor AdamW (distill/engine.py): after three steps its weights equal a
+    plain loop's with the per-tensor AdamW bit for bit. ZeRO 1 keeps the reduce, which fills
+    its partitions' gradients."""
+    import copy
+
+    from timm.optim import param_groups_weight_decay
+
+    from distill.engine import build_engine
+    from distill.student_stage import build_model, join_process_group
+
+    join_process_group()
+    cfg = load_config(REPO / "configs/smoke_digits.yaml", [
+        *tiny_student_args(), f"deepspeed.zero_stage={zero_stage}", "deepspeed.grad_clip=0", "optim.lr=0.01"])
+    torch.manual_seed(0)
+    model = build_model(cfg, 10)[0].eval()  # no dropout: the two sides see the same function
+    plain = copy.deepcopy(model).to(memory_format=torch.channels_last)  # as the engine lays fp32 weights out
+    engine = build_engine(cfg, model, steps_per_epoch=10, schedule_steps=10)
+    assert engine.enable_backward_allreduce == (zero_stage > 0)
+    if zero_stage:
+        return
+    groups = param_groups_weight_decay(plain.model, cfg.optim.weight_decay, plain.model.no_weight_decay())
+    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, foreach=False)
+    batches = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        views, labels = torch.rand(8, 3, 32, 32, generator=batches), torch.randint(0, 10, (8,), generator=batches)
+        for group in optimizer.param_groups:
+            group["lr"] = engine.get_lr()[0]  # the warm-up's rate of this step
+        engine.backward(torch.nn.functional.cross_entropy(engine(views), labels))
+        engine.step()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(plain(views), labels).backward()
+        optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(engine.module.parameters(), plain.parameters()))

@@ -16,12 +16,11 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers import REPO, TINY_STUDENT, run_program, run_tool, tiny_student_args, user_error
+from helpers import REPO, TINY_STUDENT, run_program, run_tool, tiny_scratch, user_error
 
 from distill.models import create_student, load_adapted, read_state_dict
 
-TINY = ["--config", "configs/smoke_digits.yaml", "logits.store=null", "loss.mode=scratch", "wandb.enabled=false",
-        *tiny_student_args(), "train.batch_size=32", "data.test_limit=64", "data.workers=0", "train.max_steps=2"]
+TINY = [*tiny_scratch(), "train.batch_size=32", "data.test_limit=64", "train.max_steps=2"]
 
 
 def train(out, *extra) -> str:

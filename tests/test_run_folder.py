@@ -86,7 +86,8 @@ def test_keys_that_cannot_change_the_result_may_differ(finished_run, tmp_path):
     exported = yaml.safe_load((run / "final" / "config.yaml").read_text())
     assert exported["train"]["epochs"] == 2 and exported["continued"] == [["train.epochs: 1 != 2"]]
     assert json.loads((run / "run.json").read_text())["continued"] == [["train.epochs: 1 != 2"]]
-    again = train_ok(run, "train.epochs=2", "train.log_every=7", "wandb.name=other")  # result-free keys
+    # result-free keys; a run made before replay_device's default became auto resumes under it
+    again = train_ok(run, "train.epochs=2", "train.log_every=7", "wandb.name=other", "data.replay_device=cpu")
     assert "this run has finished" in again  # the same training config: nothing to redo
 
 
