@@ -2,7 +2,9 @@
 
 `add_data_args` is the one definition of --dataset / --data-root / --skip-md5 / --img-size,
 `add_teacher_args` of --teacher / --checkpoint / --pretrained / --teacher-weights;
-`check_flag_bounds` and `check_positive_flags` apply distill/input_rules.py's rules to flags.
+`check_flag_bounds` and `check_positive_flags` apply distill/input_rules.py's rules to flags;
+`unknown_flag_message` answers a flag the training programs do not have with the config key
+it most likely meant (timm's flag names included).
 On bad input a program prints one line naming the input and the fix and exits 2.
 A UserError (a bad flag, file, store or config; DatasetError and StoreError are ones) or an
 OSError (a path that cannot be read or written) is the user's to fix; anything else is our
@@ -96,6 +98,31 @@ def check_positive_flags(args, dests) -> None:
 
     for dest in dests:
         check_positive(getattr(args, dest, None), flag_name(dest))
+
+
+# timm train.py's flags (beside a program's own), by the config key that does their work here
+TIMM_FLAGS = {"clip_grad": "deepspeed.grad_clip", "wd": "optim.weight_decay", "smoothing": "loss.label_smoothing",
+              "j": "data.workers", "experiment": "wandb.name", "log_wandb": "wandb.enabled",
+              "initial_checkpoint": "model.init", "grad_accum_steps": "train.grad_accum",
+              "log_interval": "train.log_every", "input_size": "data.img_size", "data_dir": "data.root"}
+
+
+def unknown_flag_message(unknown: list[str], argv: list[str]) -> str:
+    """The first unknown flag, and the config key it most likely meant (with its value, where
+    the flag had one in `argv`, the command line): `--warmup-epochs 5` -> optim.warmup_epochs=5."""
+    from distill.config import closest_key  # the schema: only on this error path
+
+    flag, _, value = next((a for a in unknown if a.startswith("-")), unknown[0]).partition("=")
+    argv = [str(a) for a in argv]
+    position = argv.index(flag) if flag in argv else len(argv)
+    following = argv[position + 1] if position + 1 < len(argv) else ""
+    if not value and following and not following.startswith("-") and "=" not in following:
+        value = following
+    name = flag.lstrip("-").replace("-", "_")
+    key = TIMM_FLAGS.get(name) or closest_key(name)
+    hint = (f"did you mean the config key {key}={value or 'VALUE'}?" if key else
+            "config keys are set as dotted key=value (every key and its default: distill/config.py)")
+    return f"unknown flag {flag}: {hint} (flags: --help)"
 
 
 def run_main(main) -> None:

@@ -57,12 +57,17 @@ def test_teacher_export_feeds_save_logits(exports, tmp_path, checkpoint):
 
 
 def test_evaluate_takes_run_folders_for_exports_and_teacher_checkpoints(exports, tmp_path):
+    """Run folders name their exports; more --workers than cores are capped to the cores, as the
+    trainer caps data.workers, and said."""
+    from distill.distributed import usable_cores
+
     out = tmp_path / "eval"
-    run_tool("tools/evaluate.py", "--dataset", "digits", "--out", out, "--throughput-iters", "0", "--limit", "32",
-             "--teacher", "cifar10_resnet20", "--checkpoint", exports / "teacher/final", "--compare",
-             exports / "student")
+    proc = run_tool("tools/evaluate.py", "--dataset", "digits", "--out", out, "--throughput-iters", "0", "--limit",
+                    "32", "--teacher", "cifar10_resnet20", "--checkpoint", exports / "teacher/final", "--compare",
+                    exports / "student", "--workers", str(usable_cores() + 6))
     results = json.loads((out / "metrics.json").read_text())["models"]
     assert set(results) == {"cifar10_resnet20", "student"}
+    assert f"--workers: {usable_cores() + 6} DataLoader workers capped to {usable_cores()}" in proc.stdout
 
 
 def test_wandb_gets_the_table_per_class_scores_and_confusion_image(exports, tmp_path):

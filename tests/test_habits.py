@@ -47,7 +47,12 @@ def test_help_lists_each_alias_with_its_key(capsys):
     (["--train-epochs", "4"], "train.epochs=4"),
 ])
 def test_an_unknown_flag_names_the_key_it_meant(argv, key, tmp_path):
+    """Both training programs (distill/cli.py's unknown_flag_message), before anything is written."""
     r = run_program("train_student", [*TINY, "data.root=D", *argv, f"output.dir={tmp_path / 'run'}"])
+    user_error(r, f"unknown flag {argv[0].split('=')[0]}", f"did you mean the config key {key}?")
+    # no key=value before the flag here: its value would be taken for one, and is still named
+    r = run_program("train_teacher", ["--teacher", "cifar10_resnet20", "--dataset", "digits", *argv,
+                                      "--out", tmp_path / "run"])
     user_error(r, f"unknown flag {argv[0].split('=')[0]}", f"did you mean the config key {key}?")
     assert not (tmp_path / "run").exists()
 

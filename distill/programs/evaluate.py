@@ -71,7 +71,7 @@ def model_specs(args) -> list[str]:
 def main(argv=None):
     args = parse_args(argv)  # before the heavy imports: --help and flag errors answer at once
     from distill.datasets import build_dataset, num_classes_of
-    from distill.distributed import resolve_device
+    from distill.distributed import capped_workers, resolve_device
     from distill.evaluation import evaluate_model, load_model
     from distill.report import markdown_table
 
@@ -80,6 +80,7 @@ def main(argv=None):
     if args.throughput_iters < 0:
         raise UserError(f"--throughput-iters must be 0 (skip) or positive, got {args.throughput_iters}")
     check_flag_bounds(args, {"workers": "data.workers"})
+    args.workers = capped_workers(args.workers, "--workers", say=True)  # as the trainer caps data.workers
     if args.wandb:  # a bad W&B mode fails now, not after the evaluation
         from distill.tracking import resolve_mode
 

@@ -12,9 +12,10 @@ Any other flag is refused naming the config key it most likely meant.
 What a run does and writes, and how it resumes: distill/student_stage.py.
 """
 import argparse
+import sys
 import json
 
-from distill.cli import HelpFormatter, run_main
+from distill.cli import HelpFormatter, run_main, unknown_flag_message
 from teacher_logits.errors import UserError
 
 # flag -> (config key, argparse options): timm's and DeepSpeed users' habits, each one config key
@@ -31,11 +32,6 @@ FLAG_KEYS = {
     "--bf16": ("deepspeed.bf16", dict(action="store_const", const=True)),
 }
 
-# other timm train.py flags, by the config key that does their work here
-TIMM_FLAGS = {"clip_grad": "deepspeed.grad_clip", "wd": "optim.weight_decay", "smoothing": "loss.label_smoothing",
-              "j": "data.workers", "experiment": "wandb.name", "log_wandb": "wandb.enabled",
-              "initial_checkpoint": "model.init", "grad_accum_steps": "train.grad_accum",
-              "log_interval": "train.log_every", "input_size": "data.img_size", "data_dir": "data.root"}
 
 
 def parse_args(argv=None):
@@ -58,27 +54,10 @@ def parse_args(argv=None):
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, unknown = p.parse_known_intermixed_args(argv)  # key=value overrides may sit between the flags
     if unknown:
-        raise UserError(unknown_flag_message(unknown))
+        raise UserError(unknown_flag_message(unknown, sys.argv[1:] if argv is None else argv))
     args.overrides = [f"{key}={json.dumps(getattr(args, key))}" for key, _ in FLAG_KEYS.values()
                       if getattr(args, key) is not None] + args.overrides  # JSON values are YAML
     return args
-
-
-def unknown_flag_message(unknown: list[str]) -> str:
-    """The first unknown flag, and the config key it most likely meant (with its value, where
-    the flag had one): `--warmup-epochs 5` -> optim.warmup_epochs=5."""
-    from distill.config import closest_key  # the schema: only on this error path
-
-    position = next((i for i, a in enumerate(unknown) if a.startswith("-")), 0)
-    flag, _, value = unknown[position].partition("=")
-    following = unknown[position + 1] if position + 1 < len(unknown) else ""
-    if not value and following and not following.startswith("-") and "=" not in following:
-        value = following
-    name = flag.lstrip("-").replace("-", "_")
-    key = TIMM_FLAGS.get(name) or closest_key(name)
-    hint = (f"did you mean the config key {key}={value or 'VALUE'}?" if key else
-            "config keys are set as dotted key=value (every key: --print-config)")
-    return f"unknown flag {flag}: {hint} (flags: --help)"
 
 
 def main(argv=None):

@@ -14,10 +14,13 @@ teacher architecture: the same engine, checkpoints, resume, W&B and export. Extr
 `deepspeed tools/train_teacher.py ...` runs it on several GPUs.
 """
 import argparse
+import sys
 
 
-from distill.cli import HelpFormatter, add_data_args, add_teacher_args, check_flag_bounds, run_main
+from distill.cli import (HelpFormatter, add_data_args, add_teacher_args, check_flag_bounds, run_main,
+                         unknown_flag_message)
 from distill.recipes import default_recipe, defaults_help, recipe_names
+from teacher_logits.errors import UserError
 
 CONFIG = "configs/teacher_finetune.yaml"  # the shipped copy where no such file is here (distill/config.py)
 
@@ -39,7 +42,9 @@ def main(argv=None):
     p.add_argument("--config", default=CONFIG, help="base config")
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides, e.g. optim.weight_decay=0")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args, unknown = p.parse_known_intermixed_args(argv)  # key=value overrides may sit between the flags
+    if unknown:
+        raise UserError(unknown_flag_message(unknown, sys.argv[1:] if argv is None else argv))
     check_flag_bounds(args, {"epochs": "train.epochs", "lr": "optim.lr", "batch_size": "train.batch_size",
                              "limit": "data.limit", "workers": "data.workers", "img_size": "data.img_size"})
     if args.checkpoint:
