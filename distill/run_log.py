@@ -3,11 +3,18 @@ train_log.jsonl (one line per optimizer step, flushed: it survives a kill), eval
 (the learning curve), metrics.json (the final scores), config.yaml and W&B.
 
 Other ranks get the same object and it stays silent, so the training loop never asks.
+
+The run's clock (evals.jsonl `wall_s`, metrics.json `train_wall_s`, kept by checkpoints) is its
+training time: a resumed run's goes on from its checkpoint, and a process stopped (SIGSTOP, as
+this project pauses long runs to time something else) and continued (SIGCONT) leaves the pause
+out, to within a second (tests/test_train_student.py).
 """
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +23,8 @@ from tqdm import tqdm
 
 from distill.tracking import start_tracking
 from teacher_logits.files import atomic_write
+
+PAUSE_MATCH_S = 30.0  # how long after a late beat its SIGCONT may be handled (RunLog.pauses_left_out)
 
 
 class RunLog:
@@ -34,8 +43,36 @@ class RunLog:
         self.bar = tqdm(total=total_steps, initial=at.global_step, unit="step", disable=rank != 0,
                         dynamic_ncols=True, file=sys.stderr)
         self.started = time.time() - at.wall_s  # a resumed run's clock goes on from its checkpoint
+        self.clock_done, self.sigcont_before = threading.Event(), None
+        self.pauses_left_out()
         self.wall = None
         self.last_eval, self.evaluated_at = None, None
+
+    def pauses_left_out(self) -> None:
+        """A clock thread beats every second. A stop (SIGSTOP) shows as a late beat, the continue
+        as a SIGCONT inside it: only such a pair moves the clock's start on by the delay, so a
+        beat kept late by other work (a long checkpoint write holding the GIL) counts as training."""
+        if not hasattr(signal, "SIGCONT") or threading.current_thread() is not threading.main_thread():
+            return
+        late, continued = [], []  # (from, to) of late beats; times of SIGCONTs (the handler only appends)
+
+        def beat():
+            last = time.time()
+            while not self.clock_done.wait(1.0):
+                now = time.time()
+                if now - last > 2.0:
+                    late.append((last, now))
+                last = now
+                for start, end in late[:]:  # the handler runs once the main thread gets the GIL: either order
+                    match = next((c for c in continued if start < c <= end + PAUSE_MATCH_S), None)
+                    if match is not None:
+                        self.started += end - start - 1.0
+                        late.remove((start, end))
+                        continued.remove(match)
+                del late[:-4], continued[:-4]
+
+        threading.Thread(target=beat, name="run-clock", daemon=True).start()
+        self.sigcont_before = signal.signal(signal.SIGCONT, lambda signum, frame: continued.append(time.time()))
 
     def say(self, message: str) -> None:
         if self.rank == 0:
@@ -74,6 +111,9 @@ class RunLog:
     def training_done(self) -> None:
         self.bar.close()
         self.wall = time.time() - self.started
+        self.clock_done.set()
+        if self.sigcont_before is not None:
+            signal.signal(signal.SIGCONT, self.sigcont_before)
 
     def finish(self, at, world: int) -> None:
         """metrics.json, the W&B summary and the closing line; then W&B is closed."""
