@@ -7,7 +7,7 @@ Other ranks get the same object and it stays silent, so the training loop never 
 The run's clock (evals.jsonl `wall_s`, metrics.json `train_wall_s`, kept by checkpoints) is its
 training time: a resumed run's goes on from its checkpoint, and a process stopped (SIGSTOP, as
 this project pauses long runs to time something else) and continued (SIGCONT) leaves the pause
-out, to within a second (tests/test_train_student.py).
+out, to within a second (tests/test_run_clock.py).
 """
 from __future__ import annotations
 
