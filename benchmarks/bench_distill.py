@@ -44,7 +44,12 @@ SCRATCH_RECIPES = {"scratch": "crop+flip, label smoothing 0.1",
 
 
 def run(cmd: list[str], log_path: str, threads: int | None = None) -> float:
-    env = {**os.environ, "PYTHONPATH": REPO, "WANDB_MODE": "disabled", "DS_ACCELERATOR": "cpu"}
+    """Run a program of the repository to its end, its output in `log_path`; its wall time.
+    DeepSpeed runs on this machine's GPU if it has one (a DS_ACCELERATOR of the caller's wins)."""
+    import torch
+
+    env = {"DS_ACCELERATOR": "cuda" if torch.cuda.is_available() else "cpu",
+           **os.environ, "PYTHONPATH": REPO, "WANDB_MODE": "disabled"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     start = time.time()

@@ -128,7 +128,8 @@ def make_store(args, epochs: int, teachers: list[str] | None = None, name: str =
     cmd = [sys.executable, f"{REPO}/tools/save_logits.py", *pairs, "--dataset", "cifar10", *data_flags(args),
            "--aug", "cifar", "--mixup", str(args.mixup), "--cutmix", str(args.cutmix), "--topk", str(args.topk),
            "--epochs", str(epochs), "--workers", "1", "--out", path, *(["--limit", str(args.limit)] * bool(args.limit)),
-           *(["--flip-average"] * getattr(args, "flip_average", False))]
+           *(["--flip-average"] * getattr(args, "flip_average", False)),
+           *(["--precision", args.precision] if getattr(args, "precision", "fp32") != "fp32" else [])]
     done = json.load(open(record)) if os.path.isfile(record) else {}
     if done.get("epochs", 0) < epochs:  # none yet, or grown: only the new epochs are labelled
         wall = run(cmd, os.path.join(args.out, f"{name}.log"))

@@ -44,7 +44,8 @@ def bare_teacher(args) -> float:
     maker = view_maker(dataset, args.aug, Mixing(), None, n, default_view_params(dataset, args.aug, None))
     views = SeededViews(maker, 0, np.zeros(n, int), np.arange(n), labels_of(dataset)[:n])
     for batch in views_loader(views, args.batch_size, args.workers):
-        teacher(batch.view).float().softmax(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):  # as label_batch
+            teacher(batch.view).float().softmax(1)
     return n / (time.perf_counter() - start)
 
 
@@ -52,7 +53,7 @@ def stored(args, out: str) -> float:
     shutil.rmtree(out, ignore_errors=True)
     argv = ["--teacher", args.teacher, "--dataset", args.dataset, "--out", out,
             "--limit", str(args.limit), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-            "--aug", args.aug, "--device", "cpu", "--epochs", "1"]
+            "--aug", args.aug, "--device", "cpu", "--epochs", "1", "--precision", args.precision]
     argv += ["--checkpoint", args.checkpoint] if args.checkpoint else []
     argv += ["--pretrained"] if args.pretrained else []
     argv += ["--data-root", args.data_root] if args.data_root else []
@@ -72,6 +73,8 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=2048, help="views per timed run")
     p.add_argument("--batch-size", type=int, default=256, help="teacher batch size (both sides)")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (both sides)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="teacher inference precision (both sides; bf16 pays on CPUs with AMX)")
     p.add_argument("--repeats", type=int, default=3, help="alternating timed runs of each side")
     p.add_argument("--quick", action="store_true", help="digits, random-init ResNet-20, 256 views, 1 repeat")
     p.add_argument("--json", help="also write the results (and the command) to this JSON file")
@@ -93,12 +96,12 @@ def main(argv=None):
     # each repeat's ratio pairs the two runs made back to back, so the spread shows the noise
     ratios = spread([s / b for s, b in zip(store, bare)])
     result = {"command": command_line("bench_teacher_stage.py", argv), "teacher": args.teacher,
-              "views": args.limit, "threads": torch.get_num_threads(), "workers": args.workers,
+              "views": args.limit, "precision": args.precision, "threads": torch.get_num_threads(), "workers": args.workers,
               "bare_img_s": spread(bare), "save_logits_img_s": spread(store), "ratio": ratios["median"],
               "ratio_spread": ratios}
     print(f"{args.teacher}: bare teacher {describe(result['bare_img_s'], 1)} img/s, save_logits "
           f"{describe(result['save_logits_img_s'], 1)} img/s, ratio {describe(ratios)} "
-          f"({result['threads']} threads, {args.workers} workers)")
+          f"({args.precision}, {result['threads']} threads, {args.workers} workers)")
     write_json(args.json, result)
     return result
 

@@ -77,6 +77,8 @@ def parse_args(argv=None):
                    help="the --teacher that kd-single distils from alone (default: the last one)")
     p.add_argument("--flip-average", action="store_true",
                    help="store the teacher's probabilities averaged over each view and its mirror image")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="the teacher's inference precision in the stores: bf16 pays on GPUs and on CPUs with AMX (default: fp32)")
     p.add_argument("--topk", type=int, default=10, help="stored teacher classes per record (default: 10)")
     p.add_argument("--only", nargs="*", metavar="RUN",
                    help="train only these runs now: main ones (scratch, scratch-mixed, kd) and ablations by name, "
@@ -254,7 +256,7 @@ def report(args, runs, argv) -> dict:
     results = {"command": "python benchmarks/bench_tinyvit.py " + shlex.join(sys.argv[1:] if argv is None else argv),
                "train_images": args.limit or 50000, "test_images": 200 if args.quick else 10000,
                "student": "tiny_vit_5m (32 px)", "config": os.path.relpath(CONFIG, REPO),
-               "teacher": args.teacher, "flip_average": args.flip_average,
+               "teacher": args.teacher, "flip_average": args.flip_average, "precision": args.precision,
                "teacher_top1": scores[teacher_label(args.teacher, args.flip_average)], "teacher_scores": scores,
                "store": store, "runs": {}, "by_budget": {}}
     single_record = os.path.join(args.out, "store_single.json")

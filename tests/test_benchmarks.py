@@ -73,6 +73,22 @@ def test_bench_distill_quick(tmp_path):
     assert result["command"].startswith("python benchmarks/bench_distill.py") and "--quick" in result["command"]
 
 
+def test_benchmark_runs_train_on_the_machines_device(tmp_path, monkeypatch):
+    """bench_distill.run, which runs every training benchmark's programs, leaves DeepSpeed the
+    caller's DS_ACCELERATOR, else this machine's device: on a GPU host the queues train there."""
+    import sys
+
+    from benchmarks import bench_distill
+
+    probe = [sys.executable, "-c", "import os; print(os.environ['DS_ACCELERATOR'], os.environ['OMP_NUM_THREADS'])"]
+    monkeypatch.setenv("DS_ACCELERATOR", "xpu")
+    bench_distill.run(probe, str(tmp_path / "given.log"), threads=3)
+    assert (tmp_path / "given.log").read_text().split() == ["xpu", "3"]
+    monkeypatch.delenv("DS_ACCELERATOR")
+    bench_distill.run(probe, str(tmp_path / "found.log"), threads=1)
+    assert (tmp_path / "found.log").read_text().split() == ["cuda" if torch.cuda.is_available() else "cpu", "1"]
+
+
 def test_bench_replay_quick():
     from helpers import needs_shared
     from benchmarks import bench_replay

@@ -92,14 +92,14 @@ def test_bench_seeds_quick(tmp_path):
 
 def test_bench_tinyvit_quick(tmp_path):
     """TinyViT-5M on 256 images for one epoch: scratch (no store), kd and one ablation from one
-    stored epoch of a two-teacher ensemble, and kd-single from a store of the second teacher
-    alone; a second call with --report trains nothing and reports the same runs."""
+    stored epoch of a two-teacher ensemble labelled in bf16, and kd-single from a store of the
+    second teacher alone; a second call with --report trains nothing and reports the same runs."""
     from benchmarks import bench_tinyvit
 
     cifar_root = write_cifar(tmp_path / "data", per_batch=60)
     out, report = tmp_path / "tinyvit", tmp_path / "tinyvit.json"
     result = bench_tinyvit.main(["--quick", "--data-root", str(cifar_root), "--skip-md5", "--out", str(out),
-                                 "--json", str(report)])
+                                 "--precision", "bf16", "--json", str(report)])
     assert set(result["runs"]) == {"scratch", "kd", "kd-T2", "kd-single"}
     for name, r in result["runs"].items():
         assert r["finished"] and r["epochs"] == 1 and r["curve"][-1][0] == 1 and 0 <= r["test_top1"] <= 100, name
@@ -111,6 +111,8 @@ def test_bench_tinyvit_quick(tmp_path):
     assert [m["name"] for m in single] == ["cifar10_resnet56"] and result["store_single"]["teacher"].startswith(
         "cifar10_resnet56=")
     assert len(teacher_members(LogitStore(str(out / "store")).settings.teacher)) == 2
+    for store in ("store", "store_single"):  # --precision reaches save_logits for both stores
+        assert LogitStore(str(out / store)).settings.teacher["precision"] == "bf16" == result["precision"], store
     budget = result["by_budget"]["1"]
     assert budget["best_scratch"] == "scratch" and budget["ablations_minus_kd"].keys() == {"kd-T2", "kd-single"}
     assert budget["kd_minus_best_scratch"] == round(result["runs"]["kd"]["test_top1"] - result["runs"]["scratch"]["test_top1"], 2)
