@@ -96,7 +96,8 @@ def main(argv=None):
     # each repeat's ratio pairs the two runs made back to back, so the spread shows the noise
     ratios = spread([s / b for s, b in zip(store, bare)])
     result = {"command": command_line("bench_teacher_stage.py", argv), "teacher": args.teacher,
-              "views": args.limit, "precision": args.precision, "threads": torch.get_num_threads(), "workers": args.workers,
+              "views": args.limit, "precision": args.precision, "threads": torch.get_num_threads(),
+              "workers": args.workers,
               "bare_img_s": spread(bare), "save_logits_img_s": spread(store), "ratio": ratios["median"],
               "ratio_spread": ratios}
     print(f"{args.teacher}: bare teacher {describe(result['bare_img_s'], 1)} img/s, save_logits "

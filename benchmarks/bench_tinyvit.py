@@ -78,7 +78,8 @@ def parse_args(argv=None):
     p.add_argument("--flip-average", action="store_true",
                    help="store the teacher's probabilities averaged over each view and its mirror image")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="the teacher's inference precision in the stores: bf16 pays on GPUs and on CPUs with AMX (default: fp32)")
+                   help="the teachers' inference precision in the stores; bf16 pays on GPUs and on CPUs with AMX "
+                        "(default: fp32)")
     p.add_argument("--topk", type=int, default=10, help="stored teacher classes per record (default: 10)")
     p.add_argument("--only", nargs="*", metavar="RUN",
                    help="train only these runs now: main ones (scratch, scratch-mixed, kd) and ablations by name, "
