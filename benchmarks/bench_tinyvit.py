@@ -20,7 +20,9 @@ The store (Mixup/CutMix views, --store-epochs) is made once and grown when asked
 every run resumes (output.resume=auto) and a finished one is kept, so killing this program and
 running the same command again loses at most the epoch in flight. `--report` only collects
 what is there (runs still going included, with the epochs they reached) into the JSON and
-the plot: run it at any time.
+the plot: run it at any time. A machine wiped between working days keeps only that JSON: the
+finished runs it records are reported again (carried_runs) once OUT's store is the same store
+remade, so a queue goes on across machines.
 
   python benchmarks/bench_tinyvit.py --teacher cifar10_airbench=runs/t_airbench/final/model.pt \\
       --data-root DATA --skip-md5 --epochs 100 --store-epochs 20 --jobs 2 --out runs/tinyvit \\
@@ -146,7 +148,8 @@ def train(args, key: str, overrides: list[str], threads: int, store_ready: threa
 
 
 def collect(args, key: str, overrides: list[str]) -> dict | None:
-    """A run's results so far: finished, or in progress with the epochs evaluated; None if not started."""
+    """A run's results so far: finished, or in progress with the epochs evaluated; None if not started.
+    A distilled run carries its teacher stage's cost: the wall time of the store it read."""
     out = run_folder(args, key)
     evals = os.path.join(out, "evals.jsonl")
     if not os.path.isfile(evals):
@@ -156,9 +159,36 @@ def collect(args, key: str, overrides: list[str]) -> dict | None:
         return None
     finished = os.path.isfile(os.path.join(out, "metrics.json"))
     cmd = [sys.executable, f"{REPO}/distill/train_student.py", *overrides, f"output.dir={out}"]
+    store = "store_single" if key.startswith(f"{SINGLE}@") else "store"
+    record = os.path.join(args.out, f"{store}.json")
+    teacher_s = json.load(open(record))["wall_s"] if "loss.mode=kd" in overrides and os.path.isfile(record) else 0.0
     return {"epochs": int(key.split("@")[1]), "finished": finished, "epochs_done": curve[-1]["epoch"],
             "test_top1": curve[-1]["top1"], "best_top1": max(c["top1"] for c in curve),
-            "curve": resumed_clock([(c["epoch"], c["top1"], c["wall_s"]) for c in curve]), "command": as_typed(cmd)}
+            "curve": resumed_clock([(c["epoch"], c["top1"], c["wall_s"]) for c in curve]), "command": as_typed(cmd),
+            "teacher_stage_s": round(teacher_s, 1)}
+
+
+def carried_runs(args, store: dict) -> dict:
+    """'NAME@EPOCHS' -> the finished runs the --json of an earlier report holds: the record of a
+    queue whose run folders a wiped machine lost. Carried only when OUT's store is the one those
+    runs read, remade (its command the same but for where the data and the store are)."""
+    if not (args.json and os.path.isfile(args.json) and store):
+        return {}
+    earlier = json.load(open(args.json))
+    if store_recipe(earlier.get("store", {})) != store_recipe(store):
+        return {}
+    stage_s = round(earlier["store"]["wall_s"], 1)  # reports before runs carried their own
+    return {name if "@" in name else f"{name}@{r['epochs']}":
+            {**r, "teacher_stage_s": r.get("teacher_stage_s", stage_s if "loss.mode=kd" in r["command"] else 0.0)}
+            for name, r in earlier["runs"].items() if r["finished"]}
+
+
+def store_recipe(record: dict) -> list[str] | None:
+    """A store's save_logits command without its paths: what decides its views and targets."""
+    if "command" not in record:
+        return None
+    words = shlex.split(record["command"])
+    return [w for i, w in enumerate(words) if not {w, words[i - 1]} & {"--data-root", "--out"}]
 
 
 def teacher_scores(args) -> dict:
@@ -201,7 +231,7 @@ def score_teacher(args, specs: list[str], flip: bool) -> float:
     return round(100 * correct / seen, 2)
 
 
-def comparisons(runs: dict, epochs: int, teacher_s: float) -> dict:
+def comparisons(runs: dict, epochs: int) -> dict:
     """At one budget: the best scratch, kd's margin over it, and when kd first reached it."""
     done = {k.split("@")[0]: r for k, r in runs.items() if k.endswith(f"@{epochs}") and r and r["finished"]}
     scratch = {m: done[m]["test_top1"] for m in ("scratch", "scratch-mixed") if m in done}
@@ -210,7 +240,7 @@ def comparisons(runs: dict, epochs: int, teacher_s: float) -> dict:
     best = max(scratch, key=scratch.get)
     return {"best_scratch": best, "best_scratch_top1": scratch[best],
             "kd_minus_best_scratch": round(done["kd"]["test_top1"] - scratch[best], 2),
-            "kd_reaches_best_scratch_final": time_to_accuracy(done["kd"], scratch[best], teacher_s),
+            "kd_reaches_best_scratch_final": time_to_accuracy(done["kd"], scratch[best], done["kd"]["teacher_stage_s"]),
             "ablations_minus_kd": {m: round(r["test_top1"] - done["kd"]["test_top1"], 2)
                                    for m, r in done.items() if m in ABLATIONS},
             **({"compile_speedup": round(done["kd"]["curve"][-1][2] / done["kd-compiled"]["curve"][-1][2], 3)}
@@ -251,9 +281,8 @@ def main(argv=None):
 def report(args, runs, argv) -> dict:
     store_record = os.path.join(args.out, "store.json")
     store = json.load(open(store_record)) if os.path.isfile(store_record) else {}
-    collected = {key: r for key in runs if (r := collect(args, key, runs[key]))}
+    collected = carried_runs(args, store) | {key: r for key in runs if (r := collect(args, key, runs[key]))}
     scores = teacher_scores(args)
-    teacher_s = store.get("wall_s", 0.0)  # every kd run here reads all stored epochs
     results = {"command": "python benchmarks/bench_tinyvit.py " + shlex.join(sys.argv[1:] if argv is None else argv),
                "train_images": args.limit or 50000, "test_images": 200 if args.quick else 10000,
                "student": "tiny_vit_5m (32 px)", "config": os.path.relpath(CONFIG, REPO),
@@ -267,7 +296,7 @@ def report(args, runs, argv) -> dict:
         name, epochs = key.split("@")
         results["runs"][name if int(epochs) == args.epochs else key] = r
     for epochs in sorted({args.epochs, args.ablation_epochs}):
-        results["by_budget"][str(epochs)] = comparisons(collected, epochs, teacher_s)
+        results["by_budget"][str(epochs)] = comparisons(collected, epochs)
     if collected:
         plot(results, args.plot or os.path.join(args.out, "curves.png"))
     if args.json:

@@ -87,7 +87,8 @@ def stored_epochs(result: dict, run: dict) -> str:
 
 def tinyvit_table(*results: dict) -> str:
     """TinyViT-5M on full CIFAR-10: the teachers as stored, and every run of each queue (one JSON
-    a queue, finished runs or not), with what kd gained at each budget where both finished."""
+    a queue, finished runs or not), with what kd gained at each budget where both finished and
+    what each finished ablation scored against kd."""
     first = results[0]
     store_teacher = teacher_label(first["teacher"], first["flip_average"])
     lines = ["| teacher, as a store applies it | test top-1 |", "|---|---:|"]
@@ -104,7 +105,9 @@ def tinyvit_table(*results: dict) -> str:
                 reached = c["kd_reaches_best_scratch_final"]
                 found.append(f"at {epochs} epochs kd {signed(c['kd_minus_best_scratch'])} against the best scratch "
                              f"({c['best_scratch']}, {c['best_scratch_top1']:.2f})" +
-                             (f", whose final top-1 kd reached at epoch {reached['epoch']}" if reached else ""))
+                             (f", whose final top-1 kd reached at epoch {reached['epoch']}" if reached else "") +
+                             ("; against kd: " + ", ".join(f"{m} {signed(d)}" for m, d in c["ablations_minus_kd"].items())
+                              if c["ablations_minus_kd"] else ""))
     return "\n".join(lines) + ("\n\n" + "; ".join(found) + "." if found else "")
 
 

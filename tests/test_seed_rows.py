@@ -2,6 +2,8 @@
 with the parameter count its architecture implies, and that count matches the figure the
 source publishes where it states one; benchmarks/bench_seeds.py --quick runs one row end to end."""
 import json
+import re
+import shutil
 
 import pytest
 import torch
@@ -93,7 +95,8 @@ def test_bench_seeds_quick(tmp_path):
 def test_bench_tinyvit_quick(tmp_path):
     """TinyViT-5M on 256 images for one epoch: scratch (no store), kd and one ablation from one
     stored epoch of a two-teacher ensemble labelled in bf16, and kd-single from a store of the
-    second teacher alone; a second call with --report trains nothing and reports the same runs."""
+    second teacher alone; a second call with --report trains nothing and reports the same runs,
+    and a report after a run folder is lost keeps the run its --json recorded (carried_runs)."""
     from benchmarks import bench_tinyvit
 
     cifar_root = write_cifar(tmp_path / "data", per_batch=60)
@@ -124,3 +127,18 @@ def test_bench_tinyvit_quick(tmp_path):
     again = bench_tinyvit.main(["--quick", "--data-root", str(cifar_root), "--skip-md5", "--out", str(out), "--report"])
     assert again["runs"] == result["runs"]
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    assert result["runs"]["kd"]["teacher_stage_s"] == round(result["store"]["wall_s"], 1) > 0
+    assert result["runs"]["scratch"]["teacher_stage_s"] == 0
+    # a wiped machine: a run folder gone, the JSON kept, the store remade (its data elsewhere)
+    shutil.rmtree(out / "runs" / "kd-T2_1")
+    earlier = json.loads(report.read_text())
+    earlier["store"]["command"] = earlier["store"]["command"].replace(str(cifar_root), "/data/on/another/machine")
+    report.write_text(json.dumps(earlier))
+    from_json = ["--quick", "--data-root", str(cifar_root), "--skip-md5", "--out", str(out), "--report",
+                 "--json", str(report)]
+    carried, as_json = bench_tinyvit.main(from_json), lambda x: json.loads(json.dumps(x))
+    assert as_json(carried["runs"]) == as_json(result["runs"]) and carried["by_budget"] == result["by_budget"]
+    other = json.loads(report.read_text())  # a store of other targets: its runs are not these
+    other["store"]["command"] = re.sub(r"--topk \d+", "--topk 3", other["store"]["command"])
+    report.write_text(json.dumps(other))
+    assert "kd-T2" not in bench_tinyvit.main(from_json)["runs"]
